@@ -1,0 +1,41 @@
+// A CPU emulation of the CUDA thread grid, enough for xpnn's kernels: one thread per output
+// element, no shared memory, no __syncthreads. The kernel source is compiled unchanged by the
+// host C++ compiler; a launch runs every (block, thread) pair of the grid in turn, with
+// blockIdx / threadIdx / blockDim / gridDim set as the GPU would set them.
+#pragma once
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+static dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__ inline
+#define __host__
+#define __forceinline__ inline
+
+// Call kernel k with its arguments given as an array of pointers to their values: the same
+// convention as cuLaunchKernel and cupy.RawKernel, so the Python glue passes the same tuple.
+template <typename... Args, std::size_t... I>
+static void emu_call(void (*k)(Args...), void** args, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_reference_t<Args>*>(args[I])...);
+}
+
+template <typename... Args>
+static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, void** args) {
+    gridDim.x = grid;
+    blockDim.x = block;
+    // Blocks run last to first: a kernel whose result depended on block order would show it.
+    for (unsigned b = grid; b-- > 0;) {
+        blockIdx.x = b;
+        for (unsigned t = 0; t < block; ++t) {
+            threadIdx.x = t;
+            emu_call(k, args, std::index_sequence_for<Args...>{});
+        }
+    }
+}
+
+#define EMU_EXPORT(name) \
+    extern "C" void emu_##name(unsigned grid, unsigned block, void** args) { \
+        emu_launch(name, grid, block, args); }

@@ -1,0 +1,94 @@
+"""conv and max-pool against plain-loop references on many geometries."""
+import itertools
+
+import numpy as np
+import pytest
+
+from xpnn.backend import to_numpy
+from xpnn.layers import conv_backward, conv_forward, max_pool_backward, max_pool_forward
+
+
+def conv_naive(x, w, b, stride, pad):
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    HO, WO = (H + 2 * pad - HH) // stride + 1, (W + 2 * pad - WW) // stride + 1
+    out = np.zeros((N, F, HO, WO))
+    for n, f, i, j in itertools.product(range(N), range(F), range(HO), range(WO)):
+        window = xp_[n, :, i * stride:i * stride + HH, j * stride:j * stride + WW]
+        out[n, f, i, j] = np.sum(window * w[f]) + b[f]
+    return out
+
+
+def conv_naive_backward(dout, x, w, stride, pad):
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dxp, dw = np.zeros_like(xp_), np.zeros_like(w)
+    for n, f, i, j in itertools.product(*(range(s) for s in dout.shape)):
+        hs, ws = i * stride, j * stride
+        dw[f] += dout[n, f, i, j] * xp_[n, :, hs:hs + HH, ws:ws + WW]
+        dxp[n, :, hs:hs + HH, ws:ws + WW] += dout[n, f, i, j] * w[f]
+    return dxp[:, :, pad:pad + H, pad:pad + W], dw, dout.sum(axis=(0, 2, 3))
+
+
+def pool_naive(x, ph, pw, stride):
+    N, C, H, W = x.shape
+    HO, WO = (H - ph) // stride + 1, (W - pw) // stride + 1
+    out, dx_route = np.zeros((N, C, HO, WO)), {}
+    for n, c, i, j in itertools.product(range(N), range(C), range(HO), range(WO)):
+        window = x[n, c, i * stride:i * stride + ph, j * stride:j * stride + pw]
+        out[n, c, i, j] = window.max()
+        a, bb = np.unravel_index(np.argmax(window), window.shape)   # first maximum, row-major
+        dx_route[n, c, i, j] = (i * stride + a, j * stride + bb)
+    return out, dx_route
+
+
+GEOMETRIES = [  # (H, W, kh, kw, stride, pad)
+    (5, 5, 1, 1, 1, 0), (6, 7, 3, 3, 1, 1), (7, 5, 3, 2, 2, 0), (8, 8, 5, 5, 3, 2),
+    (9, 6, 7, 7, 1, 3), (4, 9, 2, 4, 2, 1), (11, 10, 7, 3, 3, 3), (5, 6, 4, 1, 1, 2),
+]
+
+
+@pytest.mark.parametrize("H,W,kh,kw,stride,pad", GEOMETRIES)
+def test_conv_matches_loops(xp, rng, H, W, kh, kw, stride, pad):
+    x, w, b = rng.standard_normal((2, 3, H, W)), rng.standard_normal((4, 3, kh, kw)), rng.standard_normal(4)
+    out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), {"stride": stride, "pad": pad})
+    np.testing.assert_allclose(to_numpy(out), conv_naive(x, w, b, stride, pad), rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(tuple(out.shape))
+    grads = conv_backward(xp.asarray(dout), cache)
+    for got, want in zip(grads, conv_naive_backward(dout, x, w, stride, pad)):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("H,W,ph,pw,stride", [
+    (4, 4, 2, 2, 2), (7, 7, 3, 3, 2), (6, 5, 3, 3, 1), (8, 6, 2, 3, 3), (5, 9, 1, 1, 1), (9, 9, 4, 2, 1)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_loops(xp, rng, H, W, ph, pw, stride, ties):
+    x = rng.integers(0, 3, (2, 3, H, W)).astype(float) if ties else rng.standard_normal((2, 3, H, W))
+    param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    out, cache = max_pool_forward(xp.asarray(x), param)
+    want, route = pool_naive(x, ph, pw, stride)
+    np.testing.assert_array_equal(to_numpy(out), want)
+    dout = rng.standard_normal(want.shape)
+    dx_want = np.zeros_like(x)
+    for (n, c, i, j), (h, w) in route.items():
+        dx_want[n, c, h, w] += dout[n, c, i, j]
+    np.testing.assert_allclose(to_numpy(max_pool_backward(xp.asarray(dout), cache)), dx_want, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda xp: conv_forward(xp.ones((1, 3, 4, 4)), xp.ones((2, 2, 3, 3)), xp.ones((2,)), {"stride": 1, "pad": 0}),
+     "3 channels"),
+    (lambda xp: conv_forward(xp.ones((1, 1, 4, 4)), xp.ones((2, 1, 7, 7)), xp.ones((2,)), {"stride": 1, "pad": 0}),
+     "does not fit a 4x4 input"),
+    (lambda xp: conv_forward(xp.ones((1, 1, 4, 4)), xp.ones((2, 1, 3, 3)), xp.ones((2,)), {"stride": 0, "pad": 0}),
+     "stride must be a positive integer, got 0"),
+    (lambda xp: max_pool_forward(xp.ones((1, 1, 3, 3)), {"pool_height": 4, "pool_width": 4, "stride": 1}),
+     "4x4 window"),
+    (lambda xp: conv_forward(xp.ones((3, 4, 4)), xp.ones((2, 1, 3, 3)), xp.ones((2,)), {"stride": 1, "pad": 0}),
+     "4-D"),
+])
+def test_bad_geometry_names_the_numbers(xp, bad, message):
+    with pytest.raises(ValueError, match=message):
+        bad(xp)

@@ -1,0 +1,109 @@
+"""The CUDA kernels in kernels/*.cu, checked without a GPU:
+  1. every kernel compiles with NVRTC for sm_75, sm_80 and sm_90;
+  2. the same source, run on the CPU through an emulation of the thread grid (cuda_emu.h),
+     gives exactly the portable implementation's numbers on many geometries.
+"""
+import numpy as np
+import pytest
+
+from xpnn import cuda, ops
+
+from .emulation import emulator
+
+GEOMETRIES = [  # (N, C, H, W, kh, kw, stride, pad)
+    (1, 1, 5, 5, 1, 1, 1, 0), (2, 3, 7, 6, 3, 3, 1, 1), (3, 2, 9, 7, 3, 2, 2, 0),
+    (2, 2, 8, 8, 5, 5, 3, 2), (1, 3, 9, 6, 7, 7, 1, 3), (2, 1, 4, 9, 2, 4, 2, 1),
+    (1, 2, 11, 10, 7, 3, 3, 3), (3, 1, 5, 6, 4, 1, 1, 2), (5, 3, 13, 11, 3, 3, 2, 1),
+]
+POOLS = [  # (N, C, H, W, ph, pw, stride)
+    (2, 3, 4, 4, 2, 2, 2), (1, 2, 7, 7, 3, 3, 2), (3, 1, 6, 5, 3, 3, 1), (2, 2, 8, 6, 2, 3, 3),
+    (1, 1, 5, 9, 1, 1, 1), (2, 3, 9, 9, 4, 2, 1), (3, 3, 11, 13, 7, 7, 2), (1, 2, 28, 28, 2, 2, 2),
+]
+
+
+def test_every_kernel_compiles_with_nvrtc():
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="pip install cuda-bindings nvidia-cuda-nvrtc")
+    names = emulator.kernel_names()
+    assert len(names) == 8
+    for arch in ("sm_75", "sm_80", "sm_90"):
+        err, prog = nvrtc.nvrtcCreateProgram(cuda.module_source().encode(), b"xpnn.cu", 0, [], [])
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
+        options = [f"--gpu-architecture={arch}".encode(), b"-std=c++14", f"-I{cuda.kernel_dir()}".encode()]
+        (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+        _, log_size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * log_size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
+        _, ptx_size = nvrtc.nvrtcGetPTXSize(prog)
+        ptx = b" " * ptx_size
+        nvrtc.nvrtcGetPTX(prog, ptx)
+        for name in names:   # extern "C": the entry keeps its name, as RawModule looks it up
+            assert f".entry {name}(".encode() in ptx, f"{name} missing from the {arch} PTX"
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+@pytest.fixture(scope="module")
+def kernel_ops(tmp_path_factory):
+    """The accelerated-op table of xpnn.cuda, bound to the emulated launcher instead of CuPy."""
+    launcher = emulator.EmulatedLauncher(emulator.build(tmp_path_factory.mktemp("emu")))
+    table = cuda.make_ops(launcher)
+    table["launcher"] = launcher
+    return table
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,H,W,kh,kw,stride,pad", GEOMETRIES)
+def test_im2col_and_col2im_kernels(kernel_ops, rng, dtype, N, C, H, W, kh, kw, stride, pad):
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    col = kernel_ops["im2col"](x, kh, kw, stride, pad)
+    expected = ops.im2col(x, kh, kw, stride, pad)
+    assert col.dtype == dtype and col.shape == expected.shape
+    np.testing.assert_array_equal(col, expected)
+    dcol = rng.standard_normal(col.shape).astype(dtype)
+    # The gather sums in the portable loop's order: bitwise equal, not merely close.
+    np.testing.assert_array_equal(kernel_ops["col2im"](dcol, H, W, stride, pad),
+                                  ops.col2im(dcol, H, W, stride, pad))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("N,C,H,W,ph,pw,stride", POOLS)
+def test_max_pool_kernels(kernel_ops, rng, dtype, ties, N, C, H, W, ph, pw, stride):
+    if ties:   # few distinct values: many windows hold their maximum more than once
+        x = rng.integers(0, 3, (N, C, H, W)).astype(dtype)
+    else:
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    out, argmax = kernel_ops["max_pool_forward"](x, ph, pw, stride)
+    out_ref, argmax_ref = ops.max_pool_forward(x, ph, pw, stride)
+    np.testing.assert_array_equal(out, out_ref)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    assert argmax.dtype == np.int32
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    np.testing.assert_array_equal(kernel_ops["max_pool_backward"](dout, argmax, H, W, ph, pw, stride),
+                                  ops.max_pool_backward(dout, argmax_ref, H, W, ph, pw, stride))
+
+
+def test_grid_stride_loop_covers_more_work_than_threads(kernel_ops, rng):
+    # 5 blocks of 32 threads = 160 threads for 2*3*13*11 = 858 outputs, not a multiple of 32.
+    x = rng.standard_normal((2, 3, 13, 11))
+    launcher = kernel_ops["launcher"]
+    launcher.launches.clear()
+    np.testing.assert_array_equal(kernel_ops["col2im"](ops.im2col(x, 3, 3, 1, 1), 13, 11, 1, 1),
+                                  ops.col2im(ops.im2col(x, 3, 3, 1, 1), 13, 11, 1, 1))
+    assert launcher.launches == [("col2im_f64", 5, 32)]
+
+
+def test_kernels_take_noncontiguous_input(kernel_ops, rng):
+    x = np.transpose(rng.standard_normal((5, 4, 3, 2)), (3, 2, 1, 0))   # (2, 3, 4, 5) view
+    np.testing.assert_array_equal(kernel_ops["im2col"](x, 2, 2, 1, 0), ops.im2col(x, 2, 2, 1, 0))
+
+
+def test_kernels_reject_other_dtypes(kernel_ops):
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kernel_ops["im2col"](np.ones((1, 1, 3, 3), dtype=np.float16), 2, 2, 1, 0)
+
+
+def test_launch_config_caps_the_grid():
+    assert cuda.launch_config(1) == (1, 256)
+    assert cuda.launch_config(257) == (2, 256)
+    assert cuda.launch_config(10**12) == (cuda.MAX_BLOCKS, 256)

@@ -1,0 +1,13 @@
+"""xpnn: CS231n-style neural networks from scratch, on NumPy (CPU) and CuPy (NVIDIA GPU)."""
+from .backend import cuda_available, get_backend
+
+__version__ = "0.1.0"
+__all__ = ["get_backend", "cuda_available", "Solver", "__version__"]
+
+
+def __getattr__(name):
+    # The Solver pulls in tqdm; import it only when asked for.
+    if name == "Solver":
+        from .solver import Solver
+        return Solver
+    raise AttributeError(f"module 'xpnn' has no attribute {name!r}")

@@ -1,0 +1,433 @@
+"""The functional layer API, CS231n-compatible.
+
+Each layer is a pair of functions:
+    out, cache = <layer>_forward(inputs..., params)
+    grads      = <layer>_backward(dout, cache)
+written only with Array-API functions, so the same code runs on NumPy, CuPy and
+array-api-strict: `xp = namespace_of(x, ...)` gives the arrays' namespace (and refuses
+arrays on different devices). Random numbers and accelerated kernels come from the backend;
+im2col / col2im / max-pooling from xpnn.ops. float32 stays float32, float64 stays float64.
+"""
+from __future__ import annotations
+
+import math
+
+from array_api_compat import device as device_of
+
+from . import ops
+from .backend import backend_of, namespace_of
+
+__all__ = [
+    "affine_forward", "affine_backward", "relu_forward", "relu_backward",
+    "leaky_relu_forward", "leaky_relu_backward", "sigmoid_forward", "sigmoid_backward",
+    "tanh_forward", "tanh_backward", "affine_relu_forward", "affine_relu_backward",
+    "conv_forward", "conv_backward", "conv_relu_forward", "conv_relu_backward",
+    "conv_relu_pool_forward", "conv_relu_pool_backward", "max_pool_forward",
+    "max_pool_backward", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
+    "spatial_batchnorm_forward", "spatial_batchnorm_backward", "layernorm_forward",
+    "layernorm_backward", "dropout_forward", "dropout_backward", "softmax_loss", "svm_loss",
+    "mse_loss",
+]
+
+
+# ---------------------------------------------------------------------------- checks
+
+def _check_float(name, a):
+    xp = namespace_of(a)
+    if not xp.isdtype(a.dtype, "real floating"):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+
+
+def _check_rank(name, a, rank, layout):
+    if a.ndim != rank:
+        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(a.shape)}")
+
+
+def _check_labels(y, N, C):
+    """Labels must be N integers in [0, C)."""
+    xp = namespace_of(y)
+    if not xp.isdtype(y.dtype, "integral"):
+        raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
+    if tuple(y.shape) != (N,):
+        raise ValueError(f"labels y must have shape ({N},) to match {N} score rows, "
+                         f"got {tuple(y.shape)}")
+    lo, hi = int(xp.min(y)), int(xp.max(y))
+    if lo < 0 or hi >= C:
+        raise ValueError(f"labels must lie in [0, {C - 1}] for {C} classes, "
+                         f"got values from {lo} to {hi}")
+
+
+# ---------------------------------------------------------------------------- affine
+
+def affine_forward(x, w, b):
+    """out = x.reshape(N, D) @ w + b. x: (N, d_1, ..., d_k), w: (D, M), b: (M,)."""
+    xp = namespace_of(x, w, b)
+    N, D = x.shape[0], math.prod(x.shape[1:])
+    if w.ndim != 2 or w.shape[0] != D or tuple(b.shape) != (w.shape[1],):
+        raise ValueError(f"affine: input {tuple(x.shape)} flattens to {D} features, which needs "
+                         f"w of shape ({D}, M) and b of shape (M,); got w {tuple(w.shape)}, "
+                         f"b {tuple(b.shape)}")
+    out = xp.reshape(x, (N, D)) @ w + b
+    return out, (x, w, b)
+
+
+def affine_backward(dout, cache):
+    """dout: (N, M) -> (dx shaped like x, dw (D, M), db (M,))."""
+    x, w, b = cache
+    xp = namespace_of(dout, x, w)
+    x2 = xp.reshape(x, (x.shape[0], -1))
+    dx = xp.reshape(dout @ w.T, x.shape)
+    dw = x2.T @ dout
+    db = xp.sum(dout, axis=0)
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------- activations
+
+def relu_forward(x):
+    xp = namespace_of(x)
+    return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x))), x
+
+
+def relu_backward(dout, cache):
+    x = cache
+    xp = namespace_of(dout, x)
+    return xp.where(x > 0, dout, xp.zeros((), dtype=dout.dtype, device=device_of(dout)))
+
+
+def leaky_relu_forward(x, alpha=0.01):
+    xp = namespace_of(x)
+    return xp.where(x > 0, x, alpha * x), (x, alpha)
+
+
+def leaky_relu_backward(dout, cache):
+    x, alpha = cache
+    xp = namespace_of(dout, x)
+    return xp.where(x > 0, dout, alpha * dout)
+
+
+def sigmoid_forward(x):
+    # exp of a negative number only: no overflow for large |x|.
+    xp = namespace_of(x)
+    z = xp.exp(-xp.abs(x))
+    out = xp.where(x >= 0, 1 / (1 + z), z / (1 + z))
+    return out, out
+
+
+def sigmoid_backward(dout, cache):
+    out = cache
+    return dout * out * (1 - out)
+
+
+def tanh_forward(x):
+    xp = namespace_of(x)
+    out = xp.tanh(x)
+    return out, out
+
+
+def tanh_backward(dout, cache):
+    out = cache
+    return dout * (1 - out * out)
+
+
+def affine_relu_forward(x, w, b):
+    a, fc_cache = affine_forward(x, w, b)
+    out, relu_cache = relu_forward(a)
+    return out, (fc_cache, relu_cache)
+
+
+def affine_relu_backward(dout, cache):
+    fc_cache, relu_cache = cache
+    return affine_backward(relu_backward(dout, relu_cache), fc_cache)
+
+
+# ---------------------------------------------------------------------------- convolution
+
+def conv_forward(x, w, b, conv_param):
+    """Convolution as im2col + one matrix product.
+
+    x: (N, C, H, W), w: (F, C, HH, WW), b: (F,), conv_param: {"stride": s, "pad": p}.
+    out: (N, F, HO, WO) with HO = 1 + (H + 2p - HH) // s.
+    """
+    xp = namespace_of(x, w, b)
+    _check_rank("conv input x", x, 4, "(N, C, H, W)")
+    _check_rank("conv weights w", w, 4, "(F, C, HH, WW)")
+    N, C, H, W = x.shape
+    F, Cw, HH, WW = w.shape
+    if Cw != C:
+        raise ValueError(f"conv: input has {C} channels but weights {tuple(w.shape)} expect {Cw}")
+    if tuple(b.shape) != (F,):
+        raise ValueError(f"conv: bias must have shape ({F},) for {F} filters, got {tuple(b.shape)}")
+    stride, pad = conv_param.get("stride", 1), conv_param.get("pad", 0)
+    HO, WO = ops.conv_output_size(H, W, HH, WW, stride, pad)
+
+    col = ops.im2col(x, HH, WW, stride, pad)                     # (C, HH, WW, N, HO, WO)
+    col = xp.reshape(col, (C * HH * WW, N * HO * WO))
+    out = xp.reshape(w, (F, -1)) @ col + b[:, None]              # (F, N*HO*WO)
+    out = xp.permute_dims(xp.reshape(out, (F, N, HO, WO)), (1, 0, 2, 3))
+    # The first layer's input gradient is never needed: the flag lets models skip it.
+    needs_dx = conv_param.get("needs_dx", True)
+    return out, (x.shape, w, col, stride, pad, needs_dx)
+
+
+def conv_backward(dout, cache):
+    """dout: (N, F, HO, WO) -> (dx (N, C, H, W) or None if not needed, dw, db)."""
+    x_shape, w, col, stride, pad, needs_dx = cache
+    xp = namespace_of(dout, w, col)
+    N, C, H, W = x_shape
+    F, _, HH, WW = w.shape
+    HO, WO = dout.shape[2], dout.shape[3]
+    dout_mat = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (F, N * HO * WO))
+    db = xp.sum(dout_mat, axis=1)
+    dw = xp.reshape(dout_mat @ col.T, w.shape)
+    dx = None
+    if needs_dx:
+        dcol = xp.reshape(xp.reshape(w, (F, -1)).T @ dout_mat, (C, HH, WW, N, HO, WO))
+        dx = ops.col2im(dcol, H, W, stride, pad)
+    return dx, dw, db
+
+
+def conv_relu_forward(x, w, b, conv_param):
+    a, conv_cache = conv_forward(x, w, b, conv_param)
+    out, relu_cache = relu_forward(a)
+    return out, (conv_cache, relu_cache)
+
+
+def conv_relu_backward(dout, cache):
+    conv_cache, relu_cache = cache
+    return conv_backward(relu_backward(dout, relu_cache), conv_cache)
+
+
+def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
+    a, conv_cache = conv_forward(x, w, b, conv_param)
+    s, relu_cache = relu_forward(a)
+    out, pool_cache = max_pool_forward(s, pool_param)
+    return out, (conv_cache, relu_cache, pool_cache)
+
+
+def conv_relu_pool_backward(dout, cache):
+    conv_cache, relu_cache, pool_cache = cache
+    ds = max_pool_backward(dout, pool_cache)
+    return conv_backward(relu_backward(ds, relu_cache), conv_cache)
+
+
+# ---------------------------------------------------------------------------- pooling
+
+def max_pool_forward(x, pool_param):
+    """x: (N, C, H, W); pool_param: {"pool_height", "pool_width", "stride"}.
+
+    Windows may overlap (stride < window). The cache keeps the position of the first
+    maximum of every window (row-major), so tied maxima pass the gradient once, as PyTorch.
+    """
+    _check_rank("max-pool input x", x, 4, "(N, C, H, W)")
+    ph, pw = pool_param.get("pool_height", 2), pool_param.get("pool_width", 2)
+    stride = pool_param.get("stride", 2)
+    out, argmax = ops.max_pool_forward(x, ph, pw, stride)
+    return out, (x.shape, argmax, ph, pw, stride)
+
+
+def max_pool_backward(dout, cache):
+    x_shape, argmax, ph, pw, stride = cache
+    return ops.max_pool_backward(dout, argmax, x_shape[2], x_shape[3], ph, pw, stride)
+
+
+# ---------------------------------------------------------------------------- normalization
+
+def _normalize_forward(x, gamma, beta, eps):
+    """Normalize each column of x (N, D) over the batch, then scale and shift."""
+    xp = namespace_of(x, gamma, beta)
+    mean = xp.mean(x, axis=0)
+    var = xp.var(x, axis=0)
+    inv_std = 1 / xp.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    return gamma * x_hat + beta, (x_hat, gamma, inv_std), mean, var
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization of x (N, D) over the batch.
+
+    bn_param: "mode" ("train"/"test", required), "eps" (1e-5), "momentum" (0.9),
+    "running_mean"/"running_var" (created as zeros on first use, as in CS231n).
+    Train mode normalizes with batch statistics and updates the running averages in bn_param;
+    test mode uses the running averages.
+    """
+    xp = namespace_of(x, gamma, beta)
+    mode = bn_param.get("mode", "train")
+    eps, momentum = bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
+    D = x.shape[1]
+    running_mean = bn_param.get("running_mean")
+    running_var = bn_param.get("running_var")
+    if running_mean is None:
+        running_mean = xp.zeros((D,), dtype=x.dtype, device=device_of(x))
+    if running_var is None:
+        running_var = xp.zeros((D,), dtype=x.dtype, device=device_of(x))
+
+    if mode == "train":
+        out, cache, mean, var = _normalize_forward(x, gamma, beta, eps)
+        bn_param["running_mean"] = momentum * running_mean + (1 - momentum) * mean
+        bn_param["running_var"] = momentum * running_var + (1 - momentum) * var
+    elif mode == "test":
+        out = gamma * (x - running_mean) / xp.sqrt(running_var + eps) + beta
+        cache = None
+        bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
+    else:
+        raise ValueError(f"invalid batchnorm mode {mode!r}: use 'train' or 'test'")
+    return out, cache
+
+
+def batchnorm_backward(dout, cache):
+    """Backward through the computational graph of batchnorm, one node at a time."""
+    x_hat, gamma, inv_std = cache
+    xp = namespace_of(dout, x_hat)
+    N = dout.shape[0]
+    dbeta = xp.sum(dout, axis=0)
+    dgamma = xp.sum(dout * x_hat, axis=0)
+    dx_hat = dout * gamma
+    # x_hat = xc * inv_std, xc = x - mean, inv_std = (var + eps)^-1/2, var = mean(xc^2)
+    xc = x_hat / inv_std
+    dinv_std = xp.sum(dx_hat * xc, axis=0)
+    dvar = dinv_std * -0.5 * inv_std ** 3
+    dxc = dx_hat * inv_std + 2 * xc * dvar / N
+    dx = dxc - xp.mean(dxc, axis=0)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_alt(dout, cache):
+    """The same gradient in one simplified expression (the derivation done on paper)."""
+    x_hat, gamma, inv_std = cache
+    xp = namespace_of(dout, x_hat)
+    dbeta = xp.sum(dout, axis=0)
+    dgamma = xp.sum(dout * x_hat, axis=0)
+    dx = gamma * inv_std * (dout - xp.mean(dout, axis=0) - x_hat * xp.mean(dout * x_hat, axis=0))
+    return dx, dgamma, dbeta
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """Batchnorm of x (N, C, H, W) per channel, over N, H and W."""
+    xp = namespace_of(x, gamma, beta)
+    _check_rank("spatial batchnorm input x", x, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    rows = xp.reshape(xp.permute_dims(x, (0, 2, 3, 1)), (N * H * W, C))
+    out, cache = batchnorm_forward(rows, gamma, beta, bn_param)
+    return xp.permute_dims(xp.reshape(out, (N, H, W, C)), (0, 3, 1, 2)), cache
+
+
+def spatial_batchnorm_backward(dout, cache):
+    xp = namespace_of(dout)
+    N, C, H, W = dout.shape
+    rows = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (N * H * W, C))
+    dx, dgamma, dbeta = batchnorm_backward_alt(rows, cache)
+    return xp.permute_dims(xp.reshape(dx, (N, H, W, C)), (0, 3, 1, 2)), dgamma, dbeta
+
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Layer normalization of x (N, D): each sample over its D features. ln_param: {"eps"}."""
+    xp = namespace_of(x, gamma, beta)
+    eps = ln_param.get("eps", 1e-5)
+    mean = xp.mean(x, axis=1, keepdims=True)
+    inv_std = 1 / xp.sqrt(xp.var(x, axis=1, keepdims=True) + eps)
+    x_hat = (x - mean) * inv_std
+    return gamma * x_hat + beta, (x_hat, gamma, inv_std)
+
+
+def layernorm_backward(dout, cache):
+    """Batchnorm's simplified backward with the roles of the two axes swapped."""
+    x_hat, gamma, inv_std = cache
+    xp = namespace_of(dout, x_hat)
+    dbeta = xp.sum(dout, axis=0)
+    dgamma = xp.sum(dout * x_hat, axis=0)
+    dx_hat = dout * gamma
+    dx = inv_std * (dx_hat - xp.mean(dx_hat, axis=1, keepdims=True)
+                    - x_hat * xp.mean(dx_hat * x_hat, axis=1, keepdims=True))
+    return dx, dgamma, dbeta
+
+
+# ---------------------------------------------------------------------------- dropout
+
+def dropout_forward(x, dropout_param):
+    """Inverted dropout: keep each unit with probability p and scale it by 1/p at train time,
+    so test time is the identity. dropout_param: {"p": keep probability, "mode", "seed"}.
+    A "seed" makes the mask repeatable without touching any global random state.
+    """
+    p, mode = dropout_param["p"], dropout_param.get("mode", "train")
+    if not 0 < p <= 1:
+        raise ValueError(f"dropout keep probability p must be in (0, 1], got {p}")
+    if mode == "test":
+        return x, (dropout_param, None)
+    if mode != "train":
+        raise ValueError(f"invalid dropout mode {mode!r}: use 'train' or 'test'")
+    backend = backend_of(x)
+    rng = backend.rng
+    if dropout_param.get("seed") is not None:
+        rng = type(rng)(backend, dropout_param["seed"])
+    mask = rng.bernoulli(tuple(x.shape), p, dtype=x.dtype) / p
+    return x * mask, (dropout_param, mask)
+
+
+def dropout_backward(dout, cache):
+    dropout_param, mask = cache
+    if dropout_param.get("mode", "train") == "test":
+        return dout
+    return dout * mask
+
+
+# ---------------------------------------------------------------------------- losses
+
+def _one_hot(y, C, like):
+    xp = namespace_of(like)
+    classes = xp.arange(C, device=device_of(like))
+    return xp.astype(y[:, None] == classes[None, :], like.dtype)
+
+
+def softmax_loss(x, y):
+    """Softmax cross-entropy. x: (N, C) scores, y: (N,) int labels -> (loss, dx), batch mean.
+
+    Stable: scores are shifted by their row maximum and the log-probabilities are computed
+    as shifted - log(sum(exp(shifted))), so nothing overflows and log never sees 0.
+    """
+    xp = namespace_of(x, y)
+    _check_float("scores x", x)
+    _check_rank("scores x", x, 2, "(N, C)")
+    N, C = x.shape
+    _check_labels(y, N, C)
+    shifted = x - xp.max(x, axis=1, keepdims=True)
+    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+    target = _one_hot(y, C, x)
+    loss = -xp.sum(log_probs * target) / N
+    dx = (xp.exp(log_probs) - target) / N
+    return float(loss), dx
+
+
+def svm_loss(x, y):
+    """Multiclass SVM (hinge) loss with margin 1. x: (N, C), y: (N,) -> (loss, dx)."""
+    xp = namespace_of(x, y)
+    _check_float("scores x", x)
+    _check_rank("scores x", x, 2, "(N, C)")
+    N, C = x.shape
+    _check_labels(y, N, C)
+    target = _one_hot(y, C, x)
+    correct = xp.sum(x * target, axis=1, keepdims=True)
+    margins = xp.maximum(x - correct + 1, xp.zeros((), dtype=x.dtype, device=device_of(x)))
+    margins = margins * (1 - target)
+    loss = xp.sum(margins) / N
+    positive = xp.astype(margins > 0, x.dtype)
+    dx = (positive - target * xp.sum(positive, axis=1, keepdims=True)) / N
+    return float(loss), dx
+
+
+def mse_loss(x, y):
+    """sum((x - t)**2) / (2N): t = y for float targets, one-hot(y) for int labels (N,)."""
+    xp = namespace_of(x, y)
+    _check_float("predictions x", x)
+    N = x.shape[0]
+    if xp.isdtype(y.dtype, "integral"):
+        _check_rank("predictions x", x, 2, "(N, C)")
+        _check_labels(y, N, x.shape[1])
+        t = _one_hot(y, x.shape[1], x)
+    else:
+        if tuple(y.shape) != tuple(x.shape):
+            raise ValueError(f"mse_loss: targets of shape {tuple(y.shape)} do not match "
+                             f"predictions of shape {tuple(x.shape)}")
+        t = y
+    diff = x - t
+    return float(xp.sum(diff * diff) / (2 * N)), diff / N

@@ -1,0 +1,112 @@
+"""im2col / col2im and max-pooling: portable Array-API code, with accelerated dispatch.
+
+Every function first asks the backend for an accelerated version for its input array (the
+CUDA kernels in kernels/*.cu on CuPy) and otherwise runs the portable version below, written
+only with standard Array-API functions and basic strided slicing: a loop over the kh*kw
+kernel offsets, one strided-slice copy per offset (as Chainer does). No index arrays, no
+scatter, so the results are deterministic and identical on every library.
+
+Layouts (shared with the CUDA kernels):
+    img  (N, C, H, W)
+    col  (C, KH, KW, N, HO, WO)    -- reshaped to the (C*KH*KW, N*HO*WO) im2col matrix
+    pool argmax (N, C, HO, WO) int32: index i*PW + j of the first maximum in each window
+"""
+from __future__ import annotations
+
+from array_api_compat import device as device_of
+
+from ..backend import accelerated_op, namespace_of
+
+
+def conv_output_size(H, W, kh, kw, stride, pad):
+    """(HO, WO) of a convolution; ValueError naming the numbers when it does not fit."""
+    if stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    HO = (H + 2 * pad - kh) // stride + 1
+    WO = (W + 2 * pad - kw) // stride + 1
+    if kh < 1 or kw < 1 or HO < 1 or WO < 1:
+        raise ValueError(f"a {kh}x{kw} window with stride {stride} and pad {pad} does not fit "
+                         f"a {H}x{W} input (output would be {HO}x{WO})")
+    return HO, WO
+
+
+def _window(i, size, stride):
+    """Slice picking offsets i, i+stride, ... (size of them): one kernel offset's view."""
+    return slice(i, i + stride * (size - 1) + 1, stride)
+
+
+def im2col(x, kh, kw, stride=1, pad=0):
+    """Image (N, C, H, W) -> col (C, KH, KW, N, HO, WO)."""
+    N, C, H, W = x.shape
+    HO, WO = conv_output_size(H, W, kh, kw, stride, pad)
+    fast = accelerated_op("im2col", x)
+    if fast is not None:
+        return fast(x, kh, kw, stride, pad)
+    xp = namespace_of(x)
+    # Channels first, batch second, so each col[:, i, j] is a plain strided view copy.
+    img = xp.permute_dims(x, (1, 0, 2, 3))
+    if pad:
+        padded = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=device_of(x))
+        padded[:, :, pad:pad + H, pad:pad + W] = img
+        img = padded
+    col = xp.empty((C, kh, kw, N, HO, WO), dtype=x.dtype, device=device_of(x))
+    for i in range(kh):
+        for j in range(kw):
+            col[:, i, j, :, :, :] = img[:, :, _window(i, HO, stride), _window(j, WO, stride)]
+    return col
+
+
+def col2im(col, H, W, stride=1, pad=0):
+    """col (C, KH, KW, N, HO, WO) -> image (N, C, H, W), summing overlapping entries."""
+    C, kh, kw, N, HO, WO = col.shape
+    fast = accelerated_op("col2im", col)
+    if fast is not None:
+        return fast(col, H, W, stride, pad)
+    xp = namespace_of(col)
+    img = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device_of(col))
+    for i in range(kh):
+        for j in range(kw):
+            img[:, :, _window(i, HO, stride), _window(j, WO, stride)] += col[:, i, j, :, :, :]
+    img = img[:, :, pad:pad + H, pad:pad + W]
+    return xp.permute_dims(img, (1, 0, 2, 3))
+
+
+def max_pool_forward(x, ph, pw, stride):
+    """Max over each (ph, pw) window -> (out, argmax); argmax marks the first maximum."""
+    N, C, H, W = x.shape
+    HO, WO = conv_output_size(H, W, ph, pw, stride, 0)
+    fast = accelerated_op("max_pool_forward", x)
+    if fast is not None:
+        return fast(x, ph, pw, stride)
+    xp = namespace_of(x)
+    out = x[:, :, _window(0, HO, stride), _window(0, WO, stride)]
+    argmax = xp.zeros(out.shape, dtype=xp.int32, device=device_of(x))
+    # The maximum of the ph*pw strided views: each step is one elementwise pass over the
+    # output, far cheaper than reshaping into windows. Strictly greater keeps the first max.
+    for i in range(ph):
+        for j in range(pw):
+            if i == 0 and j == 0:
+                continue
+            view = x[:, :, _window(i, HO, stride), _window(j, WO, stride)]
+            better = view > out
+            out = xp.where(better, view, out)
+            argmax = xp.where(better, xp.asarray(i * pw + j, dtype=xp.int32), argmax)
+    return out, argmax
+
+
+def max_pool_backward(dout, argmax, H, W, ph, pw, stride):
+    """Route each window's gradient to the input position recorded in argmax."""
+    N, C, HO, WO = dout.shape
+    fast = accelerated_op("max_pool_backward", dout)
+    if fast is not None:
+        return fast(dout, argmax, H, W, ph, pw, stride)
+    xp = namespace_of(dout, argmax)
+    dx = xp.zeros((N, C, H, W), dtype=dout.dtype, device=device_of(dout))
+    zero = xp.zeros((), dtype=dout.dtype, device=device_of(dout))
+    for i in range(ph):
+        for j in range(pw):
+            dx[:, :, _window(i, HO, stride), _window(j, WO, stride)] += \
+                xp.where(argmax == i * pw + j, dout, zero)
+    return dx
