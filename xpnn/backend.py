@@ -105,27 +105,6 @@ class Generator:
             return self._gen.permutation(n).get()
         return self._gen.permutation(n)
 
-    def get_state(self) -> np.ndarray:
-        """The generator's state as a uint64 array (saved in checkpoints)."""
-        if self.backend.name == "cuda":
-            raise NotImplementedError("saving CuPy's generator state is not supported; "
-                                      "resumed GPU runs re-seed from the epoch")
-        st = self._gen.bit_generator.state
-        s, inc = st["state"]["state"], st["state"]["inc"]
-        words = [(s >> 64) & (2**64 - 1), s & (2**64 - 1), (inc >> 64) & (2**64 - 1), inc & (2**64 - 1),
-                 st["has_uint32"], st["uinteger"]]
-        return np.array(words, dtype=np.uint64)
-
-    def set_state(self, words) -> None:
-        w = [int(v) for v in np.asarray(words, dtype=np.uint64)]
-        if len(w) != 6:
-            raise ValueError(f"random generator state must hold 6 words, got {len(w)}")
-        self._gen = np.random.default_rng()
-        self._gen.bit_generator.state = {
-            "bit_generator": "PCG64",
-            "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
-            "has_uint32": w[4], "uinteger": w[5]}
-
 
 class Backend:
     """One array library on one device. Build it with `get_backend`."""
@@ -182,6 +161,20 @@ class Backend:
         if self.name == "cuda":
             return array_api_compat.is_cupy_array(x) and x.device.id == self.index
         return isinstance(x, np.ndarray)
+
+    def memory_free(self):
+        """Free bytes on the GPU, or None on the CPU (host data needs no staging)."""
+        if self.name != "cuda":
+            return None
+        import cupy
+        with self.device:
+            return cupy.cuda.runtime.memGetInfo()[0]
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        """Whether `error` is the device running out of memory."""
+        if isinstance(error, MemoryError):
+            return True
+        return type(error).__name__ == "OutOfMemoryError"   # cupy.cuda.memory.OutOfMemoryError
 
     @property
     def ops(self) -> dict:

@@ -1,0 +1,322 @@
+"""`xpnn train`, `xpnn eval` and `xpnn sweep`.
+
+    xpnn train                                   # MNIST CNN on the CPU, a short default run
+    xpnn train --model fc --hidden 200 --epochs 5 --device cuda
+    xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz --dataset mnist --predictions out.csv
+    xpnn sweep --model fc --dataset digits --lr 1e-3,3e-3 --reg 0,1e-4 --hidden 50,100
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backend import get_backend, to_numpy
+from .data import DATASETS, DataError, get_data
+from .io import CheckpointError, atomic_savez
+from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, load, mnist_cnn
+from .nn import Affine
+from .optim import UPDATE_RULES
+from .solver import NonFiniteLossError, Solver, latest_checkpoint
+
+MODELS = ("softmax", "twolayer", "fc", "mnist-cnn", "threelayer-cnn")
+
+
+def build_model(name, input_shape, num_classes, hidden, reg, init, seed, device, weight_scale=1e-2):
+    """The CLI's models, sized for the data set's images."""
+    flat = math.prod(input_shape)
+    common = dict(reg=reg, seed=seed, device=device, init=init, weight_scale=weight_scale)
+    if name == "softmax":
+        return Sequential([Affine(num_classes)], (flat,), **common)
+    if name == "twolayer":
+        return TwoLayerNet(input_dim=flat, hidden_dim=hidden[0], num_classes=num_classes, **common)
+    if name == "fc":
+        return FullyConnectedNet(hidden, input_dim=flat, num_classes=num_classes, **common)
+    if name == "mnist-cnn":
+        return mnist_cnn(input_shape=input_shape, num_classes=num_classes, **common)
+    return ThreeLayerConvNet(input_dim=input_shape, num_classes=num_classes,
+                             hidden_dim=hidden[0] if hidden else 100, **common)
+
+
+# ---------------------------------------------------------------------------- argument types
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return value
+
+
+def int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def float_list(text):
+    return [non_negative_float(v) for v in text.split(",") if v.strip()]
+
+
+def device_arg(text):
+    from .backend import parse_device
+    try:
+        name, index = parse_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return "cpu" if name == "cpu" else f"cuda:{index}"
+
+
+def add_training_args(p, sweep=False):
+    p.add_argument("--model", choices=MODELS, default="mnist-cnn")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist" if not sweep else "digits")
+    p.add_argument("--data-dir", help="directory of the data set's files (IDX files, cifar-10-batches-py)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--epochs", type=positive_int, default=1 if not sweep else 3)
+    p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam")
+    p.add_argument("--lr-decay", type=positive_float, default=0.8, help="learning-rate factor per epoch")
+    p.add_argument("--init", choices=("gaussian", "xavier", "he"), default="he")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=positive_int, help="use only the first N training images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="xpnn", description="Train and evaluate xpnn models.")
+    parser.add_argument("--version", action="version", version=f"xpnn {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    train = sub.add_parser("train", help="train a model and write metrics, plots and a checkpoint")
+    add_training_args(train)
+    train.add_argument("--batch-size", type=positive_int, default=50)
+    train.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate")
+    train.add_argument("--reg", type=non_negative_float, default=0.0, help="L2 regularisation")
+    train.add_argument("--hidden", type=int_list, default=[200], help="hidden sizes, e.g. 200 or 256,128")
+    train.add_argument("--out", help="output directory (default runs/MODEL-DATASET)")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop")
+
+    ev = sub.add_parser("eval", help="evaluate a saved model on a data set's test split")
+    ev.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint .npz")
+    ev.add_argument("--dataset", choices=DATASETS, default="mnist")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--device", type=device_arg, default="cpu")
+    ev.add_argument("--predictions", help="write test-set predictions to this CSV (Id,Category)")
+
+    sweep = sub.add_parser("sweep", help="grid or random search over hyperparameters")
+    add_training_args(sweep, sweep=True)
+    sweep.add_argument("--lr", type=float_list, default=[1e-3, 3e-3])
+    sweep.add_argument("--reg", type=float_list, default=[0.0, 1e-3])
+    sweep.add_argument("--hidden", type=int_list, default=[100])
+    sweep.add_argument("--batch-size", type=int_list, default=[50])
+    sweep.add_argument("--random", type=positive_int, metavar="K",
+                       help="try K random settings (log-uniform lr and reg between the given extremes)")
+    sweep.add_argument("--out", default="runs/sweep")
+
+    args = parser.parse_args(["train"] if argv is None and len(sys.argv) == 1 else argv)
+    if args.command is None:
+        args = parser.parse_args(["train"])
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}[args.command](args)
+    except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
+            MemoryError, KeyError) as e:
+        print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nxpnn {args.command}: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+def _environment(device):
+    import array_api_compat
+    env = {"xpnn": __version__, "numpy": np.__version__, "array_api_compat": array_api_compat.__version__,
+           "python": platform.python_version(), "machine": platform.machine(), "device": device}
+    if device.startswith("cuda"):
+        import cupy
+        env["cupy"] = cupy.__version__
+        env["gpu"] = cupy.cuda.runtime.getDeviceProperties(get_backend(device).index)["name"].decode()
+    return env
+
+
+def cmd_train(args):
+    out = Path(args.out or f"runs/{args.model}-{args.dataset}")
+    resume_from = None
+    if args.resume:
+        out = Path(args.resume)
+        resume_from = latest_checkpoint(out)
+        if resume_from is None:
+            raise CheckpointError(f"--resume {out}: no checkpoint_epoch_*.npz there to resume from")
+    get_backend(args.device)      # fail early, with the install hint, if the device is unusable
+    data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
+    input_shape = tuple(data["X_train"].shape[1:])
+    num_classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
+    model = build_model(args.model, input_shape, num_classes, args.hidden, args.reg, args.init,
+                        args.seed, args.device)
+    solver = Solver(model, data, update_rule=args.update_rule,
+                    optim_config={"learning_rate": args.lr}, lr_decay=args.lr_decay,
+                    num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                    num_val_samples=None, print_every=10, verbose=not args.quiet,
+                    checkpoint_name=str(out / "checkpoint"), on_nonfinite=args.on_nonfinite)
+    if resume_from is not None:
+        solver.load_checkpoint(resume_from)
+        print(f"resuming from {resume_from} (epoch {solver.epoch} of {args.epochs})")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"training {args.model} on {args.dataset} ({len(data['X_train'])} train / "
+          f"{len(data['X_val'])} val images) on {model.device}")
+    start = time.perf_counter()
+    solver.train()
+    model.backend.synchronize()
+    wall = time.perf_counter() - start
+    test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
+    print(f"test accuracy: {test_acc:.4f}   best val accuracy: {solver.best_val_acc:.4f}   "
+          f"training time: {wall:.1f} s")
+
+    from . import plots
+    title = f"{args.model} on {args.dataset}"
+    plots.learning_curves(solver.loss_history, solver.train_acc_history, solver.val_acc_history,
+                          out / "curves.png", title)
+    first = next(k for k in model.params if k.startswith("W"))
+    try:
+        plots.first_layer_weights(to_numpy(model.params[first]), out / "weights.png", input_shape)
+    except ValueError:
+        pass   # a first layer with no image-shaped weights (e.g. a 1-D input) has no picture
+    save_model(model, out / "model.npz", data, args.dataset)
+    metrics = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+               "batch_size": args.batch_size, "learning_rate": args.lr, "update_rule": args.update_rule,
+               "reg": args.reg, "seed": args.seed, "test_acc": test_acc,
+               "best_val_acc": solver.best_val_acc, "train_acc_history": solver.train_acc_history,
+               "val_acc_history": solver.val_acc_history, "final_loss": solver.loss_history[-1],
+               "iterations": solver.t, "train_seconds": wall, "environment": _environment(model.device)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {out}/metrics.json, curves.png, weights.png, model.npz")
+    return 0
+
+
+def save_model(model, path, data, dataset):
+    """The model plus the preprocessing it was trained with (the training mean image)."""
+    arrays = model.state_arrays()
+    if "mean_image" in data:
+        arrays["data/mean_image"] = data["mean_image"]
+    return atomic_savez(path, arrays, {**model.describe(), "dataset": dataset})
+
+
+def cmd_eval(args):
+    from .io import load_npz
+    model = load(args.checkpoint, device=args.device)
+    arrays, meta = load_npz(args.checkpoint)
+    data = get_data(args.dataset, data_dir=args.data_dir, subtract_mean=False)
+    X, y = data["X_test"], data["y_test"]
+    if "data/mean_image" in arrays:
+        X = X - arrays["data/mean_image"]
+    if tuple(X.shape[1:]) != model.input_shape and math.prod(X.shape[1:]) != math.prod(model.input_shape):
+        raise ValueError(f"{args.checkpoint} expects inputs of shape {model.input_shape}, but "
+                         f"{args.dataset} images have shape {tuple(X.shape[1:])}")
+    backend = model.backend
+    predictions = []
+    for start in range(0, len(X), 500):
+        scores = model.loss(backend.to_device(X[start:start + 500]))
+        predictions.append(to_numpy(backend.xp.argmax(scores, axis=1)))
+    predictions = np.concatenate(predictions)
+    acc = float(np.mean(predictions == y))
+    print(f"{args.dataset} test accuracy: {acc:.4f} ({int(np.sum(predictions == y))} / {len(y)}) on {model.device}")
+    if args.predictions:
+        path = Path(args.predictions)
+        text = "Id,Category\n" + "".join(f"{i},{c}\n" for i, c in enumerate(predictions, start=1))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        print(f"wrote {len(predictions)} predictions to {path}")
+    return 0
+
+
+def cmd_sweep(args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
+    input_shape = tuple(data["X_train"].shape[1:])
+    num_classes = int(data["y_train"].max()) + 1
+    if args.random:
+        rng = np.random.default_rng(args.seed)
+
+        def log_uniform(values):
+            lo, hi = min(values), max(values)
+            if lo <= 0 or lo == hi:
+                return float(rng.choice(values))
+            return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        settings = [(log_uniform(args.lr), log_uniform(args.reg), int(rng.choice(args.hidden)),
+                     int(rng.choice(args.batch_size))) for _ in range(args.random)]
+    else:
+        settings = list(itertools.product(args.lr, args.reg, args.hidden, args.batch_size))
+    rows = []
+    for k, (lr, reg, hidden, batch) in enumerate(settings, start=1):
+        model = build_model(args.model, input_shape, num_classes, [hidden], reg, args.init,
+                            args.seed, args.device)
+        solver = Solver(model, data, update_rule=args.update_rule, optim_config={"learning_rate": lr},
+                        lr_decay=args.lr_decay, num_epochs=args.epochs, batch_size=batch,
+                        seed=args.seed, verbose=False, on_nonfinite="continue")
+        start = time.perf_counter()
+        solver.train()
+        row = {"lr": lr, "reg": reg, "hidden": hidden, "batch_size": batch,
+               "train_acc": solver.train_acc_history[-1], "val_acc": solver.best_val_acc,
+               "seconds": round(time.perf_counter() - start, 2)}
+        rows.append(row)
+        print(f"[{k}/{len(settings)}] lr {lr:.2e} reg {reg:.2e} hidden {hidden} batch {batch}: "
+              f"val acc {row['val_acc']:.4f}")
+    columns = ["lr", "reg", "hidden", "batch_size", "train_acc", "val_acc", "seconds"]
+    table = format_table(rows, columns)
+    best = max(rows, key=lambda r: r["val_acc"])
+    print(table)
+    print(f"best: lr {best['lr']:.2e}, reg {best['reg']:.2e}, hidden {best['hidden']}, "
+          f"batch {best['batch_size']} -> val acc {best['val_acc']:.4f}")
+    from . import plots
+    plots.sweep_table(rows, columns, out / "sweep.png",
+                      title=f"{args.model} on {args.dataset}: validation accuracy, best first")
+    (out / "sweep.txt").write_text(table + "\n")
+    (out / "sweep.json").write_text(json.dumps({"rows": rows, "best": best}, indent=2))
+    print(f"wrote {out}/sweep.txt, sweep.png, sweep.json")
+    return 0
+
+
+def format_table(rows, columns):
+    from .plots import _fmt
+    rows = sorted(rows, key=lambda r: -r["val_acc"])
+    cells = [columns] + [[_fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[j]) for row in cells) for j in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

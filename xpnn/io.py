@@ -1,0 +1,66 @@
+"""Safe files: atomic .npz writes and checked .npz reads (never pickle).
+
+A checkpoint is written to a temporary file in the same directory, flushed to disk, then
+renamed over the target: a crash or a full disk leaves the previous file intact, never a
+half-written one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not match the model."""
+
+
+def atomic_savez(path, arrays: dict, meta: dict | None = None) -> Path:
+    """Write `arrays` (name -> host array) and JSON `meta` to `path` atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {name: np.asarray(a) for name, a in arrays.items()}
+    if meta is not None:
+        payload["__meta__"] = np.asarray(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def load_npz(path) -> tuple[dict, dict]:
+    """Read an .npz written by `atomic_savez` -> (arrays, meta); clear errors when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read ({e})") from None
+    except Exception as e:  # zlib errors and other decoding failures of a damaged archive
+        raise CheckpointError(f"checkpoint {path} is corrupt and cannot be read "
+                              f"({type(e).__name__}: {e})") from None
+    meta = {}
+    if "__meta__" in arrays:
+        try:
+            meta = json.loads(str(arrays.pop("__meta__")))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"checkpoint {path} has corrupt metadata ({e})") from None
+    return arrays, meta

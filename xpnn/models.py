@@ -1,0 +1,82 @@
+"""The classic assignments' models, each a `Sequential` with CS231n's parameter names.
+
+    TwoLayerNet        affine - relu - affine                              (W1, b1, W2, b2)
+    FullyConnectedNet  {affine - [batch/layer norm] - relu - [dropout]} x (L-1) - affine
+    ThreeLayerConvNet  conv - relu - 2x2 max pool - affine - relu - affine
+    mnist_cnn()        conv3x3x8 - relu - pool - conv3x3x8 - relu - pool - fc32 - relu - fc10
+"""
+from __future__ import annotations
+
+from .nn import (Affine, BatchNorm, Conv, Dropout, LayerNorm, MaxPool, Model, ReLU, Sequential,
+                 load)
+
+__all__ = ["Model", "Sequential", "TwoLayerNet", "FullyConnectedNet", "ThreeLayerConvNet",
+           "mnist_cnn", "load"]
+
+NORMALIZATIONS = {None: None, "batchnorm": BatchNorm, "layernorm": LayerNorm}
+
+
+class TwoLayerNet(Sequential):
+    def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10, weight_scale=1e-3,
+                 reg=0.0, init="gaussian", dtype="float32", seed=None, device="cpu"):
+        config = dict(input_dim=input_dim, hidden_dim=hidden_dim, num_classes=num_classes,
+                      weight_scale=weight_scale, reg=reg, init=init, seed=seed)
+        super().__init__([Affine(hidden_dim), ReLU(), Affine(num_classes)], (input_dim,), reg=reg,
+                         weight_scale=weight_scale, init=init, dtype=dtype, seed=seed, device=device)
+        self.config = {**config, "dtype": self.config["dtype"]}
+
+
+class FullyConnectedNet(Sequential):
+    def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
+                 normalization=None, reg=0.0, weight_scale=1e-2, dtype="float32", seed=None,
+                 device="cpu", init="gaussian"):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; use None, 'batchnorm' or 'layernorm'")
+        hidden_dims = [int(h) for h in hidden_dims]
+        config = dict(hidden_dims=hidden_dims, input_dim=input_dim, num_classes=num_classes,
+                      dropout_keep_ratio=dropout_keep_ratio, normalization=normalization, reg=reg,
+                      weight_scale=weight_scale, seed=seed, init=init)
+        stack = []
+        for h in hidden_dims:
+            stack.append(Affine(h))
+            if normalization is not None:
+                stack.append(NORMALIZATIONS[normalization]())
+            stack.append(ReLU())
+            if dropout_keep_ratio != 1:
+                stack.append(Dropout(dropout_keep_ratio, seed=seed))
+        stack.append(Affine(num_classes))
+        super().__init__(stack, (input_dim,), reg=reg, weight_scale=weight_scale, init=init,
+                         dtype=dtype, seed=seed, device=device)
+        self.num_layers = len(hidden_dims) + 1
+        self.normalization, self.use_dropout = normalization, dropout_keep_ratio != 1
+        self.config = {**config, "dtype": self.config["dtype"]}
+
+    @property
+    def dropout_param(self) -> dict:
+        drops = [l for l in self.layers if isinstance(l, Dropout)]
+        return drops[0].dropout_param if drops else {}
+
+
+class ThreeLayerConvNet(Sequential):
+    def __init__(self, input_dim=(3, 32, 32), num_filters=32, filter_size=7, hidden_dim=100,
+                 num_classes=10, weight_scale=1e-3, reg=0.0, dtype="float32", seed=None,
+                 device="cpu", init="gaussian"):
+        config = dict(input_dim=list(input_dim), num_filters=num_filters, filter_size=filter_size,
+                      hidden_dim=hidden_dim, num_classes=num_classes, weight_scale=weight_scale,
+                      reg=reg, seed=seed, init=init)
+        # "same" padding keeps H x W through the conv; the pool halves them.
+        stack = [Conv(num_filters, filter_size, stride=1, pad=(filter_size - 1) // 2), ReLU(),
+                 MaxPool(2), Affine(hidden_dim), ReLU(), Affine(num_classes)]
+        super().__init__(stack, tuple(input_dim), reg=reg, weight_scale=weight_scale, init=init,
+                         dtype=dtype, seed=seed, device=device)
+        self.config = {**config, "dtype": self.config["dtype"]}
+
+
+def mnist_cnn(input_shape=(1, 28, 28), num_classes=10, filters=8, hidden_dim=32, init="he",
+              **kwargs) -> Sequential:
+    """The homework's MNIST CNN: conv3x3x8 (pad 1) - relu - pool2 - conv3x3x8 (pad 1) - relu -
+    pool2 - affine 32 - relu - affine 10, He-initialised for its ReLUs."""
+    layers = [Conv(filters, 3, pad=1), ReLU(), MaxPool(2),
+              Conv(filters, 3, pad=1), ReLU(), MaxPool(2),
+              Affine(hidden_dim), ReLU(), Affine(num_classes)]
+    return Sequential(layers, input_shape, init=init, **kwargs)

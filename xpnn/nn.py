@@ -1,0 +1,434 @@
+"""Models built from the functional layers: a `Model` base class, layer modules, `Sequential`.
+
+A model owns `params` (name -> array on its device) and implements `loss(X, y=None)`:
+scores when y is None (test mode), else `(loss, grads)` with grads keyed like params.
+Layer modules are stateless wrappers of the functional layers: they know the names of their
+parameters in the model's dict (CS231n names: W1, b1, gamma1, ...) and how to initialise them.
+"""
+from __future__ import annotations
+
+import math
+
+from . import layers as L
+from . import ops
+from .backend import Generator, get_backend, namespace_of, to_numpy
+from .io import CheckpointError, atomic_savez, load_npz
+
+INITS = ("gaussian", "xavier", "he")
+LOSSES = {"softmax": L.softmax_loss, "svm": L.svm_loss, "mse": L.mse_loss}
+
+
+# ---------------------------------------------------------------------------- layer modules
+
+class Layer:
+    """A stateless layer: `forward(x, params, train) -> (out, cache)`,
+    `backward(dout, cache) -> (dx, grads)`. Layers with parameters name them on `build`."""
+    has_weights = False   # Affine and Conv: they are numbered 1, 2, ... and name W{k}, b{k}
+
+    def build(self, in_shape: tuple, k: int) -> tuple:
+        """Learn the input shape (without the batch axis); return the output shape."""
+        return in_shape
+
+    def init_params(self, rng, dtype, init, weight_scale) -> dict:
+        return {}
+
+    def buffers(self) -> dict:
+        return {}
+
+    def spec(self) -> dict:
+        return {"type": type(self).__name__, **{k: v for k, v in vars(self).items()
+                                               if not k.startswith("_")}}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+def _init_weight(rng, shape, fan_in, fan_out, dtype, init, weight_scale):
+    std = {"gaussian": weight_scale,
+           "xavier": math.sqrt(2.0 / (fan_in + fan_out)),    # Glorot & Bengio (2010)
+           "he": math.sqrt(2.0 / fan_in)}[init]              # He et al. (2015), for ReLU
+    return rng.normal(shape, scale=std, dtype=dtype)
+
+
+class Affine(Layer):
+    has_weights = True
+
+    def __init__(self, out_features: int):
+        self.out_features = int(out_features)
+
+    def build(self, in_shape, k):
+        self._in = math.prod(in_shape)
+        self._W, self._b = f"W{k}", f"b{k}"
+        return (self.out_features,)
+
+    def init_params(self, rng, dtype, init, weight_scale):
+        D, M = self._in, self.out_features
+        return {self._W: _init_weight(rng, (D, M), D, M, dtype, init, weight_scale),
+                self._b: rng.backend.xp.zeros((M,), dtype=rng.backend.dtype(dtype),
+                                              device=rng.backend.device)}
+
+    def forward(self, x, params, train):
+        return L.affine_forward(x, params[self._W], params[self._b])
+
+    def backward(self, dout, cache):
+        dx, dw, db = L.affine_backward(dout, cache)
+        return dx, {self._W: dw, self._b: db}
+
+
+class Conv(Layer):
+    has_weights = True
+
+    def __init__(self, filters: int, size: int | tuple = 3, stride: int = 1, pad: int = 0):
+        self.filters, self.stride, self.pad = int(filters), int(stride), int(pad)
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+    def build(self, in_shape, k):
+        if len(in_shape) != 3:
+            raise ValueError(f"Conv needs (C, H, W) inputs, got shape {in_shape}")
+        C, H, W = in_shape
+        HO, WO = ops.conv_output_size(H, W, *self.size, self.stride, self.pad)
+        self._C, self._W, self._b = C, f"W{k}", f"b{k}"
+        self._param = {"stride": self.stride, "pad": self.pad}
+        return (self.filters, HO, WO)
+
+    def init_params(self, rng, dtype, init, weight_scale):
+        F, (kh, kw) = self.filters, self.size
+        shape = (F, self._C, kh, kw)
+        return {self._W: _init_weight(rng, shape, self._C * kh * kw, F * kh * kw, dtype, init,
+                                      weight_scale),
+                self._b: rng.backend.xp.zeros((F,), dtype=rng.backend.dtype(dtype),
+                                              device=rng.backend.device)}
+
+    def forward(self, x, params, train, needs_dx=True):
+        return L.conv_forward(x, params[self._W], params[self._b], {**self._param, "needs_dx": needs_dx})
+
+    def backward(self, dout, cache):
+        dx, dw, db = L.conv_backward(dout, cache)
+        return dx, {self._W: dw, self._b: db}
+
+
+class MaxPool(Layer):
+    def __init__(self, size: int = 2, stride: int | None = None):
+        self.size, self.stride = int(size), int(stride or size)
+
+    def build(self, in_shape, k):
+        C, H, W = in_shape
+        HO, WO = ops.conv_output_size(H, W, self.size, self.size, self.stride, 0)
+        self._param = {"pool_height": self.size, "pool_width": self.size, "stride": self.stride}
+        return (C, HO, WO)
+
+    def forward(self, x, params, train):
+        return L.max_pool_forward(x, self._param)
+
+    def backward(self, dout, cache):
+        return L.max_pool_backward(dout, cache), {}
+
+
+class _Activation(Layer):
+    forward_fn = backward_fn = None
+
+    def forward(self, x, params, train):
+        return type(self).forward_fn(x)
+
+    def backward(self, dout, cache):
+        return type(self).backward_fn(dout, cache), {}
+
+
+class ReLU(_Activation):
+    forward_fn, backward_fn = L.relu_forward, L.relu_backward
+
+
+class Sigmoid(_Activation):
+    forward_fn, backward_fn = L.sigmoid_forward, L.sigmoid_backward
+
+
+class Tanh(_Activation):
+    forward_fn, backward_fn = L.tanh_forward, L.tanh_backward
+
+
+class LeakyReLU(Layer):
+    def __init__(self, alpha: float = 0.01):
+        self.alpha = float(alpha)
+
+    def forward(self, x, params, train):
+        return L.leaky_relu_forward(x, self.alpha)
+
+    def backward(self, dout, cache):
+        return L.leaky_relu_backward(dout, cache), {}
+
+
+class BatchNorm(Layer):
+    """Batchnorm after weight layer k (gamma{k}, beta{k}); spatial for (C, H, W) inputs."""
+
+    def __init__(self, momentum: float = 0.9, eps: float = 1e-5):
+        self.momentum, self.eps = float(momentum), float(eps)
+
+    def build(self, in_shape, k):
+        self._D, self._spatial = in_shape[0], len(in_shape) == 3
+        self._gamma, self._beta = f"gamma{k}", f"beta{k}"
+        self.bn_param = {"mode": "train", "momentum": self.momentum, "eps": self.eps}
+        self._k = k
+        return in_shape
+
+    def init_params(self, rng, dtype, init, weight_scale):
+        xp, d = rng.backend.xp, rng.backend.dtype(dtype)
+        return {self._gamma: xp.ones((self._D,), dtype=d, device=rng.backend.device),
+                self._beta: xp.zeros((self._D,), dtype=d, device=rng.backend.device)}
+
+    def buffers(self):
+        return {f"{key}{self._k}": self.bn_param[key] for key in ("running_mean", "running_var")
+                if key in self.bn_param}
+
+    def spec(self):
+        return {"type": "BatchNorm", "momentum": self.momentum, "eps": self.eps}
+
+    def forward(self, x, params, train):
+        self.bn_param["mode"] = "train" if train else "test"
+        fn = L.spatial_batchnorm_forward if self._spatial else L.batchnorm_forward
+        return fn(x, params[self._gamma], params[self._beta], self.bn_param)
+
+    def backward(self, dout, cache):
+        fn = L.spatial_batchnorm_backward if self._spatial else L.batchnorm_backward_alt
+        dx, dgamma, dbeta = fn(dout, cache)
+        return dx, {self._gamma: dgamma, self._beta: dbeta}
+
+
+class LayerNorm(Layer):
+    def __init__(self, eps: float = 1e-5):
+        self.eps = float(eps)
+
+    def build(self, in_shape, k):
+        if len(in_shape) != 1:
+            raise ValueError(f"LayerNorm needs flat (D,) features, got shape {in_shape}")
+        self._D, self._gamma, self._beta = in_shape[0], f"gamma{k}", f"beta{k}"
+        return in_shape
+
+    init_params = BatchNorm.init_params
+
+    def forward(self, x, params, train):
+        return L.layernorm_forward(x, params[self._gamma], params[self._beta], {"eps": self.eps})
+
+    def backward(self, dout, cache):
+        dx, dgamma, dbeta = L.layernorm_backward(dout, cache)
+        return dx, {self._gamma: dgamma, self._beta: dbeta}
+
+
+class Dropout(Layer):
+    """Inverted dropout keeping each unit with probability `keep`. With `seed` the mask is the
+    same on every call (CS231n's convention, which gradient checks rely on)."""
+
+    def __init__(self, keep: float = 0.5, seed: int | None = None):
+        self.keep, self.seed = float(keep), seed
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"dropout keep probability must be in (0, 1], got {keep}")
+        self.dropout_param = {"mode": "train", "p": self.keep}
+        if seed is not None:
+            self.dropout_param["seed"] = seed
+
+    def spec(self):
+        return {"type": "Dropout", "keep": self.keep, "seed": self.seed}
+
+    def forward(self, x, params, train):
+        self.dropout_param["mode"] = "train" if train else "test"
+        return L.dropout_forward(x, self.dropout_param)
+
+    def backward(self, dout, cache):
+        return L.dropout_backward(dout, cache), {}
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in
+               (Affine, Conv, MaxPool, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm, LayerNorm, Dropout)}
+
+
+def layer_from_spec(spec: dict) -> Layer:
+    spec = dict(spec)
+    kind = spec.pop("type")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(LAYER_TYPES)}")
+    return LAYER_TYPES[kind](**spec)
+
+
+# ---------------------------------------------------------------------------- models
+
+MODEL_TYPES: dict[str, type] = {}
+
+
+class Model:
+    """Parameters on one device, a `loss(X, y=None)`, save/load and `to(device)`."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_TYPES[cls.__name__] = cls
+
+    params: dict
+    config: dict      # the constructor's arguments, enough to rebuild the model on load
+
+    @property
+    def device(self) -> str:
+        return self.backend.label
+
+    def to(self, device) -> "Model":
+        """Move params and buffers to `device` (an explicit copy); returns the model."""
+        target = get_backend(device)
+        if target is not self.backend:
+            self.params = {k: target.to_device(to_numpy(v)) for k, v in self.params.items()}
+            self._set_buffers({k: target.to_device(to_numpy(v)) for k, v in self.buffers().items()})
+            self.backend = target
+        return self
+
+    def buffers(self) -> dict:
+        """Non-trainable state saved with the model (batchnorm running averages)."""
+        return {}
+
+    def _set_buffers(self, buffers: dict) -> None:
+        pass
+
+    def state_arrays(self) -> dict:
+        """Host copies of params and buffers, keyed as in a checkpoint."""
+        state = {f"param/{k}": to_numpy(v) for k, v in self.params.items()}
+        state.update({f"buffer/{k}": to_numpy(v) for k, v in self.buffers().items()})
+        return state
+
+    def load_state(self, arrays: dict, source="checkpoint") -> None:
+        """Set params (and buffers) from host arrays, after checking names, shapes and dtypes."""
+        problems = []
+        for name, current in self.params.items():
+            saved = arrays.get(f"param/{name}")
+            if saved is None:
+                problems.append(f"missing parameter {name}")
+            elif tuple(saved.shape) != tuple(current.shape):
+                problems.append(f"{name} has shape {tuple(saved.shape)}, model expects {tuple(current.shape)}")
+            elif saved.dtype.name != self.backend.dtype_name(current.dtype):
+                problems.append(f"{name} has dtype {saved.dtype.name}, model expects "
+                                f"{self.backend.dtype_name(current.dtype)}")
+        extra = sorted(k[6:] for k in arrays if k.startswith("param/") and k[6:] not in self.params)
+        if extra:
+            problems.append(f"unexpected parameters {', '.join(extra)}")
+        if problems:
+            raise CheckpointError(f"{source} does not match the {type(self).__name__}: " + "; ".join(problems))
+        self.params = {k: self.backend.to_device(arrays[f"param/{k}"]) for k in self.params}
+        self._set_buffers({k[7:]: self.backend.to_device(v) for k, v in arrays.items()
+                           if k.startswith("buffer/")})
+
+    def save(self, path):
+        """Write params, buffers and the model's configuration to a portable .npz (no pickle)."""
+        return atomic_savez(path, self.state_arrays(), self.describe())
+
+    def describe(self) -> dict:
+        from . import __version__
+        return {"model": type(self).__name__, "config": self.config, "xpnn": __version__}
+
+
+class Sequential(Model):
+    """Any stack of layer modules, ending in class scores, trained with a softmax (or SVM /
+    MSE) loss plus L2 regularisation 0.5 * reg * sum(W**2) on every weight matrix.
+
+        model = Sequential([Conv(8, 3, pad=1), ReLU(), MaxPool(2), Affine(10)],
+                           input_shape=(1, 28, 28), device="cuda")
+    """
+
+    def __init__(self, layers, input_shape, reg=0.0, weight_scale=1e-2, init="gaussian",
+                 loss="softmax", dtype="float32", seed=None, device="cpu"):
+        self.layers = [layer_from_spec(l) if isinstance(l, dict) else l for l in layers]
+        if init not in INITS:
+            raise ValueError(f"unknown weight init {init!r}; use one of {', '.join(INITS)}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+        self.backend = get_backend(device)
+        self.dtype = self.backend.dtype(dtype)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.reg, self.loss_name = float(reg), loss
+        self.config = {"layers": [l.spec() for l in self.layers], "input_shape": list(self.input_shape),
+                       "reg": self.reg, "weight_scale": weight_scale, "init": init, "loss": loss,
+                       "dtype": self.backend.dtype_name(self.dtype), "seed": seed}
+        rng = Generator(self.backend, seed)
+        self.params = {}
+        shape, k = self.input_shape, 0
+        for layer in self.layers:
+            k += layer.has_weights
+            shape = layer.build(shape, k)
+            self.params.update(layer.init_params(rng, self.config["dtype"], init, weight_scale))
+        self.output_shape = shape
+
+    def _check_input(self, X):
+        xp = namespace_of(X, *self.params.values())
+        if not xp.isdtype(X.dtype, "real floating"):
+            raise TypeError(f"input X must be floating point, got dtype {X.dtype}; convert it "
+                            f"(e.g. X.astype('float32') / 255) first")
+        features = tuple(X.shape[1:])
+        if len(self.input_shape) == 1 and X.ndim >= 2:
+            features = (math.prod(features),)     # a fully connected net flattens its input
+        if features != self.input_shape:
+            raise ValueError(f"input X has shape {tuple(X.shape)}, but this model expects "
+                             f"(N, {', '.join(map(str, self.input_shape))})")
+        return xp.astype(X, self.dtype, copy=False)
+
+    def scores(self, X):
+        """Class scores for X in test mode (no caches kept)."""
+        out = self._check_input(X)
+        for layer in self.layers:
+            out, _ = layer.forward(out, self.params, False)
+        return out
+
+    def loss(self, X, y=None):
+        if y is None:
+            return self.scores(X)
+        out = self._check_input(X)
+        caches = []
+        for i, layer in enumerate(self.layers):
+            if i == 0 and isinstance(layer, Conv):
+                out, cache = layer.forward(out, self.params, True, needs_dx=False)
+            else:
+                out, cache = layer.forward(out, self.params, True)
+            caches.append(cache)
+        data_loss, dout = LOSSES[self.loss_name](out, y)
+
+        grads = {}
+        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+            dout, layer_grads = layer.backward(dout, cache)
+            grads.update(layer_grads)
+        reg_loss = 0.0
+        if self.reg:
+            xp = namespace_of(out)
+            for name, w in self.params.items():
+                if name.startswith("W"):
+                    reg_loss = reg_loss + xp.sum(w * w)
+                    grads[name] = grads[name] + self.reg * w
+        return data_loss + 0.5 * self.reg * float(reg_loss), grads
+
+    def buffers(self):
+        out = {}
+        for layer in self.layers:
+            out.update(layer.buffers())
+        return out
+
+    def _set_buffers(self, buffers):
+        for layer in self.layers:
+            if isinstance(layer, BatchNorm):
+                for key in ("running_mean", "running_var"):
+                    if f"{key}{layer._k}" in buffers:
+                        layer.bn_param[key] = buffers[f"{key}{layer._k}"]
+
+    @property
+    def bn_params(self) -> list:
+        return [l.bn_param for l in self.layers if isinstance(l, BatchNorm)]
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(l) for l in self.layers)
+        return f"{type(self).__name__}(device={self.device!r}, layers=[\n  {inner}])"
+
+
+def load(path, device="cpu") -> Model:
+    """Rebuild a saved model on `device` (any device, whatever it was trained on)."""
+    arrays, meta = load_npz(path)
+    kind = meta.get("model")
+    if kind not in MODEL_TYPES:
+        raise CheckpointError(f"{path} does not describe an xpnn model (model type {kind!r})")
+    config = dict(meta.get("config", {}))
+    try:
+        model = MODEL_TYPES[kind](**config, device=device)
+    except TypeError as e:
+        raise CheckpointError(f"{path}: saved configuration does not fit {kind} ({e})") from None
+    model.load_state(arrays, source=str(path))
+    return model

@@ -1,0 +1,102 @@
+"""First-order update rules, in order of increasing complexity (CS231n's contract):
+
+    next_w, config = update(w, dw, config=None)
+
+`config` holds the hyperparameters (learning_rate, ...) and the rule's state (velocity,
+caches, moments), which is created once, on w's device, at the first call and then reused.
+"""
+from __future__ import annotations
+
+from .backend import namespace_of
+
+
+def _state(config, key, w):
+    """The rule's state array `key`, made as zeros like w the first time only."""
+    if key not in config:
+        config[key] = namespace_of(w).zeros_like(w)
+    return config[key]
+
+
+def sgd(w, dw, config=None):
+    """Vanilla stochastic gradient descent."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    return w - config["learning_rate"] * dw, config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum: v = mu * v - lr * dw; w += v."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    v = config["momentum"] * _state(config, "velocity", w) - config["learning_rate"] * dw
+    config["velocity"] = v
+    return w + v, config
+
+
+def nesterov(w, dw, config=None):
+    """Nesterov momentum in the form that steps from the current weights (CS231n notes):
+    v_new = mu * v - lr * dw; w += -mu * v + (1 + mu) * v_new."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    mu = config["momentum"]
+    v_prev = _state(config, "velocity", w)
+    v = mu * v_prev - config["learning_rate"] * dw
+    config["velocity"] = v
+    return w - mu * v_prev + (1 + mu) * v, config
+
+
+def adagrad(w, dw, config=None):
+    """Per-parameter learning rates scaled by the sum of all past squared gradients."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("epsilon", 1e-8)
+    xp = namespace_of(w, dw)
+    cache = _state(config, "cache", w) + dw * dw
+    config["cache"] = cache
+    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
+
+
+def rmsprop(w, dw, config=None):
+    """Like adagrad, with a moving average of squared gradients instead of their sum."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("decay_rate", 0.99)
+    config.setdefault("epsilon", 1e-8)
+    xp = namespace_of(w, dw)
+    decay = config["decay_rate"]
+    cache = decay * _state(config, "cache", w) + (1 - decay) * dw * dw
+    config["cache"] = cache
+    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
+
+
+def adam(w, dw, config=None):
+    """Adam: moving averages of the gradient (m) and its square (v), bias-corrected."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-3)
+    config.setdefault("beta1", 0.9)
+    config.setdefault("beta2", 0.999)
+    config.setdefault("epsilon", 1e-8)
+    config.setdefault("t", 0)
+    xp = namespace_of(w, dw)
+    b1, b2 = config["beta1"], config["beta2"]
+    config["t"] += 1
+    m = b1 * _state(config, "m", w) + (1 - b1) * dw
+    v = b2 * _state(config, "v", w) + (1 - b2) * dw * dw
+    config["m"], config["v"] = m, v
+    m_hat = m / (1 - b1 ** config["t"])
+    v_hat = v / (1 - b2 ** config["t"])
+    return w - config["learning_rate"] * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+
+
+UPDATE_RULES = {f.__name__: f for f in (sgd, sgd_momentum, nesterov, adagrad, rmsprop, adam)}
+
+
+def get_update_rule(rule):
+    """An update rule by name (or a callable, returned as is)."""
+    if callable(rule):
+        return rule
+    if rule not in UPDATE_RULES:
+        raise ValueError(f"unknown update rule {rule!r}; use one of {', '.join(UPDATE_RULES)}")
+    return UPDATE_RULES[rule]

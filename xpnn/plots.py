@@ -1,0 +1,103 @@
+"""The pictures people look at after training: learning curves, a sweep table, first-layer weights."""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")          # files only: works on machines with no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(loss_history, train_acc_history, val_acc_history, path, title=""):
+    """Loss per iteration (with a moving average) and train/val accuracy per epoch."""
+    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(8, 7), constrained_layout=True)
+    loss = np.asarray(loss_history, dtype=float)
+    iters = np.arange(1, len(loss) + 1)
+    ax_loss.plot(iters, loss, ".", ms=2, alpha=0.35, color="tab:blue", label="minibatch loss")
+    window = max(1, len(loss) // 50)
+    if len(loss) >= window > 1:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax_loss.plot(iters[window - 1:], smooth, color="tab:blue", lw=2,
+                     label=f"moving average ({window} iterations)")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title(f"Training loss{' - ' + title if title else ''}")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+
+    epochs = np.arange(len(train_acc_history))
+    ax_acc.plot(epochs, train_acc_history, "o-", label="train")
+    ax_acc.plot(epochs, val_acc_history, "s-", label="validation")
+    if len(val_acc_history):
+        best = int(np.argmax(val_acc_history))
+        ax_acc.annotate(f"best val {val_acc_history[best]:.4f}", (best, val_acc_history[best]),
+                        textcoords="offset points", xytext=(0, -18), ha="center")
+    ax_acc.set_xlabel("epoch (0 = after the first iteration)")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_title("Classification accuracy")
+    ax_acc.set_xticks(epochs)
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend(loc="lower right")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep_table(rows, columns, path, title="Hyperparameter sweep"):
+    """A table of settings and validation accuracy, best first, the best row highlighted."""
+    rows = sorted(rows, key=lambda r: -r["val_acc"])
+    cells = [[_fmt(r[c]) for c in columns] for r in rows]
+    fig_h = 1.2 + 0.32 * (len(rows) + 1)
+    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 1, fig_h))
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=columns, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    table.scale(1, 1.3)
+    for j in range(len(columns)):
+        table[0, j].set_facecolor("#dddddd")
+        table[0, j].set_text_props(weight="bold")
+        if rows:
+            table[1, j].set_facecolor("#cfeecf")
+    ax.set_title(title)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
+    return str(v)
+
+
+def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
+    """A grid of the first layer's filters: conv W (F, C, kh, kw) or affine W (D, M) whose
+    columns are reshaped to input images of `input_shape` (C, H, W)."""
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim == 4:
+        images = W
+    elif W.ndim == 2 and input_shape is not None and math.prod(input_shape) == W.shape[0]:
+        images = W.T.reshape(W.shape[1], *input_shape)
+    else:
+        raise ValueError(f"cannot show weights of shape {W.shape} as images")
+    images = images[:64]
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.5, 1.3 * rows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, img in enumerate(images):
+        # Each filter scaled to its own range, so its pattern shows whatever its magnitude.
+        lo, hi = img.min(), img.max()
+        img = (img - lo) / (hi - lo + 1e-12)
+        ax = axes.flat[i]
+        if img.shape[0] == 3:
+            ax.imshow(np.transpose(img, (1, 2, 0)), interpolation="nearest")
+        else:
+            ax.imshow(img[0], cmap="gray", interpolation="nearest")
+        ax.set_title(str(i + 1), fontsize=8)
+    fig.suptitle(f"{title} ({n} shown)")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

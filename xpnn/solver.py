@@ -1,0 +1,272 @@
+"""The training loop: minibatch gradient descent with CS231n's Solver API.
+
+    solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": 1e-3},
+                    lr_decay=0.95, num_epochs=10, batch_size=100, seed=0)
+    solver.train()
+
+`data` holds host NumPy arrays (X_train, y_train, X_val, y_val). They are moved to the model's
+device once when they fit (per batch otherwise); each step brings back only the loss. Each
+epoch ends with accuracy checks, the best parameters so far, and an atomic checkpoint holding
+everything needed to resume bit for bit (`Solver.load_checkpoint`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import optim
+from .backend import namespace_of, to_numpy
+from .io import CheckpointError, atomic_savez, load_npz
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite during training."""
+
+
+class Solver:
+    def __init__(self, model, data, **kwargs):
+        self.model = model
+        self.update_rule_name = kwargs.pop("update_rule", "sgd")
+        self.optim_config = dict(kwargs.pop("optim_config", {}))
+        self.lr_decay = kwargs.pop("lr_decay", 1.0)
+        self.batch_size = kwargs.pop("batch_size", 100)
+        self.num_epochs = kwargs.pop("num_epochs", 10)
+        self.num_train_samples = kwargs.pop("num_train_samples", 1000)
+        self.num_val_samples = kwargs.pop("num_val_samples", None)
+        self.checkpoint_name = kwargs.pop("checkpoint_name", None)
+        self.print_every = kwargs.pop("print_every", 10)
+        self.verbose = kwargs.pop("verbose", True)
+        self.seed = kwargs.pop("seed", None)
+        # "stop" raises NonFiniteLossError; "continue" skips the step's update and goes on.
+        self.on_nonfinite = kwargs.pop("on_nonfinite", "stop")
+        if kwargs:
+            raise ValueError(f"Unrecognized arguments {', '.join(sorted(kwargs))}")
+        self.update_rule = optim.get_update_rule(self.update_rule_name)
+        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (isinstance(self.num_epochs, int) and self.num_epochs >= 0):
+            raise ValueError(f"num_epochs must be a non-negative integer, got {self.num_epochs!r}")
+        if self.on_nonfinite not in ("stop", "continue"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'continue', got {self.on_nonfinite!r}")
+        if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay > 0):
+            raise ValueError(f"lr_decay must be a positive number, got {self.lr_decay!r}")
+
+        self.backend = model.backend
+        self.X_train, self.y_train = self._stage(data, "train")
+        self.X_val, self.y_val = self._stage(data, "val")
+        self._reset()
+
+    # ------------------------------------------------------------------ data
+
+    def _num_classes(self):
+        shape = getattr(self.model, "output_shape", None)
+        return shape[0] if shape and len(shape) == 1 else None
+
+    def _check_split(self, X, y, name):
+        """Host-side checks, once: shapes agree, data are finite floats, labels in range."""
+        X, y = np.asarray(X), np.asarray(y)
+        if X.ndim < 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+            raise ValueError(f"X_{name} {X.shape} and y_{name} {y.shape} must hold the same number "
+                             "of examples (X: (N, ...), y: (N,))")
+        if not np.issubdtype(X.dtype, np.floating):
+            raise TypeError(f"X_{name} must be floating point, got dtype {X.dtype}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"y_{name} must hold integer class labels, got dtype {y.dtype}")
+        if not np.all(np.isfinite(X)):
+            bad = int(np.size(X) - np.count_nonzero(np.isfinite(X)))
+            raise ValueError(f"X_{name} contains {bad} NaN or infinite values")
+        C = self._num_classes()
+        if y.size and C is not None and (y.min() < 0 or y.max() >= C):
+            raise ValueError(f"y_{name} labels must lie in [0, {C - 1}] for a model with {C} "
+                             f"classes, got values from {y.min()} to {y.max()}")
+        return X, y
+
+    def _stage(self, data, name):
+        missing = [k for k in (f"X_{name}", f"y_{name}") if k not in data]
+        if missing:
+            raise KeyError(f"data is missing {', '.join(missing)} (it needs X_train, y_train, X_val, y_val)")
+        X, y = self._check_split(data[f"X_{name}"], data[f"y_{name}"], name)
+        dtype = self.backend.dtype_name(self.model.dtype)
+        X = X.astype(dtype, copy=False)
+        free = self.backend.memory_free()
+        if free is None or X.nbytes + y.nbytes < free // 2:
+            return self.backend.to_device(X), self.backend.to_device(y)
+        return X, y      # too big for the device: moved one batch at a time
+
+    def _batch(self, X, y, idx):
+        """Rows idx of (X, y) as arrays on the model's device."""
+        if self.backend.owns(X):
+            xp = self.backend.xp
+            idx = self.backend.to_device(idx)
+            return xp.take(X, idx, axis=0), xp.take(y, idx, axis=0)
+        return self.backend.to_device(X[idx]), self.backend.to_device(y[idx])
+
+    # ------------------------------------------------------------------ state
+
+    def _reset(self):
+        self.epoch = 0
+        self.t = 0
+        self.best_val_acc = 0.0
+        self.best_params = {}
+        self.loss_history = []
+        self.train_acc_history = []
+        self.val_acc_history = []
+        self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
+        self.rng = np.random.default_rng(self.seed)
+        self.checkpoint_path = None
+
+    def _step(self, idx):
+        X_batch, y_batch = self._batch(self.X_train, self.y_train, idx)
+        try:
+            loss, grads = self.model.loss(X_batch, y_batch)
+        except Exception as e:
+            if self.backend.is_out_of_memory(e):
+                raise MemoryError(f"{self.backend.label} ran out of memory at iteration {self.t + 1} "
+                                  f"with batch_size={len(idx)} ({e}); try a smaller batch_size") from e
+            raise
+        if not math.isfinite(loss):
+            finite = [l for l in self.loss_history if math.isfinite(l)]
+            last = f"{finite[-1]:.6g}" if finite else "none"
+            if self.on_nonfinite == "stop":
+                kept = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else ""
+                raise NonFiniteLossError(
+                    f"loss became {loss} at iteration {self.t + 1} (epoch {self.epoch + 1}); "
+                    f"the last finite loss was {last}{kept}. Lower the learning rate, or pass "
+                    "on_nonfinite='continue' to skip such steps")
+            self.loss_history.append(loss)
+            return        # skip the update: the gradients are not usable
+        self.loss_history.append(loss)
+        for p, w in self.model.params.items():
+            next_w, self.optim_configs[p] = self.update_rule(w, grads[p], self.optim_configs[p])
+            self.model.params[p] = next_w
+
+    def check_accuracy(self, X, y, num_samples=None, batch_size=100):
+        """Fraction of X classified as y, in batches; subsampled to num_samples when given."""
+        N = X.shape[0]
+        if num_samples is not None and N > num_samples:
+            idx = self.rng.choice(N, num_samples, replace=False)
+        else:
+            idx = np.arange(N)
+        correct = 0
+        for start in range(0, len(idx), batch_size):
+            Xb, yb = self._batch(X, y, idx[start:start + batch_size])
+            xp = namespace_of(Xb)
+            scores = self.model.loss(Xb)
+            correct = correct + xp.sum(xp.astype(xp.argmax(scores, axis=1) == yb, xp.int64))
+        return float(correct) / max(len(idx), 1)
+
+    def _end_of_epoch_check(self):
+        train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
+        val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
+        self.train_acc_history.append(train_acc)
+        self.val_acc_history.append(val_acc)
+        if val_acc > self.best_val_acc or not self.best_params:
+            self.best_val_acc = val_acc
+            # Updates replace arrays rather than writing into them: references are a snapshot.
+            self.best_params = dict(self.model.params)
+        return train_acc, val_acc
+
+    def train(self):
+        """Run the remaining epochs, then restore the parameters with the best validation accuracy."""
+        N = self.X_train.shape[0]
+        per_epoch = max(N // self.batch_size, 1)
+        total = self.num_epochs * per_epoch
+        bar = tqdm(total=total, initial=min(self.t, total), disable=not self.verbose,
+                   unit="it", dynamic_ncols=True)
+        try:
+            while self.epoch < self.num_epochs:
+                bar.set_description(f"epoch {self.epoch + 1}/{self.num_epochs}")
+                order = self.rng.permutation(N)
+                for i in range(per_epoch):
+                    self._step(order[i * self.batch_size:(i + 1) * self.batch_size])
+                    self.t += 1
+                    bar.update(1)
+                    if self.t % self.print_every == 0:
+                        bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+                    if self.t == 1:   # the assignments record accuracy before any epoch ends
+                        self._end_of_epoch_check()
+                self.epoch += 1
+                for config in self.optim_configs.values():
+                    config["learning_rate"] = config.get("learning_rate", 1e-2) * self.lr_decay
+                train_acc, val_acc = self._end_of_epoch_check()
+                if self.verbose:
+                    bar.write(f"(Epoch {self.epoch} / {self.num_epochs}) loss: {self.loss_history[-1]:.4f}  "
+                              f"train acc: {train_acc:.4f}; val_acc: {val_acc:.4f}")
+                if self.checkpoint_name is not None:
+                    self.checkpoint_path = self.save_checkpoint(f"{self.checkpoint_name}_epoch_{self.epoch}.npz")
+        finally:
+            bar.close()
+        if self.best_params:
+            self.model.params = dict(self.best_params)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, path):
+        """Everything needed to resume: params, buffers, optimizer state, best params, histories,
+        the random generator; written atomically (a crash never leaves half a file)."""
+        arrays = self.model.state_arrays()
+        optim_meta = {}
+        for p, config in self.optim_configs.items():
+            optim_meta[p] = {}
+            for key, value in config.items():
+                if isinstance(value, (int, float, str, bool)) or value is None:
+                    optim_meta[p][key] = value
+                else:
+                    arrays[f"optim/{p}/{key}"] = to_numpy(value)
+        for p, value in self.best_params.items():
+            arrays[f"best/{p}"] = to_numpy(value)
+        meta = self.model.describe()
+        meta["solver"] = {
+            "epoch": self.epoch, "t": self.t, "num_epochs": self.num_epochs,
+            "update_rule": self.update_rule_name if isinstance(self.update_rule_name, str) else None,
+            "batch_size": self.batch_size, "lr_decay": self.lr_decay,
+            "loss_history": [float(l) for l in self.loss_history],
+            "train_acc_history": self.train_acc_history, "val_acc_history": self.val_acc_history,
+            "best_val_acc": self.best_val_acc, "optim_configs": optim_meta,
+            "rng": self.rng.bit_generator.state,
+        }
+        return atomic_savez(path, arrays, meta)
+
+    def load_checkpoint(self, path):
+        """Restore a checkpoint written by `save_checkpoint`; `train()` then continues from it."""
+        arrays, meta = load_npz(path)
+        state = meta.get("solver")
+        if state is None:
+            raise CheckpointError(f"{path} is a model file, not a training checkpoint (no solver state)")
+        if meta.get("model") != type(self.model).__name__:
+            raise CheckpointError(f"{path} holds a {meta.get('model')}, but this solver trains a "
+                                  f"{type(self.model).__name__}")
+        self.model.load_state(arrays, source=str(path))
+        to_dev = self.backend.to_device
+        configs = {}
+        for p in self.model.params:
+            if p not in state["optim_configs"]:
+                raise CheckpointError(f"{path} has no optimizer state for parameter {p}")
+            configs[p] = dict(state["optim_configs"][p])
+        for key, value in arrays.items():
+            if key.startswith("optim/"):
+                _, p, name = key.split("/", 2)
+                configs[p][name] = to_dev(value)
+        self.optim_configs = configs
+        self.best_params = {k[5:]: to_dev(v) for k, v in arrays.items() if k.startswith("best/")}
+        self.epoch, self.t = int(state["epoch"]), int(state["t"])
+        self.loss_history = list(state["loss_history"])
+        self.train_acc_history = list(state["train_acc_history"])
+        self.val_acc_history = list(state["val_acc_history"])
+        self.best_val_acc = float(state["best_val_acc"])
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = state["rng"]
+        self.checkpoint_path = Path(path)
+        return self
+
+
+def latest_checkpoint(directory, name="checkpoint"):
+    """The highest-epoch `{name}_epoch_{k}.npz` in directory, or None."""
+    pattern = re.compile(rf"^{re.escape(name)}_epoch_(\d+)\.npz$")
+    found = [(int(m.group(1)), f) for f in Path(directory).glob(f"{name}_epoch_*.npz")
+             if (m := pattern.match(f.name))]
+    return max(found)[1] if found else None
