@@ -105,7 +105,8 @@ def add_training_args(p, sweep=False):
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--epochs", type=positive_int, default=1 if not sweep else 3)
     p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam")
-    p.add_argument("--lr-decay", type=positive_float, default=0.8, help="learning-rate factor per epoch")
+    p.add_argument("--lr-decay", type=positive_float,
+                   help="learning-rate factor per epoch (default: anneal to 3%% of --lr by the last epoch)")
     p.add_argument("--init", choices=("gaussian", "xavier", "he"), default="he")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=positive_int, help="use only the first N training images")
@@ -119,8 +120,8 @@ def main(argv=None):
 
     train = sub.add_parser("train", help="train a model and write metrics, plots and a checkpoint")
     add_training_args(train)
-    train.add_argument("--batch-size", type=positive_int, default=50)
-    train.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate")
+    train.add_argument("--batch-size", type=positive_int, default=100)
+    train.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate")
     train.add_argument("--reg", type=non_negative_float, default=0.0, help="L2 regularisation")
     train.add_argument("--hidden", type=int_list, default=[200], help="hidden sizes, e.g. 200 or 256,128")
     train.add_argument("--out", help="output directory (default runs/MODEL-DATASET)")
@@ -169,6 +170,11 @@ def _environment(device):
     return env
 
 
+def lr_decay(args):
+    """--lr-decay, or the factor that anneals the rate to 3% of its start over the run."""
+    return args.lr_decay if args.lr_decay is not None else 0.03 ** (1 / args.epochs)
+
+
 def cmd_train(args):
     out = Path(args.out or f"runs/{args.model}-{args.dataset}")
     resume_from = None
@@ -184,7 +190,7 @@ def cmd_train(args):
     model = build_model(args.model, input_shape, num_classes, args.hidden, args.reg, args.init,
                         args.seed, args.device)
     solver = Solver(model, data, update_rule=args.update_rule,
-                    optim_config={"learning_rate": args.lr}, lr_decay=args.lr_decay,
+                    optim_config={"learning_rate": args.lr}, lr_decay=lr_decay(args),
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     num_val_samples=None, print_every=10, verbose=not args.quiet,
                     checkpoint_name=str(out / "checkpoint"), on_nonfinite=args.on_nonfinite)
@@ -283,7 +289,7 @@ def cmd_sweep(args):
         model = build_model(args.model, input_shape, num_classes, [hidden], reg, args.init,
                             args.seed, args.device)
         solver = Solver(model, data, update_rule=args.update_rule, optim_config={"learning_rate": lr},
-                        lr_decay=args.lr_decay, num_epochs=args.epochs, batch_size=batch,
+                        lr_decay=lr_decay(args), num_epochs=args.epochs, batch_size=batch,
                         seed=args.seed, verbose=False, on_nonfinite="continue")
         start = time.perf_counter()
         solver.train()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def read_idx(path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
         raise DataError(f"{path} is not a readable gzip file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")

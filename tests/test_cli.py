@@ -1,0 +1,130 @@
+"""The `xpnn` command line, run as a user runs it."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from xpnn.cli import main
+from xpnn.io import load_npz
+
+QUICK = ["--dataset", "digits", "--quiet", "--seed", "0"]
+
+
+def xpnn(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "xpnn.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_train_writes_metrics_plots_and_model(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "fc", "--hidden", "64", "--epochs", "3", "--out", str(out), *QUICK]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_acc"] > 0.85 and len(metrics["val_acc_history"]) == 4
+    for name in ("curves.png", "weights.png", "model.npz", "checkpoint_epoch_3.npz"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model", ["softmax", "twolayer", "mnist-cnn", "threelayer-cnn"])
+def test_train_every_model(tmp_path, model):
+    assert main(["train", "--model", model, "--epochs", "2", "--lr", "1e-2", "--out", str(tmp_path),
+                 "--hidden", "16", *QUICK]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] > 0.5
+
+
+def test_eval_writes_submission_csv(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--model", "mnist-cnn", "--epochs", "2", "--out", str(out), *QUICK])
+    trained = json.loads((out / "metrics.json").read_text())["test_acc"]
+    csv_path = tmp_path / "pred.csv"
+    assert main(["eval", "--checkpoint", str(out / "model.npz"), "--dataset", "digits",
+                 "--device", "cpu", "--predictions", str(csv_path)]) == 0
+    assert f"{trained:.4f}" in capsys.readouterr().out     # same model, same accuracy
+    rows = list(csv.reader(csv_path.open()))
+    assert rows[0] == ["Id", "Category"] and len(rows) == 298
+    assert rows[1][0] == "1" and 0 <= int(rows[1][1]) <= 9
+
+
+def test_sweep_summary(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--model", "fc", "--epochs", "1", "--lr", "1e-3,1e-2", "--reg", "0",
+                 "--hidden", "16,32", "--out", str(out), *QUICK]) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert len(result["rows"]) == 4
+    assert result["best"]["val_acc"] == max(r["val_acc"] for r in result["rows"])
+    assert (out / "sweep.png").stat().st_size > 0 and "val_acc" in (out / "sweep.txt").read_text()
+    assert main(["sweep", "--model", "fc", "--epochs", "1", "--lr", "1e-4,1e-2", "--reg", "1e-5,1e-2",
+                 "--random", "3", "--out", str(out), *QUICK]) == 0
+    assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--epochs", "0"], "expected a positive integer, got 0"),
+    (["train", "--lr", "-1"], "expected a finite number >= 0"),
+    (["train", "--lr", "nan"], "expected a finite number"),
+    (["train", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "--batch-size", "ten"], "expected a positive integer, got 'ten'"),
+    (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
+    (["train", "--hidden", "10,x"], "comma-separated integers"),
+])
+def test_invalid_cli_values(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_gpu_says_how_to_install(capsys):
+    from xpnn.backend import cuda_available
+    if cuda_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["train", "--device", "cuda", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "cuda" in err and "pip install" in err
+
+
+def test_eval_of_a_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "model.npz"
+    bad.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    assert main(["eval", "--checkpoint", str(bad), "--dataset", "digits"]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """Kill a real training process (SIGKILL, no clean-up) after a checkpoint, resume it, and
+    compare with an uninterrupted run: on the CPU the final weights are bitwise identical."""
+    args = ["train", "--model", "mnist-cnn", "--epochs", "12", "--batch-size", "10",
+            "--num-train", "400", *QUICK]
+    reference = xpnn(*args, "--out", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "xpnn.cli", *args, "--out", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint_epoch_2.npz").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "model.npz").exists(), "the run finished before it could be interrupted"
+    epochs_done = sorted(int(p.stem.split("_")[-1]) for p in run_dir.glob("checkpoint_epoch_*.npz"))
+    assert 2 <= epochs_done[-1] < 12
+
+    resumed = xpnn(*args, "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {run_dir / f'checkpoint_epoch_{epochs_done[-1]}.npz'}" in resumed.stdout
+    ref_arrays, _ = load_npz(tmp_path / "ref" / "model.npz")
+    run_arrays, _ = load_npz(run_dir / "model.npz")
+    assert ref_arrays.keys() == run_arrays.keys()
+    for key in ref_arrays:
+        np.testing.assert_array_equal(run_arrays[key], ref_arrays[key], err_msg=key)
+    ref_metrics = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert run_metrics["val_acc_history"] == ref_metrics["val_acc_history"]
+    assert run_metrics["test_acc"] == ref_metrics["test_acc"]
