@@ -92,7 +92,8 @@ def relu_forward(x):
 def relu_backward(dout, cache):
     x = cache
     xp = namespace_of(dout, x)
-    return xp.where(x > 0, dout, xp.zeros((), dtype=dout.dtype, device=device_of(dout)))
+    # A multiply by the 0/1 mask: NumPy's `where` is ~30x slower on unpredictable masks.
+    return dout * xp.astype(x > 0, dout.dtype)
 
 
 def leaky_relu_forward(x, alpha=0.01):
@@ -165,6 +166,8 @@ def conv_forward(x, w, b, conv_param):
     col = xp.reshape(col, (C * HH * WW, N * HO * WO))
     out = xp.reshape(w, (F, -1)) @ col + b[:, None]              # (F, N*HO*WO)
     out = xp.permute_dims(xp.reshape(out, (F, N, HO, WO)), (1, 0, 2, 3))
+    # One copy into (N, F, HO, WO) order now keeps every later elementwise op contiguous.
+    out = xp.reshape(out, (N, F, HO, WO), copy=True)
     # The first layer's input gradient is never needed: the flag lets models skip it.
     needs_dx = conv_param.get("needs_dx", True)
     return out, (x.shape, w, col, stride, pad, needs_dx)

@@ -81,18 +81,19 @@ def max_pool_forward(x, ph, pw, stride):
     if fast is not None:
         return fast(x, ph, pw, stride)
     xp = namespace_of(x)
+    # The running maximum of the ph*pw strided views: one cheap elementwise pass per window
+    # offset. `better` is 1 where a view is strictly greater, so the first maximum is kept;
+    # the argmax update is arithmetic because NumPy's `where` is slow on random masks.
     out = x[:, :, _window(0, HO, stride), _window(0, WO, stride)]
     argmax = xp.zeros(out.shape, dtype=xp.int32, device=device_of(x))
-    # The maximum of the ph*pw strided views: each step is one elementwise pass over the
-    # output, far cheaper than reshaping into windows. Strictly greater keeps the first max.
     for i in range(ph):
         for j in range(pw):
             if i == 0 and j == 0:
                 continue
             view = x[:, :, _window(i, HO, stride), _window(j, WO, stride)]
-            better = view > out
-            out = xp.where(better, view, out)
-            argmax = xp.where(better, xp.asarray(i * pw + j, dtype=xp.int32), argmax)
+            better = xp.astype(view > out, xp.int32)
+            argmax += better * (i * pw + j - argmax)
+            out = xp.maximum(out, view)
     return out, argmax
 
 
@@ -104,9 +105,13 @@ def max_pool_backward(dout, argmax, H, W, ph, pw, stride):
         return fast(dout, argmax, H, W, ph, pw, stride)
     xp = namespace_of(dout, argmax)
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype, device=device_of(dout))
-    zero = xp.zeros((), dtype=dout.dtype, device=device_of(dout))
+    overlapping = stride < ph or stride < pw
     for i in range(ph):
         for j in range(pw):
-            dx[:, :, _window(i, HO, stride), _window(j, WO, stride)] += \
-                xp.where(argmax == i * pw + j, dout, zero)
+            routed = dout * xp.astype(argmax == i * pw + j, dout.dtype)
+            target = (slice(None), slice(None), _window(i, HO, stride), _window(j, WO, stride))
+            if overlapping:
+                dx[target] += routed
+            else:          # each input cell is in one window: a plain copy, no read-modify-write
+                dx[target] = routed
     return dx
