@@ -144,8 +144,19 @@ def affine_relu_backward(dout, cache):
 
 # ---------------------------------------------------------------------------- convolution
 
+def _batch_chunks(x, K, HO, WO):
+    """Slices of the batch whose im2col buffers, K x (n*HO*WO), fit the backend's workspace
+    limit: a buffer larger than the CPU's cache halves the speed of building and using it,
+    and on any device it bounds the memory a convolution needs beside its input and output."""
+    xp = namespace_of(x)
+    per_sample = K * HO * WO * (xp.finfo(x.dtype).bits // 8)
+    step = max(1, backend_of(x).workspace_bytes // per_sample)
+    N = x.shape[0]
+    return [slice(n, min(n + step, N)) for n in range(0, N, step)]
+
+
 def conv_forward(x, w, b, conv_param):
-    """Convolution as im2col + one matrix product.
+    """Convolution as im2col + one matrix product (per chunk of the batch).
 
     x: (N, C, H, W), w: (F, C, HH, WW), b: (F,), conv_param: {"stride": s, "pad": p}.
     out: (N, F, HO, WO) with HO = 1 + (H + 2p - HH) // s.
@@ -161,33 +172,47 @@ def conv_forward(x, w, b, conv_param):
         raise ValueError(f"conv: bias must have shape ({F},) for {F} filters, got {tuple(b.shape)}")
     stride, pad = conv_param.get("stride", 1), conv_param.get("pad", 0)
     HO, WO = ops.conv_output_size(H, W, HH, WW, stride, pad)
+    K = C * HH * WW
 
-    col = ops.im2col(x, HH, WW, stride, pad)                     # (C, HH, WW, N, HO, WO)
-    col = xp.reshape(col, (C * HH * WW, N * HO * WO))
-    out = xp.reshape(w, (F, -1)) @ col + b[:, None]              # (F, N*HO*WO)
-    out = xp.permute_dims(xp.reshape(out, (F, N, HO, WO)), (1, 0, 2, 3))
-    # One copy into (N, F, HO, WO) order now keeps every later elementwise op contiguous.
-    out = xp.reshape(out, (N, F, HO, WO), copy=True)
+    w_mat = xp.reshape(w, (F, K))
+    out = xp.empty((N, F, HO, WO), dtype=x.dtype, device=device_of(x))
+    chunks = _batch_chunks(x, K, HO, WO)
+    for rows in chunks:
+        col = ops.im2col(x[rows, ...], HH, WW, stride, pad)    # (C, HH, WW, n, HO, WO)
+        n = col.shape[3]
+        col = xp.reshape(col, (K, n * HO * WO))
+        out_mat = w_mat @ col + b[:, None]                      # (F, n*HO*WO)
+        out[rows, ...] = xp.permute_dims(xp.reshape(out_mat, (F, n, HO, WO)), (1, 0, 2, 3))
+    # One chunk: keep its col for the backward pass. Several: rebuild each one there.
+    col = col if len(chunks) == 1 else None
     # The first layer's input gradient is never needed: the flag lets models skip it.
     needs_dx = conv_param.get("needs_dx", True)
-    return out, (x.shape, w, col, stride, pad, needs_dx)
+    return out, (x, w, col, stride, pad, needs_dx)
 
 
 def conv_backward(dout, cache):
     """dout: (N, F, HO, WO) -> (dx (N, C, H, W) or None if not needed, dw, db)."""
-    x_shape, w, col, stride, pad, needs_dx = cache
-    xp = namespace_of(dout, w, col)
-    N, C, H, W = x_shape
+    x, w, col, stride, pad, needs_dx = cache
+    xp = namespace_of(dout, x, w)
+    N, C, H, W = x.shape
     F, _, HH, WW = w.shape
     HO, WO = dout.shape[2], dout.shape[3]
-    dout_mat = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (F, N * HO * WO))
-    db = xp.sum(dout_mat, axis=1)
-    dw = xp.reshape(dout_mat @ col.T, w.shape)
-    dx = None
-    if needs_dx:
-        dcol = xp.reshape(xp.reshape(w, (F, -1)).T @ dout_mat, (C, HH, WW, N, HO, WO))
-        dx = ops.col2im(dcol, H, W, stride, pad)
-    return dx, dw, db
+    K = C * HH * WW
+    w_mat = xp.reshape(w, (F, K))
+    dw = xp.zeros((F, K), dtype=w.dtype, device=device_of(w))
+    dx = xp.empty(x.shape, dtype=x.dtype, device=device_of(x)) if needs_dx else None
+    for rows in _batch_chunks(x, K, HO, WO):
+        if col is None or col.shape[1] != (rows.stop - rows.start) * HO * WO:
+            col = xp.reshape(ops.im2col(x[rows, ...], HH, WW, stride, pad), (K, -1))
+        n = col.shape[1] // (HO * WO)
+        dout_mat = xp.reshape(xp.permute_dims(dout[rows, ...], (1, 0, 2, 3)), (F, n * HO * WO))
+        dw = dw + dout_mat @ col.T
+        if needs_dx:
+            dcol = xp.reshape(w_mat.T @ dout_mat, (C, HH, WW, n, HO, WO))
+            dx[rows, ...] = ops.col2im(dcol, H, W, stride, pad)
+        col = None
+    db = xp.sum(dout, axis=(0, 2, 3))
+    return dx, xp.reshape(dw, w.shape), db
 
 
 def conv_relu_forward(x, w, b, conv_param):

@@ -9,7 +9,8 @@ scatter, so the results are deterministic and identical on every library.
 Layouts (shared with the CUDA kernels):
     img  (N, C, H, W)
     col  (C, KH, KW, N, HO, WO)    -- reshaped to the (C*KH*KW, N*HO*WO) im2col matrix
-    pool argmax (N, C, HO, WO) int32: index i*PW + j of the first maximum in each window
+    pool argmax (N, C, HO, WO): index i*PW + j of the first maximum in each window (int32 from
+                the CUDA kernels; the portable code uses int8 when the window allows)
 """
 from __future__ import annotations
 
@@ -86,13 +87,14 @@ def max_pool_forward(x, ph, pw, stride):
     # the argmax is the largest offset k that was ever strictly greater: max(argmax, k * better).
     # (Arithmetic, not `where`: NumPy's `where` is ~30x slower on unpredictable masks.)
     out = x[:, :, _window(0, HO, stride), _window(0, WO, stride)]
-    argmax = xp.zeros(out.shape, dtype=xp.int32, device=device_of(x))
+    index_dtype = xp.int8 if ph * pw <= 127 else xp.int32    # less memory to stream through
+    argmax = xp.zeros(out.shape, dtype=index_dtype, device=device_of(x))
     for i in range(ph):
         for j in range(pw):
             if i == 0 and j == 0:
                 continue
             view = x[:, :, _window(i, HO, stride), _window(j, WO, stride)]
-            better = xp.astype(view > out, xp.int32)
+            better = xp.astype(view > out, index_dtype)
             argmax = xp.maximum(argmax, better * (i * pw + j))
             out = xp.maximum(out, view)
     return out, argmax
