@@ -86,14 +86,16 @@ def max_pool_forward(x, ph, pw, stride):
     # offset. A view that is strictly greater than every earlier one becomes the argmax, so
     # the argmax is the largest offset k that was ever strictly greater: max(argmax, k * better).
     # (Arithmetic, not `where`: NumPy's `where` is ~30x slower on unpredictable masks.)
-    out = x[:, :, _window(0, HO, stride), _window(0, WO, stride)]
+    # Each strided view is first copied whole: a plain strided copy is fast, while every
+    # arithmetic op on a strided view pays for its short inner loops.
+    out = xp.asarray(x[:, :, _window(0, HO, stride), _window(0, WO, stride)], copy=True)
     index_dtype = xp.int8 if ph * pw <= 127 else xp.int32    # less memory to stream through
     argmax = xp.zeros(out.shape, dtype=index_dtype, device=device_of(x))
     for i in range(ph):
         for j in range(pw):
             if i == 0 and j == 0:
                 continue
-            view = x[:, :, _window(i, HO, stride), _window(j, WO, stride)]
+            view = xp.asarray(x[:, :, _window(i, HO, stride), _window(j, WO, stride)], copy=True)
             better = xp.astype(view > out, index_dtype)
             argmax = xp.maximum(argmax, better * (i * pw + j))
             out = xp.maximum(out, view)
