@@ -65,20 +65,14 @@ def prepare_op(case, direction, impl, device):
             _sync(device)
         return run
     out, cache = fwd(*args)
-    dout = _like(out, device, impl)
+    dout = _data(tuple(out.shape), seed=1)           # a random upstream gradient
+    if impl == "xpnn":
+        dout = get_backend(device).to_device(dout)
 
     def run():
         bwd(dout, cache)
         _sync(device)
     return run
-
-
-def _like(out, device, impl):
-    """A random upstream gradient shaped like the output (or None for losses)."""
-    if np.isscalar(out) or getattr(out, "ndim", 1) == 0:
-        return None
-    host = _data(tuple(out.shape), seed=1)
-    return get_backend(device).to_device(host) if impl == "xpnn" else host
 
 
 def _xpnn_op(kind, spec, device):
@@ -100,7 +94,7 @@ def _xpnn_op(kind, spec, device):
             dev(_data(spec[0])), dev(np.ones(D, np.float32)), dev(np.zeros(D, np.float32)), {"mode": "train"})
     x = dev(_data(spec[0]))
     y = dev(np.random.default_rng(0).integers(0, spec[0][1], spec[0][0]))
-    return (lambda x, y: (L.softmax_loss(x, y), None)), (lambda d, c: None), (x, y)
+    return (lambda x, y: (L.softmax_loss(x, y), None)), None, (x, y)
 
 
 def _baseline_op(kind, spec):
@@ -117,7 +111,7 @@ def _baseline_op(kind, spec):
         return baseline.batchnorm_forward, baseline.batchnorm_backward, (
             _data(spec[0]), np.ones(D, np.float32), np.zeros(D, np.float32))
     y = np.random.default_rng(0).integers(0, spec[0][1], spec[0][0])
-    return (lambda x, y: (baseline.softmax_loss(x, y), None)), (lambda d, c: None), (_data(spec[0]), y)
+    return (lambda x, y: (baseline.softmax_loss(x, y), None)), None, (_data(spec[0]), y)
 
 
 def _torch_op(kind, spec, direction, device):
@@ -143,10 +137,14 @@ def _torch_op(kind, spec, direction, device):
         inputs = (t(spec[0]), torch.ones(D, device=dev, requires_grad=True),
                   torch.zeros(D, device=dev, requires_grad=True))
         fwd = lambda: F.batch_norm(inputs[0], None, None, inputs[1], inputs[2], training=True)  # noqa: E731
-    else:
-        inputs = (t(spec[0]),)
+    else:   # the loss and its gradient, as xpnn's softmax_loss returns both
+        x = t(spec[0])
         y = torch.tensor(np.random.default_rng(0).integers(0, spec[0][1], spec[0][0]), device=dev)
-        fwd = lambda: F.cross_entropy(inputs[0], y)                    # noqa: E731
+
+        def run():
+            torch.autograd.grad(F.cross_entropy(x, y), [x])
+            _torch_sync(device)
+        return run
     if direction == "forward":
         def run():
             with torch.no_grad():
