@@ -8,12 +8,10 @@ BACKENDS = ["numpy", "array_api_strict", pytest.param("cupy", marks=pytest.mark.
 
 
 def pytest_collection_modifyitems(config, items):
-    if cuda_available():
-        return
-    skip = pytest.mark.skip(reason="needs CuPy and a visible CUDA GPU")
+    no_gpu = pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a visible CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -103,7 +103,7 @@ def add_training_args(p, sweep=False):
     p.add_argument("--dataset", choices=DATASETS, default="mnist" if not sweep else "digits")
     p.add_argument("--data-dir", help="directory of the data set's files (IDX files, cifar-10-batches-py)")
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--epochs", type=positive_int, default=1 if not sweep else 3)
+    p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam")
     p.add_argument("--lr-decay", type=positive_float,
                    help="learning-rate factor per epoch (default: anneal to 3%% of --lr by the last epoch)")

@@ -81,6 +81,7 @@ def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
         images = W.T.reshape(W.shape[1], *input_shape)
     else:
         raise ValueError(f"cannot show weights of shape {W.shape} as images")
+    total = len(images)
     images = images[:64]
     n = len(images)
     cols = math.ceil(math.sqrt(n))
@@ -98,6 +99,6 @@ def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
         else:
             ax.imshow(img[0], cmap="gray", interpolation="nearest")
         ax.set_title(str(i + 1), fontsize=8)
-    fig.suptitle(f"{title} ({n} shown)")
+    fig.suptitle(f"{title} ({n} of {total})" if n < total else f"{title} ({n})")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
