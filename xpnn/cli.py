@@ -120,8 +120,8 @@ def main(argv=None):
 
     train = sub.add_parser("train", help="train a model and write metrics, plots and a checkpoint")
     add_training_args(train)
-    train.add_argument("--batch-size", type=positive_int, default=100)
-    train.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate")
+    train.add_argument("--batch-size", type=positive_int, default=50)
+    train.add_argument("--lr", type=positive_float, default=5e-3, help="learning rate")
     train.add_argument("--reg", type=non_negative_float, default=0.0, help="L2 regularisation")
     train.add_argument("--hidden", type=int_list, default=[200], help="hidden sizes, e.g. 200 or 256,128")
     train.add_argument("--out", help="output directory (default runs/MODEL-DATASET)")

@@ -15,7 +15,7 @@ import math
 from array_api_compat import device as device_of
 
 from . import ops
-from .backend import backend_of, namespace_of
+from .backend import backend_of, namespace_of, to_numpy
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
@@ -44,17 +44,29 @@ def _check_rank(name, a, rank, layout):
 
 
 def _check_labels(y, N, C):
-    """Labels must be N integers in [0, C)."""
+    """Labels must be N integers; returns their (min, max) as a device array, so that the range
+    check rides on the one device->host copy of the loss (see `host_loss`)."""
     xp = namespace_of(y)
     if not xp.isdtype(y.dtype, "integral"):
         raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
     if tuple(y.shape) != (N,):
         raise ValueError(f"labels y must have shape ({N},) to match {N} score rows, "
                          f"got {tuple(y.shape)}")
-    lo, hi = int(xp.min(y)), int(xp.max(y))
-    if lo < 0 or hi >= C:
+    return xp.stack([xp.min(y), xp.max(y)])
+
+
+def host_loss(loss, label_range, C):
+    """The loss as a Python float, checking the label range in the same single transfer:
+    on a GPU this is the training step's only synchronisation."""
+    if label_range is None:
+        return float(loss)
+    xp = namespace_of(label_range)
+    loss = xp.asarray(loss)          # NumPy reductions give scalars; make it a 0-d array
+    values = to_numpy(xp.concat([xp.reshape(loss, (1,)), xp.astype(label_range, loss.dtype)]))
+    if values[1] < 0 or values[2] >= C:
         raise ValueError(f"labels must lie in [0, {C - 1}] for {C} classes, "
-                         f"got values from {lo} to {hi}")
+                         f"got values from {int(values[1])} to {int(values[2])}")
+    return float(values[0])
 
 
 # ---------------------------------------------------------------------------- affine
@@ -413,44 +425,61 @@ def softmax_loss(x, y):
     Stable: scores are shifted by their row maximum and the log-probabilities are computed
     as shifted - log(sum(exp(shifted))), so nothing overflows and log never sees 0.
     """
-    xp = namespace_of(x, y)
-    _check_float("scores x", x)
-    _check_rank("scores x", x, 2, "(N, C)")
-    N, C = x.shape
-    _check_labels(y, N, C)
-    shifted = x - xp.max(x, axis=1, keepdims=True)
-    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    target = _one_hot(y, C, x)
-    loss = -xp.sum(log_probs * target) / N
-    dx = (xp.exp(log_probs) - target) / N
-    return float(loss), dx
+    loss, dx, label_range = softmax_loss_terms(x, y)
+    return host_loss(loss, label_range, x.shape[1]), dx
 
 
 def svm_loss(x, y):
     """Multiclass SVM (hinge) loss with margin 1. x: (N, C), y: (N,) -> (loss, dx)."""
-    xp = namespace_of(x, y)
-    _check_float("scores x", x)
-    _check_rank("scores x", x, 2, "(N, C)")
-    N, C = x.shape
-    _check_labels(y, N, C)
-    target = _one_hot(y, C, x)
-    correct = xp.sum(x * target, axis=1, keepdims=True)
-    margins = xp.maximum(x - correct + 1, xp.zeros((), dtype=x.dtype, device=device_of(x)))
-    margins = margins * (1 - target)
-    loss = xp.sum(margins) / N
-    positive = xp.astype(margins > 0, x.dtype)
-    dx = (positive - target * xp.sum(positive, axis=1, keepdims=True)) / N
-    return float(loss), dx
+    loss, dx, label_range = svm_loss_terms(x, y)
+    return host_loss(loss, label_range, x.shape[1]), dx
 
 
 def mse_loss(x, y):
     """sum((x - t)**2) / (2N): t = y for float targets, one-hot(y) for int labels (N,)."""
+    loss, dx, label_range = mse_loss_terms(x, y)
+    return host_loss(loss, label_range, x.shape[-1]), dx
+
+
+# The same losses left on the device: (loss as a 0-d array, dx, label (min, max) or None).
+# Models add their regularisation to the loss before the one transfer of `host_loss`.
+
+def softmax_loss_terms(x, y):
+    xp = namespace_of(x, y)
+    _check_float("scores x", x)
+    _check_rank("scores x", x, 2, "(N, C)")
+    N, C = x.shape
+    label_range = _check_labels(y, N, C)
+    shifted = x - xp.max(x, axis=1, keepdims=True)
+    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+    target = _one_hot(y, C, x)
+    loss = -xp.sum(log_probs * target) / N
+    return loss, (xp.exp(log_probs) - target) / N, label_range
+
+
+def svm_loss_terms(x, y):
+    xp = namespace_of(x, y)
+    _check_float("scores x", x)
+    _check_rank("scores x", x, 2, "(N, C)")
+    N, C = x.shape
+    label_range = _check_labels(y, N, C)
+    target = _one_hot(y, C, x)
+    correct = xp.sum(x * target, axis=1, keepdims=True)
+    margins = xp.maximum(x - correct + 1, xp.zeros((), dtype=x.dtype, device=device_of(x)))
+    margins = margins * (1 - target)
+    positive = xp.astype(margins > 0, x.dtype)
+    dx = (positive - target * xp.sum(positive, axis=1, keepdims=True)) / N
+    return xp.sum(margins) / N, dx, label_range
+
+
+def mse_loss_terms(x, y):
     xp = namespace_of(x, y)
     _check_float("predictions x", x)
     N = x.shape[0]
+    label_range = None
     if xp.isdtype(y.dtype, "integral"):
         _check_rank("predictions x", x, 2, "(N, C)")
-        _check_labels(y, N, x.shape[1])
+        label_range = _check_labels(y, N, x.shape[1])
         t = _one_hot(y, x.shape[1], x)
     else:
         if tuple(y.shape) != tuple(x.shape):
@@ -458,4 +487,4 @@ def mse_loss(x, y):
                              f"predictions of shape {tuple(x.shape)}")
         t = y
     diff = x - t
-    return float(xp.sum(diff * diff) / (2 * N)), diff / N
+    return xp.sum(diff * diff) / (2 * N), diff / N, label_range

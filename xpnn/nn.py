@@ -15,7 +15,7 @@ from .backend import Generator, get_backend, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
 
 INITS = ("gaussian", "xavier", "he")
-LOSSES = {"softmax": L.softmax_loss, "svm": L.svm_loss, "mse": L.mse_loss}
+LOSSES = {"softmax": L.softmax_loss_terms, "svm": L.svm_loss_terms, "mse": L.mse_loss_terms}
 
 
 # ---------------------------------------------------------------------------- layer modules
@@ -382,20 +382,20 @@ class Sequential(Model):
             else:
                 out, cache = layer.forward(out, self.params, True)
             caches.append(cache)
-        data_loss, dout = LOSSES[self.loss_name](out, y)
+        loss, dout, label_range = LOSSES[self.loss_name](out, y)
 
         grads = {}
         for layer, cache in zip(reversed(self.layers), reversed(caches)):
             dout, layer_grads = layer.backward(dout, cache)
             grads.update(layer_grads)
-        reg_loss = 0.0
         if self.reg:
             xp = namespace_of(out)
             for name, w in self.params.items():
                 if name.startswith("W"):
-                    reg_loss = reg_loss + xp.sum(w * w)
+                    loss = loss + 0.5 * self.reg * xp.sum(w * w)
                     grads[name] = grads[name] + self.reg * w
-        return data_loss + 0.5 * self.reg * float(reg_loss), grads
+        # The step's only device->host transfer: the loss (with the label-range check).
+        return L.host_loss(loss, label_range, out.shape[-1]), grads
 
     def buffers(self):
         out = {}
