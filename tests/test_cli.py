@@ -49,6 +49,12 @@ def test_eval_writes_submission_csv(tmp_path, capsys):
     rows = list(csv.reader(csv_path.open()))
     assert rows[0] == ["Id", "Category"] and len(rows) == 298
     assert rows[1][0] == "1" and 0 <= int(rows[1][1]) <= 9
+    # A per-epoch training checkpoint evaluates too, with the same preprocessing: the last
+    # epoch was the best one here, so it holds the same weights as model.npz.
+    val = json.loads((out / "metrics.json").read_text())["val_acc_history"]
+    assert max(val) == val[-1]
+    assert main(["eval", "--checkpoint", str(out / "checkpoint_epoch_2.npz"), "--dataset", "digits"]) == 0
+    assert f"{trained:.4f}" in capsys.readouterr().out
 
 
 def test_sweep_summary(tmp_path):

@@ -241,10 +241,13 @@ def cmd_eval(args):
     from .io import load_npz
     model = load(args.checkpoint, device=args.device)
     arrays, meta = load_npz(args.checkpoint)
-    data = get_data(args.dataset, data_dir=args.data_dir, subtract_mean=False)
-    X, y = data["X_test"], data["y_test"]
-    if "data/mean_image" in arrays:
-        X = X - arrays["data/mean_image"]
+    if "data/mean_image" in arrays:          # the preprocessing the model was trained with
+        data = get_data(args.dataset, data_dir=args.data_dir, subtract_mean=False)
+        X = data["X_test"] - arrays["data/mean_image"]
+    else:                                     # a per-epoch checkpoint: recompute, as train did
+        data = get_data(args.dataset, data_dir=args.data_dir)
+        X = data["X_test"]
+    y = data["y_test"]
     if tuple(X.shape[1:]) != model.input_shape and math.prod(X.shape[1:]) != math.prod(model.input_shape):
         raise ValueError(f"{args.checkpoint} expects inputs of shape {model.input_shape}, but "
                          f"{args.dataset} images have shape {tuple(X.shape[1:])}")

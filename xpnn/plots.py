@@ -32,8 +32,17 @@ def learning_curves(loss_history, train_acc_history, val_acc_history, path, titl
     ax_acc.plot(epochs, val_acc_history, "s-", label="validation")
     if len(val_acc_history):
         best = int(np.argmax(val_acc_history))
+        last = best == len(val_acc_history) - 1
         ax_acc.annotate(f"best val {val_acc_history[best]:.4f}", (best, val_acc_history[best]),
-                        textcoords="offset points", xytext=(0, -18), ha="center")
+                        textcoords="offset points", xytext=(0, -18), ha="right" if last else "center")
+    if len(val_acc_history) > 2:
+        # Zoom onto the epochs that matter; the first check (after one iteration) is far below.
+        later = list(train_acc_history[1:]) + list(val_acc_history[1:])
+        bottom = max(0.0, min(later) - 0.25 * (1 - min(later)) - 0.005)
+        if min(train_acc_history[0], val_acc_history[0]) < bottom:
+            ax_acc.set_ylim(bottom, min(1.0, max(later) + 0.25 * (1 - min(later)) + 0.005))
+            ax_acc.text(0.01, 0.02, f"epoch 0 (off the axis): train {train_acc_history[0]:.3f}, "
+                        f"val {val_acc_history[0]:.3f}", transform=ax_acc.transAxes, fontsize=8)
     ax_acc.set_xlabel("epoch (0 = after the first iteration)")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_title("Classification accuracy")
