@@ -142,7 +142,8 @@ def test_dropout(xp, rng):
         out, _ = dropout_forward(x, {"mode": "train", "p": p})
         kept = float(xp.mean(xp.astype(out != 0, xp.float64)))
         assert abs(kept - p) < 0.01
-        assert abs(float(xp.mean(out)) - float(xp.mean(x))) < 0.1   # inverted scaling
+        # Inverted scaling keeps the mean at 10 (2.5 or 6 without it); 0.25 is ~7 standard errors.
+        assert abs(float(xp.mean(out)) - float(xp.mean(x))) < 0.25
         out_test, _ = dropout_forward(x, {"mode": "test", "p": p})
         assert np.array_equal(to_numpy(out_test), to_numpy(x))
     small = xp.asarray(rng.standard_normal((10, 10)) + 10)

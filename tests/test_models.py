@@ -48,7 +48,8 @@ def test_two_layer_net_matches_assignment():
     N, D, H, C = 3, 5, 50, 7
     X = np.random.default_rng(0).standard_normal((N, D))
     y = np.array([0, 5, 1])
-    model = TwoLayerNet(input_dim=D, hidden_dim=H, num_classes=C, weight_scale=1e-3, dtype=np.float64)
+    # As in the notebook: a default model whose params are then replaced by float64 arrays.
+    model = TwoLayerNet(input_dim=D, hidden_dim=H, num_classes=C, weight_scale=1e-3)
     model.params["W1"] = np.linspace(-0.7, 0.3, num=D * H).reshape(D, H)
     model.params["b1"] = np.linspace(-0.1, 0.9, num=H)
     model.params["W2"] = np.linspace(-0.3, 0.4, num=H * C).reshape(H, C)

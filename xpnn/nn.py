@@ -362,7 +362,9 @@ class Sequential(Model):
         if features != self.input_shape:
             raise ValueError(f"input X has shape {tuple(X.shape)}, but this model expects "
                              f"(N, {', '.join(map(str, self.input_shape))})")
-        return xp.astype(X, self.dtype, copy=False)
+        # Compute in the parameters' precision: float32 data meet a float64 model as float64
+        # (gradient checks), and params a user replaced by float64 arrays are honoured.
+        return xp.astype(X, self.params[next(iter(self.params))].dtype, copy=False)
 
     def scores(self, X):
         """Class scores for X in test mode (no caches kept)."""
