@@ -75,9 +75,7 @@ def sweep_table(rows, columns, path, title="Hyperparameter sweep"):
 
 
 def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
-    return str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
