@@ -65,9 +65,12 @@ def test_sweep_summary(tmp_path):
     assert len(result["rows"]) == 4
     assert result["best"]["val_acc"] == max(r["val_acc"] for r in result["rows"])
     assert (out / "sweep.png").stat().st_size > 0 and "val_acc" in (out / "sweep.txt").read_text()
-    assert main(["sweep", "--model", "fc", "--epochs", "1", "--lr", "1e-4,1e-2", "--reg", "1e-5,1e-2",
-                 "--random", "3", "--out", str(out), *QUICK]) == 0
-    assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 3
+    random_args = ["sweep", "--model", "fc", "--epochs", "1", "--lr", "1e-4,1e-2", "--reg", "1e-5,1e-2",
+                   "--random", "3", *QUICK]
+    assert main([*random_args, "--out", str(out)]) == 2          # never over an earlier sweep
+    assert main([*random_args, "--out", str(tmp_path / "random")]) == 0
+    rows = json.loads((tmp_path / "random" / "sweep.json").read_text())["rows"]
+    assert len(rows) == 3 and all(1e-4 <= r["lr"] <= 1e-2 and 1e-5 <= r["reg"] <= 1e-2 for r in rows)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -122,7 +125,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     epochs_done = sorted(int(p.stem.split("_")[-1]) for p in run_dir.glob("checkpoint_epoch_*.npz"))
     assert 2 <= epochs_done[-1] < 12
 
-    resumed = xpnn(*args, "--resume", str(run_dir))
+    resumed = xpnn("train", "--resume", str(run_dir), "--quiet")   # the run's own settings
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {run_dir / f'checkpoint_epoch_{epochs_done[-1]}.npz'}" in resumed.stdout
     ref_arrays, _ = load_npz(tmp_path / "ref" / "model.npz")
@@ -134,3 +137,21 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     run_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert run_metrics["val_acc_history"] == ref_metrics["val_acc_history"]
     assert run_metrics["test_acc"] == ref_metrics["test_acc"]
+
+
+def test_no_run_is_overwritten(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model", "softmax", "--epochs", "1", *QUICK]
+    assert main(args) == 0 and main(args) == 0        # default directories are numbered
+    first, second = tmp_path / "runs/softmax-digits", tmp_path / "runs/softmax-digits-2"
+    assert (first / "model.npz").is_file() and (second / "model.npz").is_file()
+    before = (first / "model.npz").read_bytes()
+    assert main([*args, "--out", str(first)]) == 2   # an explicit --out holding a run: refused
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and f"--resume {first}" in err
+    assert (first / "model.npz").read_bytes() == before
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), *QUICK]) == 2
+    assert "not an xpnn run directory" in capsys.readouterr().err

@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .backend import get_backend, to_numpy
 from .data import DATASETS, DataError, get_data
-from .io import CheckpointError, atomic_savez
+from .io import CheckpointError, atomic_savez, atomic_write_text
 from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, load, mnist_cnn
 from .nn import Affine
 from .optim import UPDATE_RULES
@@ -124,8 +124,10 @@ def main(argv=None):
     train.add_argument("--lr", type=positive_float, default=5e-3, help="learning rate")
     train.add_argument("--reg", type=non_negative_float, default=0.0, help="L2 regularisation")
     train.add_argument("--hidden", type=int_list, default=[200], help="hidden sizes, e.g. 200 or 256,128")
-    train.add_argument("--out", help="output directory (default runs/MODEL-DATASET)")
-    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    train.add_argument("--out", help="output directory (default runs/MODEL-DATASET, numbered "
+                       "so that no earlier run is overwritten)")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run in DIR with its own settings (--device may change)")
     train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop")
 
     ev = sub.add_parser("eval", help="evaluate a saved model on a data set's test split")
@@ -143,7 +145,7 @@ def main(argv=None):
     sweep.add_argument("--batch-size", type=int_list, default=[50])
     sweep.add_argument("--random", type=positive_int, metavar="K",
                        help="try K random settings (log-uniform lr and reg between the given extremes)")
-    sweep.add_argument("--out", default="runs/sweep")
+    sweep.add_argument("--out", help="output directory (default runs/sweep-MODEL-DATASET)")
 
     args = parser.parse_args(["train"] if argv is None and len(sys.argv) == 1 else argv)
     if args.command is None:
@@ -175,14 +177,48 @@ def lr_decay(args):
     return args.lr_decay if args.lr_decay is not None else 0.03 ** (1 / args.epochs)
 
 
+RUN_SETTINGS = "run.json"     # a run's arguments, so that --resume needs no others
+
+
+def output_dir(requested, default, marker):
+    """Where a new run writes, never over an earlier one: `requested` unless it already holds
+    `marker`; with no --out, the first of default, default-2, default-3, ... not yet there."""
+    if requested:
+        out = Path(requested)
+        if (out / marker).exists():
+            raise ValueError(f"{out} already holds a run ({marker}); choose another --out"
+                             + (f", or continue it with --resume {out}" if marker == RUN_SETTINGS else ""))
+        return out
+    out, k = Path(default), 1
+    while out.exists():
+        k += 1
+        out = Path(f"{default}-{k}")
+    return out
+
+
+def resume_settings(args):
+    """The run directory and latest checkpoint of --resume; the run's own settings replace the
+    command line's, except --device and --quiet."""
+    out = Path(args.resume)
+    settings = out / RUN_SETTINGS
+    if not settings.is_file():
+        raise CheckpointError(f"--resume {out}: not an xpnn run directory (no {RUN_SETTINGS})")
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        raise CheckpointError(f"--resume {out}: no checkpoint_epoch_*.npz there to resume from "
+                              "(the run stopped before its first epoch ended)")
+    for key, value in json.loads(settings.read_text()).items():
+        if key not in ("command", "resume", "device", "quiet", "out"):
+            setattr(args, key, value)
+    return out, checkpoint
+
+
 def cmd_train(args):
-    out = Path(args.out or f"runs/{args.model}-{args.dataset}")
-    resume_from = None
     if args.resume:
-        out = Path(args.resume)
-        resume_from = latest_checkpoint(out)
-        if resume_from is None:
-            raise CheckpointError(f"--resume {out}: no checkpoint_epoch_*.npz there to resume from")
+        out, resume_from = resume_settings(args)
+    else:
+        out = output_dir(args.out, f"runs/{args.model}-{args.dataset}", RUN_SETTINGS)
+        resume_from = None
     get_backend(args.device)      # fail early, with the install hint, if the device is unusable
     data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
     input_shape = tuple(data["X_train"].shape[1:])
@@ -197,7 +233,8 @@ def cmd_train(args):
     if resume_from is not None:
         solver.load_checkpoint(resume_from)
         print(f"resuming from {resume_from} (epoch {solver.epoch} of {args.epochs})")
-    out.mkdir(parents=True, exist_ok=True)
+    else:
+        atomic_write_text(out / RUN_SETTINGS, json.dumps(vars(args), indent=2))
     print(f"training {args.model} on {args.dataset} ({len(data['X_train'])} train / "
           f"{len(data['X_val'])} val images) on {model.device}")
     start = time.perf_counter()
@@ -224,7 +261,7 @@ def cmd_train(args):
                "best_val_acc": solver.best_val_acc, "train_acc_history": solver.train_acc_history,
                "val_acc_history": solver.val_acc_history, "final_loss": solver.loss_history[-1],
                "iterations": solver.t, "train_seconds": wall, "environment": _environment(model.device)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     print(f"wrote {out}/metrics.json, curves.png, weights.png, model.npz")
     return 0
 
@@ -262,16 +299,13 @@ def cmd_eval(args):
     if args.predictions:
         path = Path(args.predictions)
         text = "Id,Category\n" + "".join(f"{i},{c}\n" for i, c in enumerate(predictions, start=1))
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
         print(f"wrote {len(predictions)} predictions to {path}")
     return 0
 
 
 def cmd_sweep(args):
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out, f"runs/sweep-{args.model}-{args.dataset}", "sweep.json")
     data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
     input_shape = tuple(data["X_train"].shape[1:])
     num_classes = int(data["y_train"].max()) + 1
@@ -309,10 +343,11 @@ def cmd_sweep(args):
     print(f"best: lr {best['lr']:.2e}, reg {best['reg']:.2e}, hidden {best['hidden']}, "
           f"batch {best['batch_size']} -> val acc {best['val_acc']:.4f}")
     from . import plots
+    out.mkdir(parents=True, exist_ok=True)
     plots.sweep_table(rows, columns, out / "sweep.png",
                       title=f"{args.model} on {args.dataset}: validation accuracy, best first")
-    (out / "sweep.txt").write_text(table + "\n")
-    (out / "sweep.json").write_text(json.dumps({"rows": rows, "best": best}, indent=2))
+    atomic_write_text(out / "sweep.txt", table + "\n")
+    atomic_write_text(out / "sweep.json", json.dumps({"rows": rows, "best": best}, indent=2))
     print(f"wrote {out}/sweep.txt, sweep.png, sweep.json")
     return 0
 

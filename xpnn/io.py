@@ -44,6 +44,23 @@ def atomic_savez(path, arrays: dict, meta: dict | None = None) -> Path:
     return path
 
 
+def atomic_write_text(path, text: str) -> Path:
+    """Write a small text file (JSON, CSV) atomically, like `atomic_savez`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def load_npz(path) -> tuple[dict, dict]:
     """Read an .npz written by `atomic_savez` -> (arrays, meta); clear errors when it is not one."""
     path = Path(path)

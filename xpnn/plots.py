@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")          # files only: works on machines with no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def _save(fig, path, **kwargs):
+    """Save a figure atomically: a crash never leaves half a PNG over a good one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", **kwargs)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def learning_curves(loss_history, train_acc_history, val_acc_history, path, title=""):
@@ -49,8 +60,7 @@ def learning_curves(loss_history, train_acc_history, val_acc_history, path, titl
     ax_acc.set_xticks(epochs)
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(loc="lower right")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def sweep_table(rows, columns, path, title="Hyperparameter sweep"):
@@ -70,8 +80,7 @@ def sweep_table(rows, columns, path, title="Hyperparameter sweep"):
         if rows:
             table[1, j].set_facecolor("#cfeecf")
     ax.set_title(title)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=120, bbox_inches="tight")
 
 
 def _fmt(v):
@@ -107,5 +116,4 @@ def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
             ax.imshow(img[0], cmap="gray", interpolation="nearest")
         ax.set_title(str(i + 1), fontsize=8)
     fig.suptitle(f"{title} ({n} of {total})" if n < total else f"{title} ({n})")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=120, bbox_inches="tight")
