@@ -50,11 +50,6 @@ def namespace_of(*arrays):
     return xp
 
 
-def is_floating(x) -> bool:
-    xp = array_api_compat.array_namespace(x)
-    return xp.isdtype(x.dtype, "real floating")
-
-
 class Generator:
     """Seeded random numbers made on one backend's device.
 
@@ -100,12 +95,6 @@ class Generator:
         """A 0/1 mask of `shape` whose entries are 1 with probability `p`."""
         u = self.uniform(shape, dtype=dtype)
         return self.backend.xp.astype(u < p, u.dtype)
-
-    def permutation(self, n):
-        """A random permutation of range(n) as a host NumPy array (it indexes host data)."""
-        if self.backend.name == "cuda":
-            return self._gen.permutation(n).get()
-        return self._gen.permutation(n)
 
 
 class Backend:

@@ -1,0 +1,58 @@
+"""The backend: devices, random numbers, transfers, the accelerated-op table."""
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn.backend import Generator, backend_of, cuda_available, get_backend, parse_device, to_numpy
+
+
+@pytest.mark.parametrize("text,expected", [("cpu", ("cpu", 0)), ("CUDA", ("cuda", 0)),
+                                           ("cuda:1", ("cuda", 1)), (" cuda:12 ", ("cuda", 12))])
+def test_parse_device(text, expected):
+    assert parse_device(text) == expected
+
+
+@pytest.mark.parametrize("text", ["tpu", "cuda:", "cuda:-1", "cuda:x", "cpu:0", ""])
+def test_parse_device_rejects(text):
+    with pytest.raises(ValueError, match="use 'cpu', 'cuda' or 'cuda:N'"):
+        parse_device(text)
+
+
+def test_cpu_backend():
+    be = get_backend("cpu")
+    assert be is xpnn.get_backend("cpu") and be.label == "cpu"
+    assert be.ops == {}                      # everything runs through the portable code
+    x = be.to_device(np.arange(6).reshape(2, 3), dtype="float32")
+    assert x.dtype == np.float32 and be.owns(x)
+    np.testing.assert_array_equal(be.to_host(x), np.arange(6).reshape(2, 3))
+    be.synchronize()
+    assert be.memory_free() is None
+
+
+def test_cuda_without_a_gpu_names_the_problem():
+    if cuda_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match=r"CuPy.*pip install 'xpnn\[cuda12\]'|sees no"):
+        get_backend("cuda")
+
+
+def test_seeded_generator_is_repeatable_and_right():
+    be = get_backend("cpu")
+    a, b = Generator(be, 5), Generator(be, 5)
+    np.testing.assert_array_equal(a.normal((3, 4), scale=2.0), b.normal((3, 4), scale=2.0))
+    big = Generator(be, 1)
+    n = big.normal((200_000,), scale=2.0, dtype="float64")
+    assert n.dtype == np.float64 and abs(n.std() - 2.0) < 0.02 and abs(n.mean()) < 0.02
+    u = big.uniform((200_000,), low=-1.0, high=3.0)
+    assert u.dtype == np.float32 and u.min() >= -1.0 and u.max() < 3.0 and abs(u.mean() - 1.0) < 0.02
+    mask = big.bernoulli((200_000,), 0.3)
+    assert set(np.unique(mask)) == {0.0, 1.0} and abs(mask.mean() - 0.3) < 0.005
+
+
+def test_foreign_namespace_gets_numbers_on_its_device():
+    import array_api_strict as xs
+    like = xs.asarray(np.zeros(2), device=xs.Device("device1"))
+    be = backend_of(like)
+    x = be.rng.normal((3,), dtype="float64")
+    assert isinstance(x, type(like)) and x.device == xs.Device("device1") and x.dtype == xs.float64
+    assert to_numpy(x).shape == (3,)
