@@ -75,6 +75,8 @@ def host_loss(loss, label_range, C):
 def affine_forward(x, w, b):
     """out = x.reshape(N, D) @ w + b. x: (N, d_1, ..., d_k), w: (D, M), b: (M,)."""
     xp = namespace_of(x, w, b)
+    _check_float("affine input x", x)
+    _check_float("affine weights w", w)
     N, D = x.shape[0], math.prod(x.shape[1:])
     if w.ndim != 2 or w.shape[0] != D or tuple(b.shape) != (w.shape[1],):
         raise ValueError(f"affine: input {tuple(x.shape)} flattens to {D} features, which needs "
@@ -177,6 +179,8 @@ def conv_forward(x, w, b, conv_param):
     xp = namespace_of(x, w, b)
     _check_rank("conv input x", x, 4, "(N, C, H, W)")
     _check_rank("conv weights w", w, 4, "(F, C, HH, WW)")
+    _check_float("conv input x", x)
+    _check_float("conv weights w", w)
     N, C, H, W = x.shape
     F, Cw, HH, WW = w.shape
     if Cw != C:
@@ -261,6 +265,7 @@ def max_pool_forward(x, pool_param):
     maximum of every window (row-major), so tied maxima pass the gradient once, as PyTorch.
     """
     _check_rank("max-pool input x", x, 4, "(N, C, H, W)")
+    _check_float("max-pool input x", x)
     ph, pw = pool_param.get("pool_height", 2), pool_param.get("pool_width", 2)
     stride = pool_param.get("stride", 2)
     out, argmax = ops.max_pool_forward(x, ph, pw, stride)
