@@ -249,3 +249,32 @@ def test_check_accuracy_on_host_test_data(rng):
     solver.train()
     acc = solver.check_accuracy(data["X_val"].astype(np.float64), data["y_val"], batch_size=7)
     assert acc == solver.best_val_acc
+
+
+class HandWrittenNet:
+    """A model as a student writes it: NumPy params and a loss, nothing from xpnn.nn."""
+
+    def __init__(self, rng, D, C):
+        self.params = {"W": 0.01 * rng.standard_normal((D, C)), "b": np.zeros(C)}
+
+    def loss(self, X, y=None):
+        from xpnn.layers import affine_backward, affine_forward, softmax_loss
+        scores, cache = affine_forward(X, self.params["W"], self.params["b"])
+        if y is None:
+            return scores
+        loss, dscores = softmax_loss(scores, y)
+        _, dW, db = affine_backward(dscores, cache)
+        return loss, {"W": dW, "b": db}
+
+
+def test_solver_trains_a_hand_written_model(rng, tmp_path):
+    data = small_data(rng)
+    model = HandWrittenNet(rng, 20, 4)
+    solver = Solver(model, data, update_rule="sgd_momentum", optim_config={"learning_rate": 0.2},
+                    num_epochs=5, batch_size=25, verbose=False, seed=0,
+                    checkpoint_name=str(tmp_path / "hand"))
+    solver.train()
+    assert solver.best_val_acc > 0.9 and model.params["W"].dtype == np.float64
+    again = Solver(HandWrittenNet(rng, 20, 4), data, update_rule="sgd_momentum", verbose=False)
+    again.load_checkpoint(tmp_path / "hand_epoch_5.npz")
+    assert again.epoch == 5 and again.optim_configs["W"]["velocity"].shape == (20, 4)

@@ -292,22 +292,7 @@ class Model:
 
     def load_state(self, arrays: dict, source="checkpoint") -> None:
         """Set params (and buffers) from host arrays, after checking names, shapes and dtypes."""
-        problems = []
-        for name, current in self.params.items():
-            saved = arrays.get(f"param/{name}")
-            if saved is None:
-                problems.append(f"missing parameter {name}")
-            elif tuple(saved.shape) != tuple(current.shape):
-                problems.append(f"{name} has shape {tuple(saved.shape)}, model expects {tuple(current.shape)}")
-            elif saved.dtype.name != self.backend.dtype_name(current.dtype):
-                problems.append(f"{name} has dtype {saved.dtype.name}, model expects "
-                                f"{self.backend.dtype_name(current.dtype)}")
-        extra = sorted(k[6:] for k in arrays if k.startswith("param/") and k[6:] not in self.params)
-        if extra:
-            problems.append(f"unexpected parameters {', '.join(extra)}")
-        if problems:
-            raise CheckpointError(f"{source} does not match the {type(self).__name__}: " + "; ".join(problems))
-        self.params = {k: self.backend.to_device(arrays[f"param/{k}"]) for k in self.params}
+        self.params = checked_params(self, arrays, self.backend, source)
         self._set_buffers({k[7:]: self.backend.to_device(v) for k, v in arrays.items()
                            if k.startswith("buffer/")})
 
@@ -318,6 +303,27 @@ class Model:
     def describe(self) -> dict:
         from . import __version__
         return {"model": type(self).__name__, "config": self.config, "xpnn": __version__}
+
+
+def checked_params(model, arrays: dict, backend, source="checkpoint") -> dict:
+    """model.params as saved in `arrays` ("param/NAME" host arrays), on `backend`'s device;
+    CheckpointError listing every name, shape and dtype that does not match the model."""
+    problems = []
+    for name, current in model.params.items():
+        saved = arrays.get(f"param/{name}")
+        expected = backend.dtype_name(current.dtype)
+        if saved is None:
+            problems.append(f"missing parameter {name}")
+        elif tuple(saved.shape) != tuple(current.shape):
+            problems.append(f"{name} has shape {tuple(saved.shape)}, model expects {tuple(current.shape)}")
+        elif saved.dtype.name != expected:
+            problems.append(f"{name} has dtype {saved.dtype.name}, model expects {expected}")
+    extra = sorted(k[6:] for k in arrays if k.startswith("param/") and k[6:] not in model.params)
+    if extra:
+        problems.append(f"unexpected parameters {', '.join(extra)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the {type(model).__name__}: " + "; ".join(problems))
+    return {k: backend.to_device(arrays[f"param/{k}"]) for k in model.params}
 
 
 class Sequential(Model):

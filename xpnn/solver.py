@@ -19,8 +19,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import optim
-from .backend import namespace_of, to_numpy
+from .backend import backend_of, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
+from .nn import Model, checked_params
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,7 +56,11 @@ class Solver:
         if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay > 0):
             raise ValueError(f"lr_decay must be a positive number, got {self.lr_decay!r}")
 
-        self.backend = model.backend
+        # Any object with `params` and `loss(X, y=None)` trains: an xpnn model knows its
+        # backend; a hand-written one (NumPy params, as in the assignments) is found from them.
+        first = next(iter(model.params.values()))
+        self.backend = getattr(model, "backend", None) or backend_of(first)
+        self.dtype = self.backend.dtype_name(first.dtype)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
         self._reset()
@@ -90,8 +95,7 @@ class Solver:
         if missing:
             raise KeyError(f"data is missing {', '.join(missing)} (it needs X_train, y_train, X_val, y_val)")
         X, y = self._check_split(data[f"X_{name}"], data[f"y_{name}"], name)
-        dtype = self.backend.dtype_name(self.model.dtype)
-        X = X.astype(dtype, copy=False)
+        X = X.astype(self.dtype, copy=False)
         free = self.backend.memory_free()
         if free is None or X.nbytes + y.nbytes < free // 2:
             return self.backend.to_device(X), self.backend.to_device(y)
@@ -208,7 +212,11 @@ class Solver:
     def save_checkpoint(self, path):
         """Everything needed to resume: params, buffers, optimizer state, best params, histories,
         the random generator; written atomically (a crash never leaves half a file)."""
-        arrays = self.model.state_arrays()
+        if isinstance(self.model, Model):
+            arrays, meta = self.model.state_arrays(), self.model.describe()
+        else:   # a hand-written model: its params are its whole state
+            arrays = {f"param/{k}": to_numpy(v) for k, v in self.model.params.items()}
+            meta = {"model": type(self.model).__name__}
         optim_meta = {}
         for p, config in self.optim_configs.items():
             optim_meta[p] = {}
@@ -219,7 +227,6 @@ class Solver:
                     arrays[f"optim/{p}/{key}"] = to_numpy(value)
         for p, value in self.best_params.items():
             arrays[f"best/{p}"] = to_numpy(value)
-        meta = self.model.describe()
         meta["solver"] = {
             "epoch": self.epoch, "t": self.t, "num_epochs": self.num_epochs,
             "update_rule": self.update_rule_name if isinstance(self.update_rule_name, str) else None,
@@ -240,7 +247,10 @@ class Solver:
         if meta.get("model") != type(self.model).__name__:
             raise CheckpointError(f"{path} holds a {meta.get('model')}, but this solver trains a "
                                   f"{type(self.model).__name__}")
-        self.model.load_state(arrays, source=str(path))
+        if isinstance(self.model, Model):
+            self.model.load_state(arrays, source=str(path))
+        else:
+            self.model.params = checked_params(self.model, arrays, self.backend, str(path))
         to_dev = self.backend.to_device
         configs = {}
         for p in self.model.params:
