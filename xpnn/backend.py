@@ -22,6 +22,9 @@ import array_api_compat
 import numpy as np
 
 
+_NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
+
+
 class DeviceError(ValueError):
     """Arrays on different devices were mixed, or a device cannot be used."""
 
@@ -33,6 +36,8 @@ def namespace_of(*arrays):
     refuses one library's arrays on two devices (two GPUs), and names both devices.
     """
     arrays = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
+    if arrays and all(type(a) is np.ndarray for a in arrays):
+        return _NUMPY_XP       # the common case, asked for in every layer call: keep it cheap
     try:
         xp = array_api_compat.array_namespace(*arrays)
     except TypeError as e:
@@ -259,7 +264,7 @@ def _keep_freed_memory_for_reuse() -> None:
 def _get_backend(name: str, index: int) -> Backend:
     if name == "cpu":
         _keep_freed_memory_for_reuse()
-        return Backend("cpu", array_api_compat.array_namespace(np.empty(0)), "cpu")
+        return Backend("cpu", _NUMPY_XP, "cpu")
     try:
         import cupy
     except ImportError as e:

@@ -192,14 +192,16 @@ def conv_forward(x, w, b, conv_param):
     K = C * HH * WW
 
     w_mat = xp.reshape(w, (F, K))
-    out = xp.empty((N, F, HO, WO), dtype=x.dtype, device=device_of(x))
+    outs = []
     chunks = _batch_chunks(x, K, HO, WO)
     for rows in chunks:
         col = ops.im2col(x[rows, ...], HH, WW, stride, pad)    # (C, HH, WW, n, HO, WO)
         n = col.shape[3]
         col = xp.reshape(col, (K, n * HO * WO))
         out_mat = w_mat @ col + b[:, None]                      # (F, n*HO*WO)
-        out[rows, ...] = xp.permute_dims(xp.reshape(out_mat, (F, n, HO, WO)), (1, 0, 2, 3))
+        outs.append(xp.permute_dims(xp.reshape(out_mat, (F, n, HO, WO)), (1, 0, 2, 3)))
+    # concat copies into (N, F, HO, WO) order, which keeps every later elementwise op contiguous.
+    out = xp.concat(outs, axis=0)
     # One chunk: keep its col for the backward pass. Several: rebuild each one there.
     col = col if len(chunks) == 1 else None
     # The first layer's input gradient is never needed: the flag lets models skip it.
@@ -216,18 +218,18 @@ def conv_backward(dout, cache):
     HO, WO = dout.shape[2], dout.shape[3]
     K = C * HH * WW
     w_mat = xp.reshape(w, (F, K))
-    dw = xp.zeros((F, K), dtype=w.dtype, device=device_of(w))
-    dx = xp.empty(x.shape, dtype=x.dtype, device=device_of(x)) if needs_dx else None
+    dw, dxs = 0, []
     for rows in _batch_chunks(x, K, HO, WO):
-        if col is None or col.shape[1] != (rows.stop - rows.start) * HO * WO:
+        if col is None:
             col = xp.reshape(ops.im2col(x[rows, ...], HH, WW, stride, pad), (K, -1))
         n = col.shape[1] // (HO * WO)
         dout_mat = xp.reshape(xp.permute_dims(dout[rows, ...], (1, 0, 2, 3)), (F, n * HO * WO))
         dw = dw + dout_mat @ col.T
         if needs_dx:
             dcol = xp.reshape(w_mat.T @ dout_mat, (C, HH, WW, n, HO, WO))
-            dx[rows, ...] = ops.col2im(dcol, H, W, stride, pad)
+            dxs.append(ops.col2im(dcol, H, W, stride, pad))
         col = None
+    dx = (dxs[0] if len(dxs) == 1 else xp.concat(dxs, axis=0)) if needs_dx else None
     db = xp.sum(dout, axis=(0, 2, 3))
     return dx, xp.reshape(dw, w.shape), db
 
