@@ -105,7 +105,8 @@ class Solver:
         """Rows idx of (X, y) as arrays on the model's device."""
         if self.backend.owns(X):
             xp = self.backend.xp
-            idx = self.backend.to_device(idx)
+            if not self.backend.owns(idx):
+                idx = self.backend.to_device(idx)
             return xp.take(X, idx, axis=0), xp.take(y, idx, axis=0)
         return self.backend.to_device(X[idx]), self.backend.to_device(y[idx])
 
@@ -185,6 +186,8 @@ class Solver:
             while self.epoch < self.num_epochs:
                 bar.set_description(f"epoch {self.epoch + 1}/{self.num_epochs}")
                 order = self.rng.permutation(N)
+                if self.backend.owns(self.X_train):   # one host->device copy per epoch
+                    order = self.backend.to_device(order)
                 for i in range(per_epoch):
                     self._step(order[i * self.batch_size:(i + 1) * self.batch_size])
                     self.t += 1
