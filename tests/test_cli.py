@@ -1,7 +1,6 @@
 """The `xpnn` command line, run as a user runs it."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,5 +1,4 @@
 """Data loaders on small files the tests write, plus the bundled sets."""
-import gzip
 import pickle
 
 import numpy as np

@@ -6,7 +6,7 @@ from xpnn import Solver
 from xpnn.backend import to_numpy
 from xpnn.gradient_check import eval_numerical_gradient, rel_error
 from xpnn.models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, load, mnist_cnn
-from xpnn.nn import Affine, BatchNorm, Conv, Dropout, LayerNorm, LeakyReLU, MaxPool, ReLU, Sigmoid, Tanh
+from xpnn.nn import Affine, BatchNorm, Conv, Dropout, LayerNorm, LeakyReLU, MaxPool, Sigmoid, Tanh
 from xpnn.optim import UPDATE_RULES, adam, rmsprop, sgd_momentum
 
 

@@ -1,6 +1,5 @@
 """Bad input gets a clear error; checkpoints are atomic and checked; training fails loudly."""
 import os
-import pickle
 import zipfile
 
 import numpy as np

@@ -14,7 +14,6 @@ Bad files raise `DataError` naming the file and what is wrong with it.
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 import zlib
 from pathlib import Path
