@@ -144,3 +144,12 @@ def test_bundled_mnist():
 def test_fashion_mnist_missing_dir_is_explained(tmp_path):
     with pytest.raises(DataError, match="dataset-fashion-mnist"):
         data.load_fashion_mnist(tmp_path / "absent")
+
+
+@pytest.mark.skipif(not data.FASHION_MNIST_DIR.is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_real_fashion_mnist_files():
+    X_train, y_train, X_test, y_test = data.load_fashion_mnist()
+    assert X_train.shape == (60000, 28, 28) and X_test.shape == (10000, 28, 28)
+    assert np.array_equal(np.bincount(y_train), np.full(10, 6000))
+    assert np.array_equal(np.bincount(y_test), np.full(10, 1000))
