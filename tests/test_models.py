@@ -278,3 +278,29 @@ def test_solver_trains_a_hand_written_model(rng, tmp_path):
     again = Solver(HandWrittenNet(rng, 20, 4), data, update_rule="sgd_momentum", verbose=False)
     again.load_checkpoint(tmp_path / "hand_epoch_5.npz")
     assert again.epoch == 5 and again.optim_configs["W"]["velocity"].shape == (20, 4)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda **kw: mnist_cnn(**kw), (4, 1, 28, 28)),
+    (lambda **kw: ThreeLayerConvNet(input_dim=(3, 12, 12), num_filters=4, filter_size=3, hidden_dim=8, **kw),
+     (4, 3, 12, 12)),
+])
+def test_pool_before_relu_is_conv_relu_pool(rng, make, shape):
+    """The models run relu - pool as pool - relu; the loss and every gradient equal the
+    textbook order's, including windows whose maximum is tied or negative."""
+    from xpnn.nn import ReLU
+    model = make(seed=0, dtype="float64")
+    textbook = make(seed=0, dtype="float64")
+    order = [type(l).__name__ for l in textbook.layers]
+    for i, name in enumerate(order[:-1]):
+        if name == "MaxPool" and order[i + 1] == "ReLU":
+            textbook.layers[i], textbook.layers[i + 1] = textbook.layers[i + 1], textbook.layers[i]
+    assert [type(l).__name__ for l in textbook.layers][:3] == ["Conv", "ReLU", "MaxPool"]
+    X = np.round(rng.standard_normal(shape), 1)          # rounding makes ties
+    y = rng.integers(0, 10, shape[0])
+    loss, grads = model.loss(X, y)
+    loss_ref, grads_ref = textbook.loss(X, y)
+    assert abs(loss - loss_ref) < 1e-12
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads_ref[k], rtol=1e-10, atol=1e-12)
+    assert isinstance(model.layers[2], ReLU)
