@@ -99,16 +99,18 @@ def device_arg(text):
 
 
 def add_training_args(p, sweep=False):
-    p.add_argument("--model", choices=MODELS, default="mnist-cnn")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist" if not sweep else "digits")
+    p.add_argument("--model", choices=MODELS, default="mnist-cnn", help="default: mnist-cnn")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist" if not sweep else "digits",
+                   help=f"default: {'mnist' if not sweep else 'digits'}")
     p.add_argument("--data-dir", help="directory of the data set's files (IDX files, cifar-10-batches-py)")
-    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--epochs", type=positive_int, default=3)
-    p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--epochs", type=positive_int, default=3, help="passes over the data (default: 3)")
+    p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam", help="default: adam")
     p.add_argument("--lr-decay", type=positive_float,
                    help="learning-rate factor per epoch (default: anneal to 3%% of --lr by the last epoch)")
-    p.add_argument("--init", choices=("gaussian", "xavier", "he"), default="he")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=("gaussian", "xavier", "he"), default="he",
+                   help="weight initialisation (default: he)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, batches, dropout (default: 0)")
     p.add_argument("--num-train", type=positive_int, help="use only the first N training images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -120,15 +122,17 @@ def main(argv=None):
 
     train = sub.add_parser("train", help="train a model and write metrics, plots and a checkpoint")
     add_training_args(train)
-    train.add_argument("--batch-size", type=positive_int, default=50)
-    train.add_argument("--lr", type=positive_float, default=5e-3, help="learning rate")
-    train.add_argument("--reg", type=non_negative_float, default=0.0, help="L2 regularisation")
-    train.add_argument("--hidden", type=int_list, default=[200], help="hidden sizes, e.g. 200 or 256,128")
+    train.add_argument("--batch-size", type=positive_int, default=50, help="default: 50")
+    train.add_argument("--lr", type=positive_float, default=5e-3, help="learning rate (default: 5e-3)")
+    train.add_argument("--reg", type=non_negative_float, default=0.0, help="L2 regularisation (default: 0)")
+    train.add_argument("--hidden", type=int_list, default=[200],
+                       help="hidden sizes, e.g. 200 or 256,128 (default: 200)")
     train.add_argument("--out", help="output directory (default runs/MODEL-DATASET, numbered "
                        "so that no earlier run is overwritten)")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR with its own settings (--device may change)")
-    train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop")
+    train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop",
+                       help="on a NaN/inf loss: stop (default) or skip that step")
 
     ev = sub.add_parser("eval", help="evaluate a saved model on a data set's test split")
     ev.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint .npz")
