@@ -2,8 +2,9 @@
 
 A model owns `params` (name -> array on its device) and implements `loss(X, y=None)`:
 scores when y is None (test mode), else `(loss, grads)` with grads keyed like params.
-Layer modules are stateless wrappers of the functional layers: they know the names of their
-parameters in the model's dict (CS231n names: W1, b1, gamma1, ...) and how to initialise them.
+Layer modules are thin wrappers of the functional layers: they know the names of their
+parameters in the model's dict (CS231n names: W1, b1, gamma1, ...) and how to initialise
+them; the only state they keep is batchnorm's running averages and dropout's settings.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ LOSSES = {"softmax": L.softmax_loss_terms, "svm": L.svm_loss_terms, "mse": L.mse
 # ---------------------------------------------------------------------------- layer modules
 
 class Layer:
-    """A stateless layer: `forward(x, params, train) -> (out, cache)`,
+    """A layer module: `forward(x, params, train) -> (out, cache)`,
     `backward(dout, cache) -> (dx, grads)`. Layers with parameters name them on `build`."""
     has_weights = False   # Affine and Conv: they are numbered 1, 2, ... and name W{k}, b{k}
 
@@ -42,6 +43,12 @@ class Layer:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")
         return f"{type(self).__name__}({args})"
+
+
+def _filled(rng, n, value, dtype):
+    """A length-n vector of `value` on the generator's device (biases, gamma, beta)."""
+    be = rng.backend
+    return be.xp.full((n,), value, dtype=be.dtype(dtype), device=be.device)
 
 
 def _init_weight(rng, shape, fan_in, fan_out, dtype, init, weight_scale):
@@ -65,8 +72,7 @@ class Affine(Layer):
     def init_params(self, rng, dtype, init, weight_scale):
         D, M = self._in, self.out_features
         return {self._W: _init_weight(rng, (D, M), D, M, dtype, init, weight_scale),
-                self._b: rng.backend.xp.zeros((M,), dtype=rng.backend.dtype(dtype),
-                                              device=rng.backend.device)}
+                self._b: _filled(rng, M, 0.0, dtype)}
 
     def forward(self, x, params, train):
         return L.affine_forward(x, params[self._W], params[self._b])
@@ -97,8 +103,7 @@ class Conv(Layer):
         shape = (F, self._C, kh, kw)
         return {self._W: _init_weight(rng, shape, self._C * kh * kw, F * kh * kw, dtype, init,
                                       weight_scale),
-                self._b: rng.backend.xp.zeros((F,), dtype=rng.backend.dtype(dtype),
-                                              device=rng.backend.device)}
+                self._b: _filled(rng, F, 0.0, dtype)}
 
     def forward(self, x, params, train, needs_dx=True):
         return L.conv_forward(x, params[self._W], params[self._b], {**self._param, "needs_dx": needs_dx})
@@ -172,9 +177,8 @@ class BatchNorm(Layer):
         return in_shape
 
     def init_params(self, rng, dtype, init, weight_scale):
-        xp, d = rng.backend.xp, rng.backend.dtype(dtype)
-        return {self._gamma: xp.ones((self._D,), dtype=d, device=rng.backend.device),
-                self._beta: xp.zeros((self._D,), dtype=d, device=rng.backend.device)}
+        return {self._gamma: _filled(rng, self._D, 1.0, dtype),
+                self._beta: _filled(rng, self._D, 0.0, dtype)}
 
     def buffers(self):
         return {f"{key}{self._k}": self.bn_param[key] for key in ("running_mean", "running_var")
