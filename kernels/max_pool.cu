@@ -2,7 +2,8 @@
 //   x, dx     (N, C, H, W)
 //   out, dout (N, C, HO, WO)
 //   argmax    (N, C, HO, WO) int32: position i*PW + j of the window's FIRST maximum in
-//             row-major order (strictly greater wins), so tied maxima get no double gradient.
+//             row-major order (strictly greater wins), so tied maxima get no double gradient;
+//             a NaN takes the place of any maximum (the last NaN, as PyTorch's CPU code).
 #include "common.cuh"
 
 template <typename T>
@@ -21,7 +22,8 @@ __device__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ out,
         for (index_t i = 0; i < PH; ++i)
             for (index_t j = 0; j < PW; ++j) {
                 T v = window[i * W + j];
-                if (v > best) { best = v; best_at = (int)(i * PW + j); }
+                // A NaN wins (v != v), as in PyTorch: a NaN in the window must not vanish.
+                if (v > best || v != v) { best = v; best_at = (int)(i * PW + j); }
             }
         out[idx] = best;
         argmax[idx] = best_at;

@@ -111,3 +111,13 @@ def test_conv_in_batch_chunks_matches_one_chunk(xp, rng, monkeypatch):
     for got, want in zip(conv_backward(xp.asarray(dout), cache_chunked),
                          conv_naive_backward(dout, x, w, 1, 1)):
         np.testing.assert_allclose(to_numpy(got), want, rtol=1e-10, atol=1e-10)
+
+
+def test_max_pool_propagates_nan(xp):
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = np.nan
+    out, cache = max_pool_forward(xp.asarray(x), {"pool_height": 2, "pool_width": 2, "stride": 2})
+    out = to_numpy(out)
+    assert np.isnan(out[0, 0, 0, 0]) and not np.isnan(out[0, 0, 1, 1])
+    dx = to_numpy(max_pool_backward(xp.ones((1, 1, 2, 2), dtype=xp.float64), cache))
+    assert dx[0, 0, 0, 1] == 1 and dx[0, 0, 0, 0] == 0       # the gradient goes to the NaN

@@ -107,3 +107,14 @@ def test_launch_config_caps_the_grid():
     assert cuda.launch_config(1) == (1, 256)
     assert cuda.launch_config(257) == (2, 256)
     assert cuda.launch_config(10**12) == (cuda.MAX_BLOCKS, 256)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_kernel_propagates_nan_like_the_portable_code(kernel_ops, rng, dtype):
+    x = rng.standard_normal((2, 3, 7, 7)).astype(dtype)
+    x[0, 0, 1, 1] = x[1, 2, 4, 5] = x[1, 2, 4, 6] = np.nan
+    out, argmax = kernel_ops["max_pool_forward"](x, 3, 3, 2)
+    out_ref, argmax_ref = ops.max_pool_forward(x, 3, 3, 2)
+    np.testing.assert_array_equal(out, out_ref)            # NaN where the window holds one
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    assert np.isnan(out[0, 0, 0, 0]) and np.isnan(out[1, 2, 2, 2])

@@ -96,7 +96,8 @@ def max_pool_forward(x, ph, pw, stride):
             if i == 0 and j == 0:
                 continue
             view = xp.asarray(x[:, :, _window(i, HO, stride), _window(j, WO, stride)], copy=True)
-            better = xp.astype(view > out, index_dtype)
+            # NaNs win, as in PyTorch (and the CUDA kernel): a NaN must not vanish in a max.
+            better = xp.astype((view > out) | xp.isnan(view), index_dtype)
             argmax = xp.maximum(argmax, better * (i * pw + j))
             out = xp.maximum(out, view)
     return out, argmax
