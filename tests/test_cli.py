@@ -154,3 +154,10 @@ def test_no_run_is_overwritten(tmp_path, monkeypatch, capsys):
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), *QUICK]) == 2
     assert "not an xpnn run directory" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["train", "--model", "softmax", "--epochs", "1", "--out", str(blocker / "run"), *QUICK]) == 2
+    assert "xpnn train: error:" in capsys.readouterr().err

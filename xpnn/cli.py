@@ -157,7 +157,7 @@ def main(argv=None):
     try:
         return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}[args.command](args)
     except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
-            MemoryError, KeyError) as e:
+            MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
         print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
