@@ -105,3 +105,18 @@ def test_second_gpu(cp):
     assert model.loss(x).device.id == 1
     with pytest.raises(DeviceError, match="different devices"):
         affine_forward(cp.ones((2, 3)), get_backend("cuda:1").to_device(np.ones((3, 4))), cp.ones(4))
+
+
+def test_training_step_copies_only_the_loss_to_the_host(monkeypatch):
+    """The step's only device->host transfer is the loss (with the label check riding on it)."""
+    import xpnn.layers
+    copies = []
+    real = xpnn.layers.to_numpy
+    monkeypatch.setattr(xpnn.layers, "to_numpy", lambda a: copies.append(a.shape) or real(a))
+    model = mnist_cnn(device="cuda", reg=1e-3, seed=0)
+    be = get_backend("cuda")
+    X = be.to_device(np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32))
+    y = be.to_device(np.arange(8) % 10)
+    loss, grads = model.loss(X, y)
+    assert copies == [(3,)]                    # [loss, min label, max label], once
+    assert all(get_backend("cuda").owns(g) for g in grads.values())
