@@ -161,3 +161,20 @@ def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
     blocker.write_text("not a directory")
     assert main(["train", "--model", "softmax", "--epochs", "1", "--out", str(blocker / "run"), *QUICK]) == 2
     assert "xpnn train: error:" in capsys.readouterr().err
+
+
+def test_train_and_eval_on_cifar_files(tmp_path, capsys):
+    from xpnn import data
+    rng = np.random.default_rng(0)
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data.write_cifar_batch(cifar / name, rng.integers(0, 256, (30, 3072)), np.arange(30) % 10)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "threelayer-cnn", "--dataset", "cifar10", "--data-dir", str(cifar),
+                 "--hidden", "16", "--epochs", "1", "--batch-size", "10", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "cifar10" and 0 <= metrics["test_acc"] <= 1
+    assert main(["eval", "--checkpoint", str(out / "model.npz"), "--dataset", "cifar10",
+                 "--data-dir", str(cifar)]) == 0
+    assert "cifar10 test accuracy" in capsys.readouterr().out

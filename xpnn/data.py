@@ -201,7 +201,8 @@ def get_data(name="mnist", num_validation=None, subtract_mean=True, data_dir=Non
 
     Pixels are scaled to [0, 1], then (subtract_mean) the training set's mean image is
     subtracted from every split; the validation set is the last `num_validation` training
-    images. Images come back as float32 (N, C, H, W); labels as int64.
+    images (default 5,000 for MNIST, 1,000 for CIFAR-10, at most a fifth of the set).
+    Images come back as float32 (N, C, H, W); labels as int64.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -216,8 +217,9 @@ def get_data(name="mnist", num_validation=None, subtract_mean=True, data_dir=Non
         X_train, y_train, X_test, y_test = load_cifar10(data_dir)
     else:
         X_train, y_train, X_test, y_test = load_digits()
-    if num_validation is None:
-        num_validation = {"cifar10": 1000, "digits": 300}.get(name, 5000)
+    if num_validation is None:   # the assignments' sizes; a fifth of a smaller set
+        num_validation = min({"cifar10": 1000, "digits": 300}.get(name, 5000),
+                             max(1, len(X_train) // 5))
     if not 0 < num_validation < len(X_train):
         raise ValueError(f"num_validation must be in [1, {len(X_train) - 1}], got {num_validation}")
     end = len(X_train) - num_validation
