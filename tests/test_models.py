@@ -222,7 +222,7 @@ def test_solver_restores_best_params_and_is_repeatable(rng):
         solver = Solver(model, data, update_rule="adam", num_epochs=3, batch_size=20, verbose=False, seed=7)
         solver.train()
         assert model.params is not solver.best_params
-        assert all(model.params[k] is solver.best_params[k] for k in model.params)
+        assert all(np.array_equal(model.params[k], solver.best_params[k]) for k in model.params)
         runs.append((model, solver))
     (m1, s1), (m2, s2) = runs
     assert s1.loss_history == s2.loss_history
@@ -304,3 +304,16 @@ def test_pool_before_relu_is_conv_relu_pool(rng, make, shape):
     for k in grads:
         np.testing.assert_allclose(grads[k], grads_ref[k], rtol=1e-10, atol=1e-12)
     assert isinstance(model.layers[2], ReLU)
+
+
+def test_best_params_survive_an_in_place_update_rule(rng):
+    def sgd_in_place(w, dw, config=None):
+        w -= 0.1 * dw                      # a user's rule that writes into w
+        return w, config or {}
+    data = small_data(rng)
+    model = FullyConnectedNet([8], input_dim=20, num_classes=4, seed=0, dtype="float64")
+    solver = Solver(model, data, update_rule=sgd_in_place, num_epochs=3, batch_size=25,
+                    verbose=False, seed=0)
+    solver.train()
+    acc = solver.check_accuracy(data["X_val"], data["y_val"])
+    assert acc == solver.best_val_acc      # the restored params are the ones that scored it

@@ -171,8 +171,9 @@ class Solver:
         self.val_acc_history.append(val_acc)
         if val_acc > self.best_val_acc or not self.best_params:
             self.best_val_acc = val_acc
-            # Updates replace arrays rather than writing into them: references are a snapshot.
-            self.best_params = dict(self.model.params)
+            # Copies (once per epoch): an update rule may write into its arrays in place.
+            self.best_params = {k: namespace_of(v).asarray(v, copy=True)
+                                for k, v in self.model.params.items()}
         return train_acc, val_acc
 
     def train(self):
