@@ -6,6 +6,7 @@ half-written one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -19,46 +20,42 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or does not match the model."""
 
 
-def atomic_savez(path, arrays: dict, meta: dict | None = None) -> Path:
-    """Write `arrays` (name -> host array) and JSON `meta` to `path` atomically."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {name: np.asarray(a) for name, a in arrays.items()}
-    if meta is not None:
-        payload["__meta__"] = np.asarray(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write a small text file (JSON, CSV) atomically, like `atomic_savez`."""
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Open a temporary file beside `path`; on success flush it to disk and rename it over
+    `path`, on any failure remove it. Readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_savez(path, arrays: dict, meta: dict | None = None) -> Path:
+    """Write `arrays` (name -> host array) and JSON `meta` to `path` atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    payload = {name: np.asarray(a) for name, a in arrays.items()}
+    if meta is not None:
+        payload["__meta__"] = np.asarray(json.dumps(meta))
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **payload)
     return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write a small text file (JSON, CSV) atomically."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 def load_npz(path) -> tuple[dict, dict]:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import matplotlib
 
@@ -11,14 +9,14 @@ matplotlib.use("Agg")          # files only: works on machines with no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .io import atomic_open  # noqa: E402
+
 
 def _save(fig, path, **kwargs):
     """Save a figure atomically: a crash never leaves half a PNG over a good one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", **kwargs)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", **kwargs)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def learning_curves(loss_history, train_acc_history, val_acc_history, path, title=""):
