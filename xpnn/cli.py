@@ -21,9 +21,9 @@ import numpy as np
 from . import __version__
 from .backend import get_backend, to_numpy
 from .data import DATASETS, DataError, get_data
-from .io import CheckpointError, atomic_savez, atomic_write_text
-from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, load, mnist_cnn
-from .nn import Affine
+from .io import CheckpointError, atomic_savez, atomic_write_text, load_npz
+from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, mnist_cnn
+from .nn import Affine, model_from_arrays
 from .optim import UPDATE_RULES
 from .solver import NonFiniteLossError, Solver, latest_checkpoint
 
@@ -279,9 +279,8 @@ def save_model(model, path, data, dataset):
 
 
 def cmd_eval(args):
-    from .io import load_npz
-    model = load(args.checkpoint, device=args.device)
-    arrays, meta = load_npz(args.checkpoint)
+    arrays, meta = load_npz(args.checkpoint)          # read once: model and preprocessing
+    model = model_from_arrays(arrays, meta, device=args.device, source=args.checkpoint)
     if "data/mean_image" in arrays:          # the preprocessing the model was trained with
         data = get_data(args.dataset, data_dir=args.data_dir, subtract_mean=False)
         X = data["X_test"] - arrays["data/mean_image"]

@@ -433,14 +433,17 @@ class Sequential(Model):
 
 def load(path, device="cpu") -> Model:
     """Rebuild a saved model on `device` (any device, whatever it was trained on)."""
-    arrays, meta = load_npz(path)
+    return model_from_arrays(*load_npz(path), device=device, source=str(path))
+
+
+def model_from_arrays(arrays: dict, meta: dict, device="cpu", source="checkpoint") -> Model:
+    """The model described by a checkpoint's `meta`, with its arrays, on `device`."""
     kind = meta.get("model")
     if kind not in MODEL_TYPES:
-        raise CheckpointError(f"{path} does not describe an xpnn model (model type {kind!r})")
-    config = dict(meta.get("config", {}))
+        raise CheckpointError(f"{source} does not describe an xpnn model (model type {kind!r})")
     try:
-        model = MODEL_TYPES[kind](**config, device=device)
+        model = MODEL_TYPES[kind](**meta.get("config", {}), device=device)
     except TypeError as e:
-        raise CheckpointError(f"{path}: saved configuration does not fit {kind} ({e})") from None
-    model.load_state(arrays, source=str(path))
+        raise CheckpointError(f"{source}: saved configuration does not fit {kind} ({e})") from None
+    model.load_state(arrays, source=source)
     return model
