@@ -129,11 +129,15 @@ def test_save_load_roundtrip(tmp_path, rng):
 
 # ---------------------------------------------------------------------------- optimizers
 
-def test_sgd_momentum_matches_assignment():
+def assignment_inputs():
+    """w, dw and a state array as the assignment's optimizer checks build them."""
     N, D = 4, 5
-    w = np.linspace(-0.4, 0.6, num=N * D).reshape(N, D)
-    dw = np.linspace(-0.6, 0.4, num=N * D).reshape(N, D)
-    v = np.linspace(0.6, 0.9, num=N * D).reshape(N, D)
+    return (np.linspace(-0.4, 0.6, num=N * D).reshape(N, D), np.linspace(-0.6, 0.4, num=N * D).reshape(N, D),
+            np.linspace(0.6, 0.9, num=N * D).reshape(N, D))
+
+
+def test_sgd_momentum_matches_assignment():
+    w, dw, v = assignment_inputs()
     next_w, config = sgd_momentum(w, dw, {"learning_rate": 1e-3, "velocity": v})
     expected_next_w = np.asarray([
         [0.1406, 0.20738947, 0.27417895, 0.34096842, 0.40775789],
@@ -144,10 +148,7 @@ def test_sgd_momentum_matches_assignment():
 
 
 def test_rmsprop_and_adam_match_assignment():
-    N, D = 4, 5
-    w = np.linspace(-0.4, 0.6, num=N * D).reshape(N, D)
-    dw = np.linspace(-0.6, 0.4, num=N * D).reshape(N, D)
-    cache = np.linspace(0.6, 0.9, num=N * D).reshape(N, D)
+    w, dw, cache = assignment_inputs()
     next_w, _ = rmsprop(w, dw, {"learning_rate": 1e-2, "cache": cache})
     expected = np.asarray([
         [-0.39223849, -0.34037513, -0.28849239, -0.23659121, -0.18467247],
@@ -155,8 +156,8 @@ def test_rmsprop_and_adam_match_assignment():
         [0.12716641, 0.17918792, 0.23122175, 0.28326742, 0.33532447],
         [0.38739248, 0.43947102, 0.49155973, 0.54365823, 0.59576619]])
     assert rel_error(next_w, expected) < 1e-7
-    m = np.linspace(0.6, 0.9, num=N * D).reshape(N, D)
-    v = np.linspace(0.7, 0.5, num=N * D).reshape(N, D)
+    m = np.linspace(0.6, 0.9, num=w.size).reshape(w.shape)
+    v = np.linspace(0.7, 0.5, num=w.size).reshape(w.shape)
     next_w, config = adam(w, dw, {"learning_rate": 1e-2, "m": m, "v": v, "t": 5})
     expected = np.asarray([
         [-0.40094747, -0.34836187, -0.29577703, -0.24319299, -0.19060977],

@@ -452,12 +452,17 @@ def mse_loss(x, y):
 # The same losses left on the device: (loss as a 0-d array, dx, label (min, max) or None).
 # Models add their regularisation to the loss before the one transfer of `host_loss`.
 
-def softmax_loss_terms(x, y):
-    xp = namespace_of(x, y)
+def _check_scores(x, y):
+    """Scores (N, C) float and labels (N,) int -> N, C and the labels' (min, max) on device."""
     _check_float("scores x", x)
     _check_rank("scores x", x, 2, "(N, C)")
     N, C = x.shape
-    label_range = _check_labels(y, N, C)
+    return N, C, _check_labels(y, N, C)
+
+
+def softmax_loss_terms(x, y):
+    xp = namespace_of(x, y)
+    N, C, label_range = _check_scores(x, y)
     shifted = x - xp.max(x, axis=1, keepdims=True)
     log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
     target = _one_hot(y, C, x)
@@ -467,10 +472,7 @@ def softmax_loss_terms(x, y):
 
 def svm_loss_terms(x, y):
     xp = namespace_of(x, y)
-    _check_float("scores x", x)
-    _check_rank("scores x", x, 2, "(N, C)")
-    N, C = x.shape
-    label_range = _check_labels(y, N, C)
+    N, C, label_range = _check_scores(x, y)
     target = _one_hot(y, C, x)
     correct = xp.sum(x * target, axis=1, keepdims=True)
     margins = xp.maximum(x - correct + 1, xp.zeros((), dtype=x.dtype, device=device_of(x)))

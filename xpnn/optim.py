@@ -47,15 +47,19 @@ def nesterov(w, dw, config=None):
     return w - mu * v_prev + (1 + mu) * v, config
 
 
+def _scaled_step(w, dw, cache, config):
+    """w - lr * dw / (sqrt(cache) + eps): a step scaled per parameter by its gradient history."""
+    xp = namespace_of(w, dw)
+    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"])
+
+
 def adagrad(w, dw, config=None):
     """Per-parameter learning rates scaled by the sum of all past squared gradients."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("epsilon", 1e-8)
-    xp = namespace_of(w, dw)
-    cache = _state(config, "cache", w) + dw * dw
-    config["cache"] = cache
-    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
+    config["cache"] = _state(config, "cache", w) + dw * dw
+    return _scaled_step(w, dw, config["cache"], config), config
 
 
 def rmsprop(w, dw, config=None):
@@ -64,11 +68,9 @@ def rmsprop(w, dw, config=None):
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("decay_rate", 0.99)
     config.setdefault("epsilon", 1e-8)
-    xp = namespace_of(w, dw)
     decay = config["decay_rate"]
-    cache = decay * _state(config, "cache", w) + (1 - decay) * dw * dw
-    config["cache"] = cache
-    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
+    config["cache"] = decay * _state(config, "cache", w) + (1 - decay) * dw * dw
+    return _scaled_step(w, dw, config["cache"], config), config
 
 
 def adam(w, dw, config=None):
