@@ -296,7 +296,13 @@ def backend_of(x) -> Backend:
         return get_backend(f"cuda:{x.device.id}")
     if isinstance(x, np.ndarray):
         return get_backend("cpu")
-    return ForeignBackend(x)
+    key = (array_api_compat.array_namespace(x).__name__, repr(array_api_compat.device(x)))
+    if key not in _FOREIGN:      # one per namespace and device, like get_backend's, not per call
+        _FOREIGN[key] = ForeignBackend(x)
+    return _FOREIGN[key]
+
+
+_FOREIGN: dict = {}
 
 
 class ForeignBackend(Backend):
