@@ -32,7 +32,7 @@ def test_cpu_backend():
 def test_cuda_without_a_gpu_names_the_problem():
     if cuda_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(RuntimeError, match=r"CuPy.*pip install 'xpnn\[cuda12\]'|sees no"):
+    with pytest.raises(RuntimeError, match=r"CuPy.*pip install 'xpnn\[cuda13\]'.*'xpnn\[cuda12\]'|sees no"):
         get_backend("cuda")
 
 
@@ -56,3 +56,49 @@ def test_foreign_namespace_gets_numbers_on_its_device():
     x = be.rng.normal((3,), dtype="float64")
     assert isinstance(x, type(like)) and x.device == xs.Device("device1") and x.dtype == xs.float64
     assert to_numpy(x).shape == (3,)
+
+
+def test_one_backend_class_per_kind():
+    import array_api_strict as xs
+    from xpnn.backend import ArrayApiBackend, CpuBackend
+    assert type(get_backend("cpu")) is CpuBackend
+    like = xs.asarray(np.zeros(2))
+    be = backend_of(like)
+    assert type(be) is ArrayApiBackend and be is backend_of(xs.asarray(np.ones(3)))
+    assert be.owns(like) and not be.owns(np.zeros(2)) and not get_backend("cpu").owns(like)
+    assert "cuda" not in be.label and be.ops == {}
+    with be:                                  # a device context that has nothing to switch
+        assert be.to_device(np.ones(2), dtype="float64").dtype == xs.float64
+
+
+def test_accelerated_op_names_are_checked():
+    from xpnn import cuda
+    from xpnn.backend import ACCELERATED_OPS, accelerated_op
+    with pytest.raises(KeyError, match="not an accelerated op"):
+        accelerated_op("im2colx", np.zeros((1, 1, 2, 2)))
+    assert accelerated_op("im2col", np.zeros((1, 1, 2, 2))) is None      # CPU: portable code
+    assert set(cuda.make_ops(launch=None)) == set(ACCELERATED_OPS)       # CUDA implements all
+
+
+def test_numpy_global_seed_reproduces_models_and_solvers():
+    """CS231n's notebooks call np.random.seed(231) and expect the same run again."""
+    from xpnn import Solver
+    from xpnn.models import FullyConnectedNet
+    rng = np.random.default_rng(0)
+    data = {"X_train": rng.standard_normal((40, 6)), "y_train": rng.integers(0, 3, 40),
+            "X_val": rng.standard_normal((10, 6)), "y_val": rng.integers(0, 3, 10)}
+
+    def run():
+        np.random.seed(231)
+        model = FullyConnectedNet([8], input_dim=6, num_classes=3, dropout_keep_ratio=0.5)
+        solver = Solver(model, data, num_epochs=2, batch_size=10, verbose=False)
+        solver.train()
+        return model, solver
+
+    (a, sa), (b, sb) = run(), run()
+    assert sa.loss_history == sb.loss_history
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    np.random.seed(232)
+    c = FullyConnectedNet([8], input_dim=6, num_classes=3)
+    assert not np.array_equal(c.params["W1"], a.params["W1"]) or not sa.loss_history

@@ -28,7 +28,9 @@ def test_every_kernel_compiles_with_nvrtc():
     for arch in ("sm_75", "sm_80", "sm_90"):
         err, prog = nvrtc.nvrtcCreateProgram(cuda.module_source().encode(), b"xpnn.cu", 0, [], [])
         assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
-        options = [f"--gpu-architecture={arch}".encode(), b"-std=c++14", f"-I{cuda.kernel_dir()}".encode()]
+        # CuPy's options, as CupyLauncher passes them, and no include path: the source is whole.
+        options = [f"--gpu-architecture={arch}".encode(), b"-ftz=true",
+                   *(o.encode() for o in cuda.CupyLauncher.OPTIONS)]
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         _, log_size = nvrtc.nvrtcGetProgramLogSize(prog)
         log = b" " * log_size
@@ -118,3 +120,20 @@ def test_max_pool_kernel_propagates_nan_like_the_portable_code(kernel_ops, rng, 
     np.testing.assert_array_equal(out, out_ref)            # NaN where the window holds one
     np.testing.assert_array_equal(argmax, argmax_ref)
     assert np.isnan(out[0, 0, 0, 0]) and np.isnan(out[1, 2, 2, 2])
+
+
+def test_compiled_source_changes_with_every_kernel_file(tmp_path, monkeypatch):
+    """CuPy caches compiled kernels by source text + options: the text must hold the files
+    themselves, not #include lines, or an edited kernel would keep running its old cubin."""
+    import shutil
+    original, source_dir = cuda.module_source(), cuda.kernel_dir()
+    assert "#include" not in original
+    copy_dir = tmp_path / "kernels"
+    monkeypatch.setattr(cuda, "kernel_dir", lambda: copy_dir)
+    for name in sorted(p.name for p in source_dir.iterdir()):
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        shutil.copytree(source_dir, copy_dir)
+        assert cuda.module_source() == original
+        (copy_dir / name).write_text((copy_dir / name).read_text() + "\n// edited\n")
+        edited = cuda.module_source()
+        assert edited != original and "// edited" in edited, name

@@ -1,19 +1,28 @@
 """Backends: which array library and which device a model computes on.
 
-`get_backend("cpu" | "cuda" | "cuda:N")` returns a `Backend` holding
+`get_backend("cpu" | "cuda" | "cuda:N")` returns the backend for that device, one class per kind:
+
+    CpuBackend       NumPy on the host
+    CudaBackend      CuPy on GPU N
+    ArrayApiBackend  any other Array-API library (array-api-strict, ...), found from its arrays
+
+Each one owns, for its device:
   - `xp`: the Array-API namespace (array-api-compat's wrapper of NumPy or CuPy),
-  - `device`: the device object arrays are created on,
-  - `rng`: a seedable random generator that makes arrays on that device,
+  - `with backend:` its device context: CuPy puts new arrays and launches kernels on the
+    *current* GPU, and array-api-compat ignores `device=` for CuPy, so code that runs for a
+    model on cuda:1 (its layers, the optimizer, the Solver) runs inside `with backend:`,
+  - `rng`: a seedable random generator that makes arrays on the device,
   - `to_device` / `to_host`: explicit host <-> device transfers,
-  - `synchronize()`: wait for queued GPU work (timing, benchmarks),
-  - `ops`: the table of accelerated operations (CUDA kernels on CuPy).
+  - `synchronize()`, `memory_free()`, `is_out_of_memory(error)`, `workspace_bytes`,
+  - `ops`: its table of accelerated operations, keyed by the names in `ACCELERATED_OPS`.
 
 Layer code never imports NumPy or CuPy: it asks `namespace_of(*arrays)` for `xp`, and the
 operations the Array API standard lacks (random numbers, raw kernels) come from here.
-This is the only module, with the CUDA glue and the data loaders, that names numpy/cupy.
+This is the only module, with the CUDA glue and the host-side code, that names numpy/cupy.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import sys
@@ -23,6 +32,12 @@ import numpy as np
 
 
 _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
+
+# The operations a backend may accelerate, named once: xpnn.ops asks for them by these names,
+# and a backend's table may hold no other key. A backend that declares an op must implement
+# it (the CUDA backend implements all of them: tests/test_gpu.py checks that every conv and
+# pool call on CuPy reaches its kernel).
+ACCELERATED_OPS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward")
 
 
 class DeviceError(ValueError):
@@ -55,12 +70,22 @@ def namespace_of(*arrays):
     return xp
 
 
+def draw_seed() -> int:
+    """A seed taken from NumPy's global generator, for anything built without a seed.
+
+    So `np.random.seed(231)` before building a model or a Solver reproduces the run, as the
+    CS231n notebooks expect. xpnn reads the global generator (one draw) but never seeds it.
+    """
+    return int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+
+
 class Generator:
     """Seeded random numbers made on one backend's device.
 
-    NumPy's PCG64 drives CPU arrays (and namespaces with no generator of their own, such
-    as array-api-strict, whose arrays are made on the host and then moved); CuPy's own
-    generator makes GPU arrays directly on the GPU. Global NumPy state is never touched.
+    NumPy's PCG64 makes the numbers on the host, and the backend moves them to its device
+    (the CPU, and namespaces with no generator of their own such as array-api-strict).
+    The CUDA backend's generator makes them on the GPU instead (CudaGenerator).
+    `seed=None` takes a seed from NumPy's global generator (`draw_seed`).
     """
 
     def __init__(self, backend: "Backend", seed=None):
@@ -68,14 +93,7 @@ class Generator:
         self.seed(seed)
 
     def seed(self, seed=None):
-        if self.backend.name == "cuda":
-            import cupy
-            with self.backend.device:
-                if seed is None:
-                    seed = int(np.random.SeedSequence().generate_state(1)[0])
-                self._gen = cupy.random.RandomState(seed)
-        else:
-            self._gen = np.random.default_rng(seed)
+        self._gen = np.random.default_rng(draw_seed() if seed is None else seed)
 
     def _wrap(self, host_array, dtype):
         """Move host numbers onto the device in the requested float dtype."""
@@ -83,17 +101,9 @@ class Generator:
         return self.backend.to_device(host_array.astype(name), dtype=name)
 
     def normal(self, shape, scale=1.0, dtype="float32"):
-        dtype = self.backend.dtype(dtype)
-        if self.backend.name == "cuda":
-            with self.backend.device:
-                return self._gen.normal(0.0, scale, size=shape, dtype=dtype)
         return self._wrap(self._gen.normal(0.0, scale, size=shape), dtype)
 
     def uniform(self, shape, low=0.0, high=1.0, dtype="float32"):
-        dtype = self.backend.dtype(dtype)
-        if self.backend.name == "cuda":
-            with self.backend.device:
-                return self._gen.uniform(low, high, size=shape, dtype=dtype)
         return self._wrap(self._gen.uniform(low, high, size=shape), dtype)
 
     def bernoulli(self, shape, p, dtype="float32"):
@@ -102,27 +112,37 @@ class Generator:
         return self.backend.xp.astype(u < p, u.dtype)
 
 
-class Backend:
-    """One array library on one device. Build it with `get_backend`."""
+class GlobalGenerator(Generator):
+    """The numbers of NumPy's global generator (`np.random`), for unseeded draws on the host:
+    CS231n's dropout takes its masks from there, so `np.random.seed` reproduces them."""
 
+    def seed(self, seed=None):
+        self._gen = np.random
+
+
+class Backend:
+    """One array library on one device. Get one from `get_backend` or `backend_of`."""
+
+    label: str
+    xp = _NUMPY_XP
+    device = "cpu"
     # The most memory one convolution's im2col buffer may take: larger batches are done in
     # chunks, each rebuilding its buffer in the backward pass. Measured on a 32 MB-L3 CPU,
     # chunking to cache size lost more to that rebuild than it gained, so the limit is about
     # memory, not speed. Set it per backend: get_backend("cpu").workspace_bytes = 64 << 20.
     workspace_bytes = 256 << 20
-
-    def __init__(self, name: str, xp, device, index: int = 0):
-        self.name, self.xp, self.device, self.index = name, xp, device, index
-        self.rng = Generator(self)
-        if name == "cuda":
-            self.workspace_bytes = 1 << 30
+    # The accelerated ops, by the names in ACCELERATED_OPS; empty means "the portable code".
+    ops: dict = {}
 
     def __repr__(self):
-        return f"Backend({self.label!r})"
+        return f"{type(self).__name__}({self.label!r})"
 
-    @property
-    def label(self) -> str:
-        return "cpu" if self.name == "cpu" else f"cuda:{self.index}"
+    # Entering a backend makes its device current; only the CUDA backend has one to switch.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
     def dtype_name(self, dtype) -> str:
         """"float32" or "float64" for a name, a NumPy dtype or this namespace's dtype."""
@@ -140,14 +160,13 @@ class Backend:
         """This namespace's dtype object for "float32" / np.float32 / an xp dtype."""
         return getattr(self.xp, self.dtype_name(dtype))
 
+    def generator(self, seed=None) -> Generator:
+        """A new random generator making arrays on this device (seed=None: see draw_seed)."""
+        return Generator(self, seed)
+
     def to_device(self, x, dtype=None):
         """Copy a host (NumPy) array onto this backend's device."""
-        if self.name == "cuda":
-            import cupy
-            with self.device:
-                out = cupy.asarray(x)
-        else:
-            out = np.asarray(x)
+        out = self.xp.asarray(np.asarray(x), device=self.device)
         return out if dtype is None else self.xp.astype(out, self.dtype(dtype), copy=False)
 
     def to_host(self, x) -> np.ndarray:
@@ -155,68 +174,165 @@ class Backend:
         return to_numpy(x)
 
     def synchronize(self) -> None:
-        if self.name == "cuda":
-            import cupy
-            with self.device:
-                cupy.cuda.get_current_stream().synchronize()
+        """Wait for queued device work (timing, benchmarks); the host never waits."""
 
     def owns(self, x) -> bool:
         """Whether `x` lives on this backend's library and device."""
-        if self.name == "cuda":
-            return array_api_compat.is_cupy_array(x) and x.device.id == self.index
-        return isinstance(x, np.ndarray)
+        try:
+            return array_api_compat.array_namespace(x) is self.xp and array_api_compat.device(x) == self.device
+        except TypeError:
+            return False
 
     def memory_free(self):
-        """Free bytes on the GPU, or None on the CPU (host data needs no staging)."""
-        if self.name != "cuda":
-            return None
-        import cupy
-        with self.device:
-            return cupy.cuda.runtime.memGetInfo()[0]
+        """Free bytes on the device, or None where host data need no staging (the CPU)."""
+        return None
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         """Whether `error` is the device running out of memory."""
-        if isinstance(error, MemoryError):
-            return True
-        return type(error).__name__ == "OutOfMemoryError"   # cupy.cuda.memory.OutOfMemoryError
+        return isinstance(error, MemoryError)
 
-    @property
-    def ops(self) -> dict:
-        """Accelerated operations for this backend; empty means "use the portable code"."""
-        return accelerated_ops(self.name)
+
+class CpuBackend(Backend):
+    """NumPy on the host."""
+    label = "cpu"
+
+    def __init__(self):
+        self.rng = GlobalGenerator(self)
+
+    def to_device(self, x, dtype=None):
+        out = np.asarray(x)
+        return out if dtype is None else out.astype(self.dtype_name(dtype), copy=False)
+
+    def owns(self, x) -> bool:
+        return isinstance(x, np.ndarray)
+
+
+class ArrayApiBackend(Backend):
+    """Any other Array-API namespace (array-api-strict, ...), on the device of the array it was
+    found from: random numbers come from NumPy and are moved there; no accelerated ops."""
+
+    def __init__(self, like):
+        self.xp = array_api_compat.array_namespace(like)
+        self.device = array_api_compat.device(like)
+        self.label = f"{self.xp.__name__}:{self.device}"
+        self.rng = GlobalGenerator(self)
+
+    def to_device(self, x, dtype=None):
+        out = self.xp.asarray(np.asarray(x), device=self.device)
+        return out if dtype is None else self.xp.astype(out, self.dtype(dtype))
+
+
+class CudaGenerator(Generator):
+    """CuPy's own generator (cuRAND-backed), making the numbers directly on the backend's GPU."""
+
+    def seed(self, seed=None):
+        import cupy
+        with self.backend:
+            self._gen = cupy.random.RandomState(draw_seed() if seed is None else seed)
+
+    def normal(self, shape, scale=1.0, dtype="float32"):
+        with self.backend:
+            return self._gen.normal(0.0, scale, size=shape, dtype=self.backend.dtype(dtype))
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype="float32"):
+        with self.backend:
+            return self._gen.uniform(low, high, size=shape, dtype=self.backend.dtype(dtype))
+
+
+class CudaBackend(Backend):
+    """CuPy on GPU `index`. Everything it allocates or launches happens on that GPU, whatever
+    device is current in the caller: its methods enter the device, and so do the models and
+    the Solver (`with backend:`) around the layers and update rules they run."""
+
+    workspace_bytes = 1 << 30
+
+    def __init__(self, index: int):
+        import cupy
+        import array_api_compat.cupy as xp_cupy
+        from . import cuda
+        self.index, self.label = index, f"cuda:{index}"
+        self.xp, self.device = xp_cupy, cupy.cuda.Device(index)
+        self._entered = []            # the Device contexts entered, innermost last
+        # Each op runs inside `with self`: its outputs are allocated, and its kernels launched,
+        # on this GPU whatever device is current.
+        self.ops = {name: self._on_device(op) for name, op in cuda.make_ops(cuda.CupyLauncher()).items()}
+        self.rng = CudaGenerator(self)
+
+    def _on_device(self, op):
+        @functools.wraps(op)
+        def run(*args, **kwargs):
+            with self:
+                return op(*args, **kwargs)
+        return run
+
+    def __enter__(self):
+        import cupy
+        device = cupy.cuda.Device(self.index)
+        device.__enter__()
+        self._entered.append(device)
+        return self
+
+    def __exit__(self, *exc):
+        return self._entered.pop().__exit__(*exc)
+
+    def generator(self, seed=None) -> Generator:
+        return CudaGenerator(self, seed)
+
+    def to_device(self, x, dtype=None):
+        import cupy
+        with self:
+            out = cupy.asarray(x)
+            return out if dtype is None else out.astype(self.dtype_name(dtype), copy=False)
+
+    def synchronize(self) -> None:
+        with self:
+            self.device.synchronize()
+
+    def owns(self, x) -> bool:
+        return array_api_compat.is_cupy_array(x) and x.device.id == self.index
+
+    def memory_free(self):
+        import cupy
+        with self:
+            return cupy.cuda.runtime.memGetInfo()[0]
+
+    def is_out_of_memory(self, error):
+        import cupy
+        return isinstance(error, (MemoryError, cupy.cuda.memory.OutOfMemoryError))
 
 
 def to_numpy(x) -> np.ndarray:
     """Any array (NumPy, CuPy, array-api-strict...) as a host NumPy array."""
-    if array_api_compat.is_cupy_array(x):
-        return x.get()
     if isinstance(x, np.ndarray):
         return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
     try:
         return np.asarray(x)
     except Exception:  # namespaces that refuse __array__ still speak DLPack on the CPU
         return np.from_dlpack(x)
 
 
-@functools.cache
-def accelerated_ops(name: str) -> dict:
-    if name == "cuda":
-        from . import cuda
-        return cuda.OPS
-    return {}
-
-
 def accelerated_op(name: str, x):
-    """The accelerated implementation of op `name` for array `x`, or None."""
-    if array_api_compat.is_cupy_array(x):
-        return accelerated_ops("cuda").get(name)
-    return None
+    """The accelerated implementation of op `name` for array `x`, or None for the portable code.
+
+    The name must be one of ACCELERATED_OPS (a misspelt name is an error, not a silent
+    fallback), and a backend with accelerated ops must have this one (KeyError otherwise).
+    """
+    if name not in ACCELERATED_OPS:
+        raise KeyError(f"{name!r} is not an accelerated op; known: {', '.join(ACCELERATED_OPS)}")
+    if type(x) is np.ndarray:
+        return None               # the CPU backend has none: skip the lookup in the hot path
+    ops = backend_of(x).ops
+    return ops[name] if ops else None
 
 
 def parse_device(device) -> tuple[str, int]:
     """"cpu" -> ("cpu", 0); "cuda" -> ("cuda", 0); "cuda:1" -> ("cuda", 1)."""
-    if isinstance(device, Backend):
-        return device.name, device.index
+    if isinstance(device, CudaBackend):
+        return "cuda", device.index
+    if isinstance(device, CpuBackend):
+        return "cpu", 0
     text = str(device).strip().lower()
     if text == "cpu":
         return "cpu", 0
@@ -227,8 +343,9 @@ def parse_device(device) -> tuple[str, int]:
     raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
 
 
-_INSTALL_HINT = ("install the CuPy extra that matches your CUDA driver: "
-                 "pip install 'xpnn[cuda12]' (CUDA 12.x) or 'xpnn[cuda13]' (CUDA 13.x)")
+_INSTALL_HINT = ("install the CuPy extra that matches your NVIDIA driver: pip install 'xpnn[cuda13]' "
+                 "(driver >= 580, Turing or newer) or 'xpnn[cuda12]' (driver >= 525, also Volta); "
+                 "see the README's GPU install section")
 
 
 def cuda_available() -> bool:
@@ -240,31 +357,29 @@ def cuda_available() -> bool:
         return False
 
 
-def _keep_freed_memory_for_reuse() -> None:
+def keep_freed_memory_for_reuse() -> None:
     """Ask glibc to keep freed memory in the process instead of returning it to the OS.
 
     Every step allocates its large intermediates (im2col buffers, matrix products) afresh.
     With glibc's defaults, blocks of a few MB are given back to the OS when freed, and the
     next allocation page-faults them in again, zero-filled by the kernel: measured here, that
     made a 0.2 ms matrix product take 2.7 ms and cost a third of the MNIST CNN's training step.
-    PyTorch's CPU allocator avoids the same cost by caching. No effect off glibc.
+    PyTorch's CPU allocator avoids the same cost by caching.
+
+    This changes the allocator of the whole process, so a library call never does it: the
+    `xpnn` command calls it (it owns its process), and so can a script or notebook that wants
+    the speed. No effect off glibc.
     """
     if not sys.platform.startswith("linux"):
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         libc.mallopt(M_MMAP_THRESHOLD, 256 << 20)   # blocks below 256 MB come from the heap...
         libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)     # ...which is trimmed only past 1 GB free
-    except (OSError, AttributeError):
-        pass
 
 
-@functools.cache
-def _get_backend(name: str, index: int) -> Backend:
-    if name == "cpu":
-        _keep_freed_memory_for_reuse()
-        return Backend("cpu", _NUMPY_XP, "cpu")
+def _cuda_backend(index: int) -> CudaBackend:
     try:
         import cupy
     except ImportError as e:
@@ -281,8 +396,12 @@ def _get_backend(name: str, index: int) -> Backend:
     if index >= count:
         raise RuntimeError(f"device 'cuda:{index}' does not exist: CuPy sees {count} GPU(s), "
                            f"cuda:0 to cuda:{count - 1}")
-    import array_api_compat.cupy as xp_cupy
-    return Backend("cuda", xp_cupy, cupy.cuda.Device(index), index)
+    return CudaBackend(index)
+
+
+@functools.cache
+def _get_backend(name: str, index: int) -> Backend:
+    return CpuBackend() if name == "cpu" else _cuda_backend(index)
 
 
 def get_backend(device="cpu") -> Backend:
@@ -290,30 +409,17 @@ def get_backend(device="cpu") -> Backend:
     return _get_backend(*parse_device(device))
 
 
+_ARRAY_API_BACKENDS: dict = {}
+
+
 def backend_of(x) -> Backend:
-    """The backend that owns array `x` (NumPy -> cpu, CuPy on GPU k -> cuda:k)."""
-    if array_api_compat.is_cupy_array(x):
-        return get_backend(f"cuda:{x.device.id}")
+    """The backend that owns array `x` (NumPy -> cpu, CuPy on GPU k -> cuda:k, any other
+    Array-API array -> one ArrayApiBackend per namespace and device)."""
     if isinstance(x, np.ndarray):
         return get_backend("cpu")
+    if array_api_compat.is_cupy_array(x):
+        return get_backend(f"cuda:{x.device.id}")
     key = (array_api_compat.array_namespace(x).__name__, repr(array_api_compat.device(x)))
-    if key not in _FOREIGN:      # one per namespace and device, like get_backend's, not per call
-        _FOREIGN[key] = ForeignBackend(x)
-    return _FOREIGN[key]
-
-
-_FOREIGN: dict = {}
-
-
-class ForeignBackend(Backend):
-    """Any other Array-API namespace (array-api-strict, ...): random numbers come from NumPy
-    and are moved onto the array's device; no accelerated ops."""
-
-    def __init__(self, like):
-        xp = array_api_compat.array_namespace(like)
-        self.name, self.xp, self.device, self.index = "foreign", xp, array_api_compat.device(like), 0
-        self.rng = Generator(self)
-
-    def to_device(self, x, dtype=None):
-        out = self.xp.asarray(np.asarray(x), device=self.device)
-        return out if dtype is None else self.xp.astype(out, self.dtype(dtype))
+    if key not in _ARRAY_API_BACKENDS:
+        _ARRAY_API_BACKENDS[key] = ArrayApiBackend(x)
+    return _ARRAY_API_BACKENDS[key]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .backend import get_backend, to_numpy
+from .backend import get_backend, keep_freed_memory_for_reuse, to_numpy
 from .data import DATASETS, DataError, get_data
 from .io import CheckpointError, atomic_savez, atomic_write_text, load_npz
 from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, mnist_cnn
@@ -154,6 +154,7 @@ def main(argv=None):
     args = parser.parse_args(["train"] if argv is None and len(sys.argv) == 1 else argv)
     if args.command is None:
         args = parser.parse_args(["train"])
+    keep_freed_memory_for_reuse()      # the command owns its process (see the function)
     try:
         return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}[args.command](args)
     except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,

@@ -2,16 +2,24 @@
 
 The functions here allocate outputs, check contiguity and pass the problem sizes; the actual
 launch is done by a *launcher*:
-  - `CupyLauncher` compiles kernels/*.cu once per GPU with `cupy.RawModule` and launches on
-    the current stream (no host synchronisation);
+  - `CupyLauncher` compiles kernels/*.cu once per GPU with `cupy.RawModule`, keeps each
+    kernel's handle, and launches on the current device and stream (no host synchronisation);
   - the test suite passes a launcher that runs the same .cu source on the CPU through an
     emulation of the CUDA thread grid, so this glue and the kernels are tested without a GPU.
-`OPS` is the table the CuPy backend registers as its accelerated operations.
+`make_ops(launcher)` is the table the CUDA backend registers as its accelerated operations;
+the backend runs each op with its GPU current, so outputs are allocated there.
+
+Floating point: CuPy compiles every kernel with `-ftz=true` (appended after our options, so it
+cannot be turned off), which flushes float32 subnormals (|x| < 1.2e-38) to zero in arithmetic
+and comparisons: col2im's sums and max-pool's comparisons treat them as zero on the GPU, while
+the portable code and the emulation keep them. float64 is unaffected, and for every other
+float32 value the kernels give the portable code's numbers bit for bit.
 """
 from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +42,26 @@ def kernel_files() -> list[Path]:
     return sorted(kernel_dir().glob("*.cu"))
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.MULTILINE)
+
+
 def module_source() -> str:
-    """One translation unit holding every kernel (compiled once, with -I kernel_dir)."""
-    return "".join(f'#include "{f.name}"\n' for f in kernel_files())
+    """Every kernel file's text in one translation unit, local #includes inlined (once each).
+
+    CuPy's on-disk kernel cache is keyed by the source text and the options, not by the files
+    the text includes: with `#include` lines, an edited kernel file (or an upgraded xpnn) would
+    keep running the old cubin. Inlined, any change to any kernel file changes the key.
+    """
+    seen = set()
+
+    def inline(path: Path) -> str:
+        if path.name in seen:
+            return ""
+        seen.add(path.name)
+        text = path.read_text().replace("#pragma once\n", "")   # inlined once already
+        return _LOCAL_INCLUDE.sub(lambda m: inline(path.parent / m.group(1)), text)
+
+    return "".join(f"// ---- {f.name}\n" + inline(f) for f in kernel_files())
 
 
 def launch_config(n: int, block: int = BLOCK, max_blocks: int = MAX_BLOCKS) -> tuple[int, int]:
@@ -98,28 +123,37 @@ def max_pool_backward(dout, argmax, H, W, ph, pw, stride, launch):
 
 
 class CupyLauncher:
-    """Compiles kernels/*.cu with cupy.RawModule once per GPU; launches asynchronously."""
+    """Compiles kernels/*.cu with cupy.RawModule once per GPU and keeps each kernel's handle
+    (CuPy builds a new kernel object on every `get_function`); launches asynchronously on
+    the current device, which the CUDA backend has set to the arrays' device."""
+
+    OPTIONS = ("-std=c++14",)
+
+    def __init__(self):
+        self._kernels = {}         # (device id, kernel name) -> cupy.RawKernel
 
     def contiguous(self, a):
         import cupy
         return cupy.ascontiguousarray(a)
 
-    @functools.cache
-    def module(self, device_id: int):
+    def kernel(self, name):
         import cupy
-        with cupy.cuda.Device(device_id):
-            return cupy.RawModule(code=module_source(),
-                                  options=("-std=c++14", f"-I{kernel_dir()}"))
+        key = (cupy.cuda.Device().id, name)
+        if key not in self._kernels:
+            module = self._modules(key[0])
+            self._kernels[key] = module.get_function(name)
+        return self._kernels[key]
+
+    @functools.cache
+    def _modules(self, device_id: int):
+        import cupy
+        return cupy.RawModule(code=module_source(), options=self.OPTIONS)
 
     def __call__(self, name, n, args):
         if n == 0:
             return
-        import cupy
-        # Launch on the device that holds the arrays, whatever device is current.
-        device_id = args[0].device.id
-        with cupy.cuda.Device(device_id):
-            grid, block = launch_config(n)
-            self.module(device_id).get_function(name)((grid,), (block,), args)
+        grid, block = launch_config(n)
+        self.kernel(name)((grid,), (block,), args)
 
 
 def make_ops(launch) -> dict:
@@ -132,4 +166,3 @@ def make_ops(launch) -> dict:
     }
 
 
-OPS = make_ops(CupyLauncher())

@@ -392,10 +392,12 @@ def layernorm_backward(dout, cache):
 
 # ---------------------------------------------------------------------------- dropout
 
-def dropout_forward(x, dropout_param):
+def dropout_forward(x, dropout_param, rng=None):
     """Inverted dropout: keep each unit with probability p and scale it by 1/p at train time,
     so test time is the identity. dropout_param: {"p": keep probability, "mode", "seed"}.
-    A "seed" makes the mask repeatable without touching any global random state.
+    A "seed" makes the mask repeatable without touching any global random state; without
+    one, the mask comes from `rng` (a model's generator) or else the backend's default
+    (NumPy's global generator on the CPU, as in CS231n).
     """
     p, mode = dropout_param["p"], dropout_param.get("mode", "train")
     if not 0 < p <= 1:
@@ -405,9 +407,10 @@ def dropout_forward(x, dropout_param):
     if mode != "train":
         raise ValueError(f"invalid dropout mode {mode!r}: use 'train' or 'test'")
     backend = backend_of(x)
-    rng = backend.rng
     if dropout_param.get("seed") is not None:
-        rng = type(rng)(backend, dropout_param["seed"])
+        rng = backend.generator(dropout_param["seed"])
+    elif rng is None:
+        rng = backend.rng
     mask = rng.bernoulli(tuple(x.shape), p, dtype=x.dtype) / p
     return x * mask, (dropout_param, mask)
 

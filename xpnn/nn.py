@@ -12,7 +12,7 @@ import math
 
 from . import layers as L
 from . import ops
-from .backend import Generator, get_backend, namespace_of, to_numpy
+from .backend import draw_seed, get_backend, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
 
 INITS = ("gaussian", "xavier", "he")
@@ -229,13 +229,14 @@ class Dropout(Layer):
         self.dropout_param = {"mode": "train", "p": self.keep}
         if seed is not None:
             self.dropout_param["seed"] = seed
+        self.rng = None     # unseeded: the model gives its generator; else the backend's
 
     def spec(self):
         return {"type": "Dropout", "keep": self.keep, "seed": self.seed}
 
     def forward(self, x, params, train):
         self.dropout_param["mode"] = "train" if train else "test"
-        return L.dropout_forward(x, self.dropout_param)
+        return L.dropout_forward(x, self.dropout_param, rng=self.rng)
 
     def backward(self, dout, cache):
         return L.dropout_backward(dout, cache), {}
@@ -278,6 +279,9 @@ class Model:
         if target is not self.backend:
             self.params = {k: target.to_device(to_numpy(v)) for k, v in self.params.items()}
             self._set_buffers({k: target.to_device(to_numpy(v)) for k, v in self.buffers().items()})
+            for layer in getattr(self, "layers", ()):
+                if getattr(layer, "rng", None) is not None:    # dropout masks: made there now
+                    layer.rng = target.generator(draw_seed())
             self.backend = target
         return self
 
@@ -352,13 +356,17 @@ class Sequential(Model):
         self.config = {"layers": [l.spec() for l in self.layers], "input_shape": list(self.input_shape),
                        "reg": self.reg, "weight_scale": weight_scale, "init": init, "loss": loss,
                        "dtype": self.backend.dtype_name(self.dtype), "seed": seed}
-        rng = Generator(self.backend, seed)
+        # Without a seed, the seed comes from NumPy's global generator (np.random.seed works).
+        rng = self.backend.generator(seed)
         self.params = {}
         shape, k = self.input_shape, 0
-        for layer in self.layers:
-            k += layer.has_weights
-            shape = layer.build(shape, k)
-            self.params.update(layer.init_params(rng, self.config["dtype"], init, weight_scale))
+        with self.backend:
+            for layer in self.layers:
+                k += layer.has_weights
+                shape = layer.build(shape, k)
+                self.params.update(layer.init_params(rng, self.config["dtype"], init, weight_scale))
+                if isinstance(layer, Dropout):
+                    layer.rng = rng       # unseeded masks continue the model's random stream
         self.output_shape = shape
 
     def _check_input(self, X):
@@ -378,14 +386,19 @@ class Sequential(Model):
 
     def scores(self, X):
         """Class scores for X in test mode (no caches kept)."""
-        out = self._check_input(X)
-        for layer in self.layers:
-            out, _ = layer.forward(out, self.params, False)
-        return out
+        with self.backend:
+            out = self._check_input(X)
+            for layer in self.layers:
+                out, _ = layer.forward(out, self.params, False)
+            return out
 
     def loss(self, X, y=None):
         if y is None:
             return self.scores(X)
+        with self.backend:        # every allocation and launch on the model's device
+            return self._loss_and_grads(X, y)
+
+    def _loss_and_grads(self, X, y):
         out = self._check_input(X)
         caches = []
         for i, layer in enumerate(self.layers):

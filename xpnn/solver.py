@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import optim
-from .backend import backend_of, namespace_of, to_numpy
+from .backend import backend_of, draw_seed, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
 from .nn import Model, checked_params
 
@@ -121,10 +121,15 @@ class Solver:
         self.train_acc_history = []
         self.val_acc_history = []
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
-        self.rng = np.random.default_rng(self.seed)
+        # Without a seed, the seed comes from NumPy's global generator (np.random.seed works).
+        self.rng = np.random.default_rng(draw_seed() if self.seed is None else self.seed)
         self.checkpoint_path = None
 
     def _step(self, idx):
+        with self.backend:    # the model's device: its layers, and the update rules' state
+            self._forward_backward_update(idx)
+
+    def _forward_backward_update(self, idx):
         X_batch, y_batch = self._batch(self.X_train, self.y_train, idx)
         try:
             loss, grads = self.model.loss(X_batch, y_batch)
@@ -151,6 +156,10 @@ class Solver:
 
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of X classified as y, in batches; subsampled to num_samples when given."""
+        with self.backend:
+            return self._accuracy(X, y, num_samples, batch_size)
+
+    def _accuracy(self, X, y, num_samples, batch_size):
         N = X.shape[0]
         if num_samples is not None and N > num_samples:
             idx = self.rng.choice(N, num_samples, replace=False)
@@ -172,8 +181,9 @@ class Solver:
         if val_acc > self.best_val_acc or not self.best_params:
             self.best_val_acc = val_acc
             # Copies (once per epoch): an update rule may write into its arrays in place.
-            self.best_params = {k: namespace_of(v).asarray(v, copy=True)
-                                for k, v in self.model.params.items()}
+            with self.backend:
+                self.best_params = {k: namespace_of(v).asarray(v, copy=True)
+                                    for k, v in self.model.params.items()}
         return train_acc, val_acc
 
     def train(self):

@@ -35,7 +35,7 @@ def build(out_dir: Path) -> ctypes.CDLL:
                     + "".join(f"EMU_EXPORT({n})\n" for n in kernel_names()))
     lib = out_dir / "xpnn_kernels_emu.so"
     subprocess.run([compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Werror",
-                    f"-I{cuda.kernel_dir()}", str(shim), "-o", str(lib)],
+                    str(shim), "-o", str(lib)],
                    check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(lib))
 
