@@ -255,7 +255,8 @@ class CudaBackend(Backend):
         self._entered = []            # the Device contexts entered, innermost last
         # Each op runs inside `with self`: its outputs are allocated, and its kernels launched,
         # on this GPU whatever device is current.
-        self.ops = {name: self._on_device(op) for name, op in cuda.make_ops(cuda.CupyLauncher()).items()}
+        self.launcher = cuda.CupyLauncher()
+        self.ops = {name: self._on_device(op) for name, op in cuda.make_ops(self.launcher).items()}
         self.rng = CudaGenerator(self)
 
     def _on_device(self, op):

@@ -151,12 +151,18 @@ def main(argv=None):
                        help="try K random settings (log-uniform lr and reg between the given extremes)")
     sweep.add_argument("--out", help="output directory (default runs/sweep-MODEL-DATASET)")
 
+    selftest = sub.add_parser("selftest", help="check this installation: the CUDA kernels, GPU training "
+                              "against the CPU, step times (run it after installing on a GPU machine)")
+    selftest.add_argument("--device", type=device_arg, default=None,
+                          help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
+
     args = parser.parse_args(["train"] if argv is None and len(sys.argv) == 1 else argv)
     if args.command is None:
         args = parser.parse_args(["train"])
     keep_freed_memory_for_reuse()      # the command owns its process (see the function)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep,
+                "selftest": cmd_selftest}[args.command](args)
     except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
             MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
         print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
@@ -164,6 +170,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"\nxpnn {args.command}: interrupted; resume with --resume", file=sys.stderr)
         return 130
+
+
+def cmd_selftest(args):
+    from . import selftest
+    return 0 if selftest.run(args.device) else 1
 
 
 def _environment(device):

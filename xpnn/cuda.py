@@ -42,6 +42,14 @@ def kernel_files() -> list[Path]:
     return sorted(kernel_dir().glob("*.cu"))
 
 
+_KERNEL_NAME = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+
+
+def kernel_names() -> list[str]:
+    """The entry points (extern "C" __global__ functions) of every kernel file."""
+    return [name for f in kernel_files() for name in _KERNEL_NAME.findall(f.read_text())]
+
+
 _LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.MULTILINE)
 
 

@@ -396,9 +396,13 @@ class Sequential(Model):
         if y is None:
             return self.scores(X)
         with self.backend:        # every allocation and launch on the model's device
-            return self._loss_and_grads(X, y)
+            loss, grads, label_range = self.device_loss(X, y)
+            # The step's only device->host transfer: the loss (with the label-range check).
+            return L.host_loss(loss, label_range, self.output_shape[-1]), grads
 
-    def _loss_and_grads(self, X, y):
+    def device_loss(self, X, y):
+        """(loss, grads, label_range) left on the device: a training step with no host sync.
+        Call it inside `with model.backend:`; `loss` wraps it and brings the loss home."""
         out = self._check_input(X)
         caches = []
         for i, layer in enumerate(self.layers):
@@ -419,8 +423,7 @@ class Sequential(Model):
                 if name.startswith("W"):
                     loss = loss + 0.5 * self.reg * xp.sum(w * w)
                     grads[name] = grads[name] + self.reg * w
-        # The step's only device->host transfer: the loss (with the label-range check).
-        return L.host_loss(loss, label_range, out.shape[-1]), grads
+        return loss, grads, label_range
 
     def buffers(self):
         out = {}

@@ -6,7 +6,6 @@ The kernels' own source text is compiled (not a Python re-implementation): the s
 from __future__ import annotations
 
 import ctypes
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,14 +15,7 @@ import numpy as np
 from xpnn import cuda
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
-KERNEL_NAME = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
-
-
-def kernel_names() -> list[str]:
-    names = []
-    for f in cuda.kernel_files():
-        names += KERNEL_NAME.findall(f.read_text())
-    return names
+kernel_names = cuda.kernel_names
 
 
 def build(out_dir: Path) -> ctypes.CDLL:
