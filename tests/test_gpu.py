@@ -1,14 +1,27 @@
-"""On a real GPU (CuPy sees one): kernels, layers and training against the CPU.
-Skipped, with the reason shown, on machines without one; the layer and gradient tests in
-test_layers.py and test_conv_pool_reference.py also run on CuPy through the `xp` fixture."""
+"""The CUDA path on CuPy: kernels, placement on cuda:N, syncs, parity with the CPU, the CLI.
+
+These run on a real GPU when CuPy sees one, and otherwise on the project's CuPy test double
+(tests/cupy_double), which follows CuPy's rules: arrays live on the device that was current
+when they were made, kernels refuse arrays of another device, implicit host conversion raises,
+syncs are visible to `cupyx.allow_synchronize`, and RawModule runs the real .cu source through
+the grid emulation. The layer and gradient tests in test_layers.py and
+test_conv_pool_reference.py also run on CuPy through the `xp` fixture.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from xpnn import Solver, cuda, ops
-from xpnn.backend import DeviceError, get_backend, to_numpy
+from xpnn.backend import ACCELERATED_OPS, DeviceError, get_backend, to_numpy
 from xpnn.data import get_data
-from xpnn.layers import affine_forward
+from xpnn.layers import affine_forward, conv_backward, conv_forward, max_pool_backward, max_pool_forward
 from xpnn.models import FullyConnectedNet, load, mnist_cnn
+from xpnn.optim import UPDATE_RULES
 
 from .test_kernels import GEOMETRIES, POOLS
 
@@ -21,62 +34,205 @@ def cp():
     return cupy
 
 
+@pytest.fixture
+def gpu():
+    return get_backend("cuda")
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The raw-kernel launches made through xpnn's launcher, by kernel name, in order."""
+    names = []
+    real = cuda.CupyLauncher.__call__
+
+    def counted(self, name, n, args):
+        names.append(name)
+        return real(self, name, n, args)
+    monkeypatch.setattr(cuda.CupyLauncher, "__call__", counted)
+    return names
+
+
+def two_gpus(cp):
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+
+
+def subprocess_env(cp):
+    """The environment for a child process: it finds the same CuPy (the double included)."""
+    env = dict(os.environ)
+    cupy_root = str(Path(cp.__file__).resolve().parents[1])
+    if "cupy_double" in cupy_root:
+        env["PYTHONPATH"] = os.pathsep.join([cupy_root, env.get("PYTHONPATH", "")])
+    return env
+
+
+# ---------------------------------------------------------------------------- kernels
+
+def test_cuda_backend_implements_every_accelerated_op(gpu):
+    assert set(gpu.ops) == set(ACCELERATED_OPS)
+
+
+def test_conv_and_pool_on_cupy_reach_their_kernels(gpu, rng, launches):
+    """A conv or pool call on CuPy that ran the portable loops instead would fail here."""
+    x = gpu.to_device(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    w = gpu.to_device(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    b = gpu.to_device(np.zeros(4, np.float32))
+    out, cache = conv_forward(x, w, b, {"stride": 1, "pad": 1})
+    conv_backward(out, cache)
+    pooled, pool_cache = max_pool_forward(out, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    max_pool_backward(pooled, pool_cache)
+    assert launches == ["im2col_f32", "col2im_f32", "max_pool_forward_f32", "max_pool_backward_f32"]
+
+
+def test_kernel_launches_per_training_step(gpu, launches):
+    """The MNIST CNN's step: conv1 needs no input gradient, so no col2im for it."""
+    model = mnist_cnn(seed=0, device="cuda")
+    rng = np.random.default_rng(0)
+    X = gpu.to_device(rng.standard_normal((8, 1, 28, 28)).astype(np.float32))
+    y = gpu.to_device(rng.integers(0, 10, 8))
+    model.loss(X, y)
+    assert launches == ["im2col_f32", "max_pool_forward_f32", "im2col_f32", "max_pool_forward_f32",
+                        "max_pool_backward_f32", "col2im_f32", "max_pool_backward_f32"]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C,H,W,kh,kw,stride,pad", GEOMETRIES)
-def test_im2col_col2im_kernels_on_gpu(cp, rng, dtype, N, C, H, W, kh, kw, stride, pad):
+def test_im2col_col2im_kernels_on_gpu(gpu, rng, dtype, N, C, H, W, kh, kw, stride, pad):
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    col = cuda.OPS["im2col"](cp.asarray(x), kh, kw, stride, pad)
+    col = gpu.ops["im2col"](gpu.to_device(x), kh, kw, stride, pad)
     np.testing.assert_array_equal(col.get(), ops.im2col(x, kh, kw, stride, pad))
     dcol = rng.standard_normal(col.shape).astype(dtype)
-    np.testing.assert_array_equal(cuda.OPS["col2im"](cp.asarray(dcol), H, W, stride, pad).get(),
+    np.testing.assert_array_equal(gpu.ops["col2im"](gpu.to_device(dcol), H, W, stride, pad).get(),
                                   ops.col2im(dcol, H, W, stride, pad))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C,H,W,ph,pw,stride", POOLS)
-def test_max_pool_kernels_on_gpu(cp, rng, dtype, N, C, H, W, ph, pw, stride):
-    x = rng.integers(0, 3, (N, C, H, W)).astype(dtype)
-    out, argmax = cuda.OPS["max_pool_forward"](cp.asarray(x), ph, pw, stride)
+def test_max_pool_kernels_on_gpu_with_ties_and_nan(gpu, rng, dtype, N, C, H, W, ph, pw, stride):
+    x = rng.integers(0, 3, (N, C, H, W)).astype(dtype)      # ties: the first maximum wins
+    x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = np.nan
+    out, argmax = gpu.ops["max_pool_forward"](gpu.to_device(x), ph, pw, stride)
     out_ref, argmax_ref = ops.max_pool_forward(x, ph, pw, stride)
-    np.testing.assert_array_equal(out.get(), out_ref)
+    np.testing.assert_array_equal(out.get(), out_ref)       # NaN where a window holds one
     np.testing.assert_array_equal(argmax.get(), argmax_ref)
     dout = rng.standard_normal(out.shape).astype(dtype)
     np.testing.assert_array_equal(
-        cuda.OPS["max_pool_backward"](cp.asarray(dout), argmax, H, W, ph, pw, stride).get(),
+        gpu.ops["max_pool_backward"](gpu.to_device(dout), argmax, H, W, ph, pw, stride).get(),
         ops.max_pool_backward(dout, argmax_ref, H, W, ph, pw, stride))
 
 
-def test_large_launch_uses_grid_stride(cp, rng):
+def test_kernels_take_noncontiguous_gpu_arrays(gpu, rng):
+    x = gpu.to_device(rng.standard_normal((5, 4, 3, 2)))
+    view = x.transpose(3, 2, 1, 0)                           # (2, 3, 4, 5), not contiguous
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(gpu.ops["im2col"](view, 2, 2, 1, 0).get(),
+                                  ops.im2col(view.get(), 2, 2, 1, 0))
+    out, _ = gpu.ops["max_pool_forward"](view[:, :, ::2, :], 1, 2, 1)
+    np.testing.assert_array_equal(out.get(), ops.max_pool_forward(view.get()[:, :, ::2, :], 1, 2, 1)[0])
+
+
+def test_subnormals(gpu, rng):
+    """float64 keeps subnormals everywhere; float32 copies keep them, while float32 sums may
+    flush them on a real GPU (CuPy compiles with -ftz=true): exact, or exact after flushing."""
+    tiny64 = np.float64(np.finfo(np.float64).smallest_subnormal) * 7
+    x = rng.standard_normal((2, 2, 6, 6))
+    x[0, 0, :3, :3] = tiny64
+    col = gpu.ops["im2col"](gpu.to_device(x), 3, 3, 1, 1)
+    np.testing.assert_array_equal(col.get(), ops.im2col(x, 3, 3, 1, 1))
+    dcol = np.where(rng.random(col.shape) < 0.3, tiny64, rng.standard_normal(col.shape))
+    np.testing.assert_array_equal(gpu.ops["col2im"](gpu.to_device(dcol), 6, 6, 1, 1).get(),
+                                  ops.col2im(dcol, 6, 6, 1, 1))
+
+    tiny32 = np.float32(np.finfo(np.float32).smallest_subnormal) * 5
+    x32 = x.astype(np.float32)
+    x32[0, 0, :3, :3] = tiny32
+    np.testing.assert_array_equal(gpu.ops["im2col"](gpu.to_device(x32), 3, 3, 1, 1).get(),
+                                  ops.im2col(x32, 3, 3, 1, 1))
+    dcol32 = dcol.astype(np.float32)
+    dcol32[dcol == tiny64] = tiny32
+    got = gpu.ops["col2im"](gpu.to_device(dcol32), 6, 6, 1, 1).get()
+    flushed = np.where(np.abs(dcol32) < np.finfo(np.float32).tiny, np.float32(0), dcol32)
+    exact, ftz = ops.col2im(dcol32, 6, 6, 1, 1), ops.col2im(flushed, 6, 6, 1, 1)
+    assert np.array_equal(got, exact) or np.array_equal(got, ftz)
+
+
+def test_large_launch_uses_grid_stride(gpu, rng):
     # More outputs than one grid of MAX_BLOCKS x 256 threads covers.
-    x = cp.asarray(rng.standard_normal((32, 8, 64, 64)).astype(np.float32))
-    col = cuda.OPS["im2col"](x, 5, 5, 1, 2)
+    x = rng.standard_normal((32, 8, 64, 64)).astype(np.float32)
+    col = gpu.ops["im2col"](gpu.to_device(x), 5, 5, 1, 2)
     assert col.size > cuda.MAX_BLOCKS * cuda.BLOCK
-    np.testing.assert_array_equal(col.get(), ops.im2col(x.get(), 5, 5, 1, 2))
+    np.testing.assert_array_equal(col.get(), ops.im2col(x, 5, 5, 1, 2))
 
 
-def train_digits(device, seed=0):
-    data = get_data("digits")
-    model = mnist_cnn(input_shape=(1, 8, 8), seed=seed, device=device)
-    solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": 5e-3},
-                    num_epochs=4, batch_size=50, verbose=False, seed=seed)
+# ---------------------------------------------------------------------------- syncs
+
+def test_training_step_has_one_host_sync(gpu):
+    """Forward, backward and every update rule run with synchronisation forbidden; the loss
+    (with the label check riding on it) is the step's one device->host transfer."""
+    import cupyx
+    model = mnist_cnn(device="cuda", reg=1e-3, seed=0)
+    rng = np.random.default_rng(0)
+    X = gpu.to_device(rng.standard_normal((8, 1, 28, 28)).astype(np.float32))
+    y = gpu.to_device(rng.integers(0, 10, 8))
+    with gpu, cupyx.allow_synchronize(False):
+        loss, grads, _ = model.device_loss(X, y)
+        for rule in UPDATE_RULES.values():
+            config = {}
+            for _ in range(2):                    # the first call makes the rule's state
+                for name, w in model.params.items():
+                    _, config = rule(w, grads[name], config)
+    with cupyx.allow_synchronize(False), pytest.raises(cupyx.DeviceSynchronized):
+        model.loss(X, y)
+    assert np.isfinite(model.loss(X, y)[0])
+
+
+# ---------------------------------------------------------------------------- parity
+
+def _solver_run(model, data, **kwargs):
+    solver = Solver(model, data, update_rule="sgd_momentum", optim_config={"learning_rate": 0.05},
+                    num_epochs=2, batch_size=40, num_train_samples=200, verbose=False, seed=7, **kwargs)
     solver.train()
-    return model, solver
+    return solver
 
 
-def test_gpu_training_matches_cpu_accuracy():
-    _, cpu = train_digits("cpu")
-    model, gpu = train_digits("cuda")
-    assert model.device == "cuda:0" and all(get_backend("cuda").owns(v) for v in model.params.values())
-    assert gpu.best_val_acc > 0.9
-    assert abs(gpu.best_val_acc - cpu.best_val_acc) < 0.03
+def test_gpu_training_matches_cpu_from_identical_parameters():
+    """Same parameters, same batches: the per-step losses agree to float64 round-off, which a
+    slightly wrong gradient on either device would not."""
+    data = get_data("digits")
+    cpu = mnist_cnn(input_shape=(1, 8, 8), dtype="float64", seed=0)
+    gpu_model = mnist_cnn(input_shape=(1, 8, 8), dtype="float64", seed=0).to("cuda")
+    on_cpu, on_gpu = _solver_run(cpu, data), _solver_run(gpu_model, data)
+    assert gpu_model.device == "cuda:0" and len(on_gpu.loss_history) > 50
+    np.testing.assert_allclose(on_gpu.loss_history, on_cpu.loss_history, rtol=1e-10)
+    for k in cpu.params:
+        np.testing.assert_allclose(to_numpy(gpu_model.params[k]), cpu.params[k], rtol=1e-8, atol=1e-10)
+    assert on_gpu.val_acc_history == on_cpu.val_acc_history
 
 
-def test_gpu_training_is_bitwise_reproducible():
-    a, _ = train_digits("cuda", seed=3)
-    b, _ = train_digits("cuda", seed=3)
+TRAIN_SCRIPT = """
+import sys, numpy as np
+from xpnn import Solver
+from xpnn.data import get_data
+from xpnn.models import FullyConnectedNet
+model = FullyConnectedNet([32], input_dim=64, num_classes=10, dropout_keep_ratio=0.8,
+                          normalization="batchnorm", seed=3, device="cuda")
+Solver(model, get_data("digits"), update_rule="adam", num_epochs=1, batch_size=50,
+       verbose=False, seed=3).train()
+model.save(sys.argv[1])
+"""
+
+
+def test_gpu_training_is_bitwise_reproducible_across_processes(cp, tmp_path):
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(path)], check=True, timeout=300,
+                       env=subprocess_env(cp), capture_output=True)
+    a, b = load(paths[0]), load(paths[1])
     for k in a.params:
-        np.testing.assert_array_equal(to_numpy(a.params[k]), to_numpy(b.params[k]))
+        np.testing.assert_array_equal(a.params[k], b.params[k])
 
+
+# ---------------------------------------------------------------------------- placement
 
 def test_model_moves_and_checkpoints_to_cpu(tmp_path, rng):
     model = FullyConnectedNet([16], input_dim=6, num_classes=3, normalization="batchnorm", seed=0, device="cuda")
@@ -96,27 +252,51 @@ def test_mixing_host_and_gpu_arrays_is_an_error(cp):
         model.loss(np.zeros((1, 1, 28, 28), np.float32))
 
 
-def test_second_gpu(cp):
-    if cp.cuda.runtime.getDeviceCount() < 2:
-        pytest.skip("needs two GPUs")
-    model = mnist_cnn(device="cuda:1")
-    assert all(v.device.id == 1 for v in model.params.values())
-    x = get_backend("cuda:1").to_device(np.zeros((2, 1, 28, 28), np.float32))
-    assert model.loss(x).device.id == 1
+def test_model_on_second_gpu_stays_there_whatever_is_current(cp, tmp_path):
+    """cuda:1 while cuda:0 is current: parameters, batchnorm buffers, optimizer state, the
+    Solver's data, checkpoints and kernels all live on GPU 1 (the double refuses any kernel
+    that reads another GPU's memory, as CuPy does without peer access)."""
+    two_gpus(cp)
+    data = get_data("digits")
+    with cp.cuda.Device(0):
+        model = FullyConnectedNet([16], input_dim=64, num_classes=10, normalization="batchnorm",
+                                  dropout_keep_ratio=0.9, seed=0, device="cuda:1")
+        solver = Solver(model, data, update_rule="adam", num_epochs=1, batch_size=50, verbose=False,
+                        seed=0, checkpoint_name=str(tmp_path / "ck"))
+        solver.train()
+        assert cp.cuda.Device().id == 0
+        cnn = mnist_cnn(input_shape=(1, 8, 8), seed=0, device="cuda:1")
+        _solver_run(cnn, data)
+    on_gpu1 = [*model.params.values(), *model.buffers().values(), solver.X_train,
+               *(v for c in solver.optim_configs.values() for v in c.values() if hasattr(v, "device")),
+               *cnn.params.values()]
+    assert all(a.device.id == 1 for a in on_gpu1)
+    resumed = Solver(FullyConnectedNet([16], input_dim=64, num_classes=10, normalization="batchnorm",
+                                       dropout_keep_ratio=0.9, seed=0, device="cuda:1"),
+                     data, update_rule="adam", num_epochs=1, verbose=False)
+    resumed.load_checkpoint(tmp_path / "ck_epoch_1.npz")
+    assert all(v.device.id == 1 for v in resumed.model.params.values())
+
+
+def test_arrays_of_two_gpus_are_refused(cp):
+    two_gpus(cp)
     with pytest.raises(DeviceError, match="different devices"):
         affine_forward(cp.ones((2, 3)), get_backend("cuda:1").to_device(np.ones((3, 4))), cp.ones(4))
 
 
-def test_training_step_copies_only_the_loss_to_the_host(monkeypatch):
-    """The step's only device->host transfer is the loss (with the label check riding on it)."""
-    import xpnn.layers
-    copies = []
-    real = xpnn.layers.to_numpy
-    monkeypatch.setattr(xpnn.layers, "to_numpy", lambda a: copies.append(a.shape) or real(a))
-    model = mnist_cnn(device="cuda", reg=1e-3, seed=0)
-    be = get_backend("cuda")
-    X = be.to_device(np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32))
-    y = be.to_device(np.arange(8) % 10)
-    loss, grads = model.loss(X, y)
-    assert copies == [(3,)]                    # [loss, min label, max label], once
-    assert all(get_backend("cuda").owns(g) for g in grads.values())
+# ---------------------------------------------------------------------------- command line
+
+def test_cli_trains_and_selftests_on_the_second_gpu(cp, tmp_path):
+    two_gpus(cp)
+    env = subprocess_env(cp)
+    train = subprocess.run([sys.executable, "-m", "xpnn.cli", "train", "--model", "mnist-cnn",
+                            "--dataset", "digits", "--epochs", "1", "--device", "cuda:1", "--quiet",
+                            "--seed", "0", "--out", str(tmp_path / "run")],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert train.returncode == 0, train.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["environment"]["device"] == "cuda:1" and metrics["test_acc"] > 0.5
+    selftest = subprocess.run([sys.executable, "-m", "xpnn.cli", "selftest", "--device", "cuda:1"],
+                              capture_output=True, text=True, timeout=600, env=env)
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    assert "FAIL" not in selftest.stdout and selftest.stdout.count("PASS") == 5
