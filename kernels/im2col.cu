@@ -27,8 +27,8 @@ __device__ void im2col(const T* __restrict__ img, T* __restrict__ col,
 }
 
 // The adjoint of im2col, written as a gather: one thread per image element sums every col
-// entry that was copied from it, in (i, j) order. No atomics, so the sum is bitwise
-// reproducible and equal to the portable code's "+=" over kernel offsets.
+// entry that was copied from it, in (i, j) order (see `covering` in common.cuh). No atomics,
+// so the sum is bitwise reproducible and equal to the portable code's "+=" over kernel offsets.
 template <typename T>
 __device__ void col2im(const T* __restrict__ col, T* __restrict__ img,
                        index_t N, index_t C, index_t H, index_t W, index_t KH, index_t KW,
@@ -39,17 +39,13 @@ __device__ void col2im(const T* __restrict__ col, T* __restrict__ img,
         index_t h = t % H;   t /= H;
         index_t c = t % C;
         index_t n = t / C;
+        const Covering ys = covering(h + pad, KH, stride, HO);
+        const Covering xs = covering(w + pad, KW, stride, WO);
         T sum = T(0);
-        for (index_t i = 0; i < KH; ++i) {
-            index_t dy = h + pad - i;            // = y * stride for the window that covers h
-            if (dy < 0) break;                   // larger i only make dy smaller
-            if (dy % stride != 0 || dy / stride >= HO) continue;
-            index_t y = dy / stride;
-            for (index_t j = 0; j < KW; ++j) {
-                index_t dx = w + pad - j;
-                if (dx < 0) break;
-                if (dx % stride != 0 || dx / stride >= WO) continue;
-                index_t x = dx / stride;
+        for (index_t y = ys.last; y >= ys.first; --y) {
+            const index_t i = h + pad - y * stride;              // kernel row that reads h
+            for (index_t x = xs.last; x >= xs.first; --x) {
+                const index_t j = w + pad - x * stride;
                 sum += col[((((c * KH + i) * KW + j) * N + n) * HO + y) * WO + x];
             }
         }

@@ -31,7 +31,7 @@ __device__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ out,
 }
 
 // Gather: one thread per input element sums dout over the windows whose maximum it was,
-// visiting window offsets (i, j) in the same order as the portable code.
+// visiting window offsets (i, j) in the same order as the portable code (common.cuh).
 template <typename T>
 __device__ void max_pool_backward(const T* __restrict__ dout, const int* __restrict__ argmax,
                                   T* __restrict__ dx, index_t N, index_t C, index_t H,
@@ -42,19 +42,15 @@ __device__ void max_pool_backward(const T* __restrict__ dout, const int* __restr
         index_t w = idx % W, t = idx / W;
         index_t h = t % H;
         index_t nc = t / H;
+        const Covering ys = covering(h, PH, stride, HO);
+        const Covering xs = covering(w, PW, stride, WO);
         T sum = T(0);
-        for (index_t i = 0; i < PH; ++i) {
-            index_t dy = h - i;
-            if (dy < 0) break;
-            if (dy % stride != 0 || dy / stride >= HO) continue;
-            for (index_t j = 0; j < PW; ++j) {
-                index_t dxw = w - j;
-                if (dxw < 0) break;
-                if (dxw % stride != 0 || dxw / stride >= WO) continue;
-                index_t o = (nc * HO + dy / stride) * WO + dxw / stride;
-                if (argmax[o] == (int)(i * PW + j)) sum += dout[o];
+        for (index_t y = ys.last; y >= ys.first; --y)
+            for (index_t x = xs.last; x >= xs.first; --x) {
+                const index_t o = (nc * HO + y) * WO + x;
+                const int at = (int)((h - y * stride) * PW + (w - x * stride));   // i * PW + j
+                if (argmax[o] == at) sum += dout[o];
             }
-        }
         dx[idx] = sum;
     }
 }

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from xpnn.backend import to_numpy
-from xpnn.layers import conv_backward, conv_forward, max_pool_backward, max_pool_forward
+from xpnn.layers import (avg_pool_backward, avg_pool_forward, conv_backward, conv_forward,
+                         max_pool_backward, max_pool_forward)
 
 
 def conv_naive(x, w, b, stride, pad):
@@ -75,6 +76,23 @@ def test_max_pool_matches_loops(xp, rng, H, W, ph, pw, stride, ties):
     for (n, c, i, j), (h, w) in route.items():
         dx_want[n, c, h, w] += dout[n, c, i, j]
     np.testing.assert_allclose(to_numpy(max_pool_backward(xp.asarray(dout), cache)), dx_want, atol=1e-12)
+
+
+@pytest.mark.parametrize("H,W,ph,pw,stride", [(4, 4, 2, 2, 2), (7, 7, 3, 3, 2), (6, 5, 3, 3, 1),
+                                            (8, 6, 2, 3, 3), (5, 9, 1, 1, 1), (9, 9, 4, 2, 1)])
+def test_avg_pool_matches_loops(xp, rng, H, W, ph, pw, stride):
+    x = rng.standard_normal((2, 3, H, W))
+    out, cache = avg_pool_forward(xp.asarray(x), {"pool_height": ph, "pool_width": pw, "stride": stride})
+    HO, WO = (H - ph) // stride + 1, (W - pw) // stride + 1
+    want, dx_want = np.zeros((2, 3, HO, WO)), np.zeros_like(x)
+    dout = rng.standard_normal(want.shape)
+    for i in range(HO):
+        for j in range(WO):
+            rows, cols = slice(i * stride, i * stride + ph), slice(j * stride, j * stride + pw)
+            want[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
+            dx_want[:, :, rows, cols] += dout[:, :, i, j][:, :, None, None] / (ph * pw)
+    np.testing.assert_allclose(to_numpy(out), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(avg_pool_backward(xp.asarray(dout), cache)), dx_want, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad,message", [

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from xpnn import cuda, ops
+from xpnn.backend import ACCELERATED_OPS
 
 from .emulation import emulator
 
@@ -24,7 +25,7 @@ POOLS = [  # (N, C, H, W, ph, pw, stride)
 def test_every_kernel_compiles_with_nvrtc():
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="pip install cuda-bindings nvidia-cuda-nvrtc")
     names = emulator.kernel_names()
-    assert len(names) == 8
+    assert sorted(names) == sorted(f"{op}_{t}" for op in ACCELERATED_OPS for t in ("f32", "f64"))
     for arch in ("sm_75", "sm_80", "sm_90"):
         err, prog = nvrtc.nvrtcCreateProgram(cuda.module_source().encode(), b"xpnn.cu", 0, [], [])
         assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
@@ -83,6 +84,17 @@ def test_max_pool_kernels(kernel_ops, rng, dtype, ties, N, C, H, W, ph, pw, stri
     dout = rng.standard_normal(out.shape).astype(dtype)
     np.testing.assert_array_equal(kernel_ops["max_pool_backward"](dout, argmax, H, W, ph, pw, stride),
                                   ops.max_pool_backward(dout, argmax_ref, H, W, ph, pw, stride))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,H,W,ph,pw,stride", POOLS)
+def test_avg_pool_kernels(kernel_ops, rng, dtype, N, C, H, W, ph, pw, stride):
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    out = kernel_ops["avg_pool_forward"](x, ph, pw, stride)
+    np.testing.assert_array_equal(out, ops.avg_pool_forward(x, ph, pw, stride))
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    np.testing.assert_array_equal(kernel_ops["avg_pool_backward"](dout, H, W, ph, pw, stride),
+                                  ops.avg_pool_backward(dout, H, W, ph, pw, stride))
 
 
 def test_grid_stride_loop_covers_more_work_than_threads(kernel_ops, rng):

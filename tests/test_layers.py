@@ -90,6 +90,13 @@ def test_max_pool(xp, rng, ph, pw, stride):
     check_layer(xp, rng, lambda x: max_pool_forward(x, param), max_pool_backward, [x])
 
 
+@pytest.mark.parametrize("ph,pw,stride", [(2, 2, 2), (3, 3, 1), (3, 2, 2)])
+def test_avg_pool(xp, rng, ph, pw, stride):
+    x = arrays(xp, rng, (2, 3, 7, 6))[0]
+    param = {"pool_height": ph, "pool_width": pw, "stride": stride}
+    check_layer(xp, rng, lambda x: avg_pool_forward(x, param), avg_pool_backward, [x])
+
+
 def test_max_pool_tied_maxima_get_gradient_once(xp):
     # An all-zero image (MNIST's background): each window's gradient goes to its first cell.
     x = xp.zeros((1, 1, 4, 4), dtype=xp.float64)

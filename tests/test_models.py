@@ -6,7 +6,7 @@ from xpnn import Solver
 from xpnn.backend import to_numpy
 from xpnn.gradient_check import eval_numerical_gradient, rel_error
 from xpnn.models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, load, mnist_cnn
-from xpnn.nn import Affine, BatchNorm, Conv, Dropout, LayerNorm, LeakyReLU, MaxPool, Sigmoid, Tanh
+from xpnn.nn import Affine, AvgPool, BatchNorm, Conv, Dropout, LayerNorm, LeakyReLU, MaxPool, ReLU, Sigmoid, Tanh
 from xpnn.optim import UPDATE_RULES, adam, rmsprop, sgd_momentum
 
 
@@ -98,6 +98,17 @@ def test_sequential_with_every_layer_type(rng):
     X, y = rng.standard_normal((3, 2, 7, 6)), rng.integers(0, 4, 3)
     errors = model_grad_errors(model, X, y, zero_gradient={"b1"})   # b1 feeds BatchNorm
     assert max(errors.values()) < 1e-5 and errors["b1"] < 1e-8, errors
+
+
+def test_avg_pool_module_trains_saves_and_loads(rng, tmp_path):
+    model = Sequential([Conv(3, 3, pad=1), AvgPool(2), ReLU(), Affine(4)], (2, 6, 6),
+                       weight_scale=0.3, dtype="float64", seed=1)
+    X, y = rng.standard_normal((3, 2, 6, 6)), rng.integers(0, 4, 3)
+    assert max(model_grad_errors(model, X, y).values()) < 1e-6
+    model.save(tmp_path / "m.npz")
+    again = load(tmp_path / "m.npz")
+    assert isinstance(again.layers[1], AvgPool)
+    np.testing.assert_array_equal(again.loss(X), model.loss(X))
 
 
 def test_mnist_cnn_shape():

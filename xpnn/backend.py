@@ -37,7 +37,8 @@ _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
 # and a backend's table may hold no other key. A backend that declares an op must implement
 # it (the CUDA backend implements all of them: tests/test_gpu.py checks that every conv and
 # pool call on CuPy reaches its kernel).
-ACCELERATED_OPS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward")
+ACCELERATED_OPS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward",
+                   "avg_pool_forward", "avg_pool_backward")
 
 
 class DeviceError(ValueError):

@@ -1,4 +1,4 @@
-"""CUDA glue: launch the raw kernels of kernels/*.cu for im2col, col2im and max-pooling.
+"""CUDA glue: launch the raw kernels of kernels/*.cu for im2col, col2im, max- and avg-pooling.
 
 The functions here allocate outputs, check contiguity and pass the problem sizes; the actual
 launch is done by a *launcher*:
@@ -130,6 +130,25 @@ def max_pool_backward(dout, argmax, H, W, ph, pw, stride, launch):
     return dx
 
 
+def avg_pool_forward(x, ph, pw, stride, launch):
+    N, C, H, W = x.shape
+    HO, WO = (H - ph) // stride + 1, (W - pw) // stride + 1
+    x = launch.contiguous(x)
+    out = array_namespace(x).empty((N, C, HO, WO), dtype=x.dtype, device=x.device)
+    launch(f"avg_pool_forward_{_suffix(x.dtype)}", out.size,
+           (x, out) + _sizes(N, C, H, W, ph, pw, stride, HO, WO))
+    return out
+
+
+def avg_pool_backward(dout, H, W, ph, pw, stride, launch):
+    N, C, HO, WO = dout.shape
+    dout = launch.contiguous(dout)
+    dx = array_namespace(dout).empty((N, C, H, W), dtype=dout.dtype, device=dout.device)
+    launch(f"avg_pool_backward_{_suffix(dout.dtype)}", dx.size,
+           (dout, dx) + _sizes(N, C, H, W, ph, pw, stride, HO, WO))
+    return dx
+
+
 class CupyLauncher:
     """Compiles kernels/*.cu with cupy.RawModule once per GPU and keeps each kernel's handle
     (CuPy builds a new kernel object on every `get_function`); launches asynchronously on
@@ -171,6 +190,8 @@ def make_ops(launch) -> dict:
         "col2im": functools.partial(col2im, launch=launch),
         "max_pool_forward": functools.partial(max_pool_forward, launch=launch),
         "max_pool_backward": functools.partial(max_pool_backward, launch=launch),
+        "avg_pool_forward": functools.partial(avg_pool_forward, launch=launch),
+        "avg_pool_backward": functools.partial(avg_pool_backward, launch=launch),
     }
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "tanh_forward", "tanh_backward", "affine_relu_forward", "affine_relu_backward",
     "conv_forward", "conv_backward", "conv_relu_forward", "conv_relu_backward",
     "conv_relu_pool_forward", "conv_relu_pool_backward", "max_pool_forward",
+    "avg_pool_forward", "avg_pool_backward",
     "max_pool_backward", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
     "spatial_batchnorm_forward", "spatial_batchnorm_backward", "layernorm_forward",
     "layernorm_backward", "dropout_forward", "dropout_backward", "softmax_loss", "svm_loss",
@@ -277,6 +278,30 @@ def max_pool_forward(x, pool_param):
 def max_pool_backward(dout, cache):
     x_shape, argmax, ph, pw, stride = cache
     return ops.max_pool_backward(dout, argmax, x_shape[2], x_shape[3], ph, pw, stride)
+
+
+def avg_pool_forward(x, pool_param):
+    """Average pooling: the mean of each (pool_height, pool_width) window.
+
+    Inputs:
+    - x: (N, C, H, W)
+    - pool_param: {"pool_height": 2, "pool_width": 2, "stride": 2} (those are the defaults);
+      windows may overlap (stride < window); no padding.
+    Returns (out, cache):
+    - out: (N, C, HO, WO), HO = 1 + (H - pool_height) // stride, WO likewise
+    - cache: (x.shape, pool_height, pool_width, stride): the mean needs no input values
+    """
+    _check_rank("avg-pool input x", x, 4, "(N, C, H, W)")
+    _check_float("avg-pool input x", x)
+    ph, pw = pool_param.get("pool_height", 2), pool_param.get("pool_width", 2)
+    stride = pool_param.get("stride", 2)
+    return ops.avg_pool_forward(x, ph, pw, stride), (x.shape, ph, pw, stride)
+
+
+def avg_pool_backward(dout, cache):
+    """dout: (N, C, HO, WO) -> dx: (N, C, H, W); each window's gradient shared evenly."""
+    x_shape, ph, pw, stride = cache
+    return ops.avg_pool_backward(dout, x_shape[2], x_shape[3], ph, pw, stride)
 
 
 # ---------------------------------------------------------------------------- normalization

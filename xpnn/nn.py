@@ -130,6 +130,16 @@ class MaxPool(Layer):
         return L.max_pool_backward(dout, cache), {}
 
 
+class AvgPool(MaxPool):
+    """Average pooling over size x size windows (stride: the size unless given)."""
+
+    def forward(self, x, params, train):
+        return L.avg_pool_forward(x, self._param)
+
+    def backward(self, dout, cache):
+        return L.avg_pool_backward(dout, cache), {}
+
+
 class _Activation(Layer):
     forward_fn = backward_fn = None
 
@@ -243,7 +253,7 @@ class Dropout(Layer):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in
-               (Affine, Conv, MaxPool, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm, LayerNorm, Dropout)}
+               (Affine, Conv, MaxPool, AvgPool, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm, LayerNorm, Dropout)}
 
 
 def layer_from_spec(spec: dict) -> Layer:

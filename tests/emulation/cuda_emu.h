@@ -13,7 +13,7 @@ static dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define __global__
 #define __device__ inline
 #define __host__
-#define __forceinline__ inline
+#define __forceinline__ __attribute__((always_inline))   // after __device__, which is inline
 
 // Call kernel k with its arguments given as an array of pointers to their values: the same
 // convention as cuLaunchKernel and cupy.RawKernel, so the Python glue passes the same tuple.

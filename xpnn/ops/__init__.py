@@ -121,3 +121,34 @@ def max_pool_backward(dout, argmax, H, W, ph, pw, stride):
             else:          # each input cell is in one window: a plain copy, no read-modify-write
                 dx[target] = routed
     return dx
+
+
+def avg_pool_forward(x, ph, pw, stride):
+    """Mean over each (ph, pw) window: the sum of its ph*pw strided views, in row-major window
+    order (the CUDA kernel adds in the same order), divided by the window's size."""
+    N, C, H, W = x.shape
+    HO, WO = conv_output_size(H, W, ph, pw, stride, 0)
+    fast = accelerated_op("avg_pool_forward", x)
+    if fast is not None:
+        return fast(x, ph, pw, stride)
+    xp = namespace_of(x)
+    total = xp.zeros((N, C, HO, WO), dtype=x.dtype, device=device_of(x))
+    for i in range(ph):
+        for j in range(pw):
+            total += x[:, :, _window(i, HO, stride), _window(j, WO, stride)]
+    return total / (ph * pw)
+
+
+def avg_pool_backward(dout, H, W, ph, pw, stride):
+    """Spread each window's gradient evenly over the window: dx += dout / (ph * pw) per offset."""
+    N, C, HO, WO = dout.shape
+    fast = accelerated_op("avg_pool_backward", dout)
+    if fast is not None:
+        return fast(dout, H, W, ph, pw, stride)
+    xp = namespace_of(dout)
+    share = dout / (ph * pw)
+    dx = xp.zeros((N, C, H, W), dtype=dout.dtype, device=device_of(dout))
+    for i in range(ph):
+        for j in range(pw):
+            dx[:, :, _window(i, HO, stride), _window(j, WO, stride)] += share
+    return dx
