@@ -177,10 +177,10 @@ def test_training_step_has_one_host_sync(gpu):
     with gpu, cupyx.allow_synchronize(False):
         loss, grads, _ = model.device_loss(X, y)
         for rule in UPDATE_RULES.values():
-            config = {}
+            configs = {name: {} for name in model.params}
             for _ in range(2):                    # the first call makes the rule's state
                 for name, w in model.params.items():
-                    _, config = rule(w, grads[name], config)
+                    _, configs[name] = rule(w, grads[name], configs[name])
     with cupyx.allow_synchronize(False), pytest.raises(cupyx.DeviceSynchronized):
         model.loss(X, y)
     assert np.isfinite(model.loss(X, y)[0])
