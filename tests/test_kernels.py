@@ -149,3 +149,31 @@ def test_compiled_source_changes_with_every_kernel_file(tmp_path, monkeypatch):
         (copy_dir / name).write_text((copy_dir / name).read_text() + "\n// edited\n")
         edited = cuda.module_source()
         assert edited != original and "// edited" in edited, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_fused_update_rules_equal_the_portable_ones(kernel_ops, rng, monkeypatch, dtype, rule):
+    """Each rule's kernel, through the same xpnn.optim code path CuPy takes, gives the portable
+    rule's numbers bit for bit over three steps (state made, then carried)."""
+    from xpnn import optim
+    w0 = rng.standard_normal((7, 13)).astype(dtype)
+    grads = [rng.standard_normal((7, 13)).astype(dtype) for _ in range(3)]
+    config = {"learning_rate": 3e-2}
+
+    def run():
+        w, cfg = w0, dict(config)
+        for dw in grads:
+            w, cfg = optim.UPDATE_RULES[rule](w, dw, cfg)
+        return w, cfg
+
+    w_ref, cfg_ref = run()
+    launcher = kernel_ops["launcher"]
+    launcher.launches.clear()
+    monkeypatch.setattr(optim, "accelerated_op", lambda name, w: kernel_ops[name])
+    w_fused, cfg_fused = run()
+    assert [name for name, *_ in launcher.launches] == [f"{rule}_{'f32' if dtype == np.float32 else 'f64'}"] * 3
+    assert w_fused.dtype == dtype
+    np.testing.assert_array_equal(w_fused, w_ref)
+    for key, value in cfg_ref.items():
+        np.testing.assert_array_equal(cfg_fused[key], value, err_msg=key)

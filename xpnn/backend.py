@@ -38,7 +38,9 @@ _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
 # it (the CUDA backend implements all of them: tests/test_gpu.py checks that every conv and
 # pool call on CuPy reaches its kernel).
 ACCELERATED_OPS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward",
-                   "avg_pool_forward", "avg_pool_backward")
+                   "avg_pool_forward", "avg_pool_backward",
+                   # the update rules of xpnn.optim, each one fused kernel per parameter
+                   "sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam")
 
 
 class DeviceError(ValueError):

@@ -1,4 +1,5 @@
-"""CUDA glue: launch the raw kernels of kernels/*.cu for im2col, col2im, max- and avg-pooling.
+"""CUDA glue: launch the raw kernels of kernels/*.cu (im2col, col2im, max- and avg-pooling,
+the fused update rules).
 
 The functions here allocate outputs, check contiguity and pass the problem sizes; the actual
 launch is done by a *launcher*:
@@ -149,12 +150,35 @@ def avg_pool_backward(dout, H, W, ph, pw, stride, launch):
     return dx
 
 
+UPDATE_RULES = ("sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam")
+
+
+def update_rule(name, w, dw, states, scalars, launch):
+    """One fused update step of rule `name` (kernels/optim.cu): returns [next_w, *next_states].
+
+    states: the rule's state arrays (velocity, cache, m and v), shaped like w;
+    scalars: its hyperparameters, in the kernel's order, computed on the host.
+    """
+    if dw.dtype != w.dtype or tuple(dw.shape) != tuple(w.shape):
+        raise TypeError(f"{name}: the gradient ({dw.dtype}, {tuple(dw.shape)}) must match the "
+                        f"parameter ({w.dtype}, {tuple(w.shape)})")
+    xp = array_namespace(w)
+    inputs = [launch.contiguous(a) for a in (w, dw, *states)]
+    outputs = [xp.empty(w.shape, dtype=w.dtype, device=w.device) for _ in range(1 + len(states))]
+    scalar = np.dtype(w.dtype.name).type       # the kernel takes T: float or double
+    launch(f"{name}_{_suffix(w.dtype)}", w.size,
+           (*inputs, *outputs, np.int64(w.size), *(scalar(v) for v in scalars)))
+    return outputs
+
+
 class CupyLauncher:
     """Compiles kernels/*.cu with cupy.RawModule once per GPU and keeps each kernel's handle
     (CuPy builds a new kernel object on every `get_function`); launches asynchronously on
     the current device, which the CUDA backend has set to the arrays' device."""
 
-    OPTIONS = ("-std=c++14",)
+    # No fused multiply-add contraction: the kernels then round every operation as the
+    # portable code does (the update rules' arithmetic equals NumPy's, bit for bit).
+    OPTIONS = ("-std=c++14", "--fmad=false")
 
     def __init__(self):
         self._kernels = {}         # (device id, kernel name) -> cupy.RawKernel
@@ -192,6 +216,7 @@ def make_ops(launch) -> dict:
         "max_pool_backward": functools.partial(max_pool_backward, launch=launch),
         "avg_pool_forward": functools.partial(avg_pool_forward, launch=launch),
         "avg_pool_backward": functools.partial(avg_pool_backward, launch=launch),
+        **{rule: functools.partial(update_rule, rule, launch=launch) for rule in UPDATE_RULES},
     }
 
 

@@ -4,10 +4,14 @@
 
 `config` holds the hyperparameters (learning_rate, ...) and the rule's state (velocity,
 caches, moments), which is created once, on w's device, at the first call and then reused.
+Each rule's docstring lists its config keys with their defaults.
+
+On CuPy each rule is one fused kernel per parameter (kernels/optim.cu, the same arithmetic in
+the same order); the expressions below are the portable code every other library runs.
 """
 from __future__ import annotations
 
-from .backend import namespace_of
+from .backend import accelerated_op, namespace_of
 
 
 def _state(config, key, w):
@@ -17,18 +21,33 @@ def _state(config, key, w):
     return config[key]
 
 
+def _fused(name, w, dw, states, scalars):
+    """The rule's fused kernel on this backend, run: [next_w, *next_states]; or None."""
+    fused = accelerated_op(name, w)
+    return None if fused is None else fused(w, dw, states, scalars)
+
+
 def sgd(w, dw, config=None):
-    """Vanilla stochastic gradient descent."""
+    """Vanilla stochastic gradient descent. config: learning_rate (1e-2)."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
+    fused = _fused("sgd", w, dw, (), (config["learning_rate"],))
+    if fused is not None:
+        return fused[0], config
     return w - config["learning_rate"] * dw, config
 
 
 def sgd_momentum(w, dw, config=None):
-    """SGD with momentum: v = mu * v - lr * dw; w += v."""
+    """SGD with momentum: v = mu * v - lr * dw; w += v.
+    config: learning_rate (1e-2), momentum (0.9); state: velocity."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("momentum", 0.9)
+    fused = _fused("sgd_momentum", w, dw, (_state(config, "velocity", w),),
+                   (config["learning_rate"], config["momentum"]))
+    if fused is not None:
+        next_w, config["velocity"] = fused
+        return next_w, config
     v = config["momentum"] * _state(config, "velocity", w) - config["learning_rate"] * dw
     config["velocity"] = v
     return w + v, config
@@ -36,12 +55,17 @@ def sgd_momentum(w, dw, config=None):
 
 def nesterov(w, dw, config=None):
     """Nesterov momentum in the form that steps from the current weights (CS231n notes):
-    v_new = mu * v - lr * dw; w += -mu * v + (1 + mu) * v_new."""
+    v_new = mu * v - lr * dw; w += -mu * v + (1 + mu) * v_new.
+    config: learning_rate (1e-2), momentum (0.9); state: velocity."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("momentum", 0.9)
     mu = config["momentum"]
     v_prev = _state(config, "velocity", w)
+    fused = _fused("nesterov", w, dw, (v_prev,), (config["learning_rate"], mu, 1 + mu))
+    if fused is not None:
+        next_w, config["velocity"] = fused
+        return next_w, config
     v = mu * v_prev - config["learning_rate"] * dw
     config["velocity"] = v
     return w - mu * v_prev + (1 + mu) * v, config
@@ -54,27 +78,41 @@ def _scaled_step(w, dw, cache, config):
 
 
 def adagrad(w, dw, config=None):
-    """Per-parameter learning rates scaled by the sum of all past squared gradients."""
+    """Per-parameter learning rates scaled by the sum of all past squared gradients.
+    config: learning_rate (1e-2), epsilon (1e-8); state: cache."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("epsilon", 1e-8)
+    fused = _fused("adagrad", w, dw, (_state(config, "cache", w),),
+                   (config["learning_rate"], config["epsilon"]))
+    if fused is not None:
+        next_w, config["cache"] = fused
+        return next_w, config
     config["cache"] = _state(config, "cache", w) + dw * dw
     return _scaled_step(w, dw, config["cache"], config), config
 
 
 def rmsprop(w, dw, config=None):
-    """Like adagrad, with a moving average of squared gradients instead of their sum."""
+    """Like adagrad, with a moving average of squared gradients instead of their sum.
+    config: learning_rate (1e-2), decay_rate (0.99), epsilon (1e-8); state: cache."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("decay_rate", 0.99)
     config.setdefault("epsilon", 1e-8)
     decay = config["decay_rate"]
+    fused = _fused("rmsprop", w, dw, (_state(config, "cache", w),),
+                   (config["learning_rate"], config["epsilon"], decay, 1 - decay))
+    if fused is not None:
+        next_w, config["cache"] = fused
+        return next_w, config
     config["cache"] = decay * _state(config, "cache", w) + (1 - decay) * dw * dw
     return _scaled_step(w, dw, config["cache"], config), config
 
 
 def adam(w, dw, config=None):
-    """Adam: moving averages of the gradient (m) and its square (v), bias-corrected."""
+    """Adam: moving averages of the gradient (m) and its square (v), bias-corrected.
+    config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999), epsilon (1e-8), t (0, the
+    step count); state: m, v."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-3)
     config.setdefault("beta1", 0.9)
@@ -84,6 +122,12 @@ def adam(w, dw, config=None):
     xp = namespace_of(w, dw)
     b1, b2 = config["beta1"], config["beta2"]
     config["t"] += 1
+    fused = _fused("adam", w, dw, (_state(config, "m", w), _state(config, "v", w)),
+                   (config["learning_rate"], b1, 1 - b1, b2, 1 - b2, 1 - b1 ** config["t"],
+                    1 - b2 ** config["t"], config["epsilon"]))
+    if fused is not None:
+        next_w, config["m"], config["v"] = fused
+        return next_w, config
     m = b1 * _state(config, "m", w) + (1 - b1) * dw
     v = b2 * _state(config, "v", w) + (1 - b2) * dw * dw
     config["m"], config["v"] = m, v

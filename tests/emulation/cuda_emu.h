@@ -3,12 +3,15 @@
 // host C++ compiler; a launch runs every (block, thread) pair of the grid in turn, with
 // blockIdx / threadIdx / blockDim / gridDim set as the GPU would set them.
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 static dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+using std::sqrt;       // CUDA has sqrt(float) and sqrt(double) overloads; so has <cmath>
 
 #define __global__
 #define __device__ inline

@@ -54,6 +54,10 @@ class EmulatedLauncher:
                 values.append(ctypes.c_void_p(a.ctypes.data))
             elif isinstance(a, np.int64):
                 values.append(ctypes.c_longlong(int(a)))
+            elif isinstance(a, np.float32):
+                values.append(ctypes.c_float(float(a)))
+            elif isinstance(a, np.float64):
+                values.append(ctypes.c_double(float(a)))
             else:
                 raise TypeError(f"{name}: argument of type {type(a).__name__} has no exact C type")
         pointers = (ctypes.c_void_p * len(values))(
