@@ -26,9 +26,10 @@ __all__ = [
     "avg_pool_forward", "avg_pool_backward",
     "max_pool_backward", "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
     "spatial_batchnorm_forward", "spatial_batchnorm_backward", "layernorm_forward",
-    "layernorm_backward", "dropout_forward", "dropout_backward", "softmax_loss", "svm_loss",
+    "layernorm_backward", "spatial_groupnorm_forward", "spatial_groupnorm_backward", "dropout_forward", "dropout_backward", "softmax_loss", "svm_loss",
     "mse_loss", "conv_forward_naive", "conv_backward_naive", "max_pool_forward_naive",
-    "max_pool_backward_naive",
+    "max_pool_backward_naive", "conv_forward_fast", "conv_backward_fast", "max_pool_forward_fast",
+    "max_pool_backward_fast",
 ]
 
 
@@ -415,6 +416,55 @@ def layernorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """Group normalization (Wu & He, 2018) of x (N, C, H, W).
+
+    The C channels of each sample are split into G groups of C // G consecutive channels, and
+    each group is normalized over its channels and pixels together; then every channel is
+    scaled and shifted. G = 1 is layer normalization over (C, H, W); G = C is instance norm.
+    Unlike batchnorm no statistic crosses samples, so train and test time are the same.
+
+    Inputs:
+    - x: (N, C, H, W)
+    - gamma, beta: per-channel scale and shift, (1, C, 1, 1) as in the assignment, or (C,)
+    - G: the number of groups, a divisor of C
+    - gn_param: {"eps": 1e-5}; other keys (the notebook passes {"mode": "train"}) are ignored
+
+    Returns (out (N, C, H, W), cache), cache = (x_hat (N, C, H, W) the normalized input,
+    gamma, inv_std (N, G, 1) one over each group's standard deviation, G).
+    """
+    xp = namespace_of(x, gamma, beta)
+    _check_rank("spatial groupnorm input x", x, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    if G < 1 or C % G:
+        raise ValueError(f"group norm: the number of groups G must divide the {C} channels, got {G}")
+    eps = gn_param.get("eps", 1e-5)
+    groups = xp.reshape(x, (N, G, (C // G) * H * W))      # one row per (sample, group)
+    mean = xp.mean(groups, axis=2, keepdims=True)
+    inv_std = 1 / xp.sqrt(xp.var(groups, axis=2, keepdims=True) + eps)
+    x_hat = xp.reshape((groups - mean) * inv_std, x.shape)
+    out = xp.reshape(gamma, (1, C, 1, 1)) * x_hat + xp.reshape(beta, (1, C, 1, 1))
+    return out, (x_hat, gamma, inv_std, G)
+
+
+def spatial_groupnorm_backward(dout, cache):
+    """dout: (N, C, H, W) -> (dx (N, C, H, W), dgamma, dbeta), dgamma and dbeta shaped like gamma.
+
+    Within a group this is layernorm's backward: each (sample, group) row is one layer-normed
+    vector of (C // G) * H * W values.
+    """
+    x_hat, gamma, inv_std, G = cache
+    xp = namespace_of(dout, x_hat)
+    N, C, H, W = dout.shape
+    dbeta = xp.reshape(xp.sum(dout, axis=(0, 2, 3)), gamma.shape)
+    dgamma = xp.reshape(xp.sum(dout * x_hat, axis=(0, 2, 3)), gamma.shape)
+    dx_hat = xp.reshape(dout * xp.reshape(gamma, (1, C, 1, 1)), (N, G, -1))
+    x_hat = xp.reshape(x_hat, (N, G, -1))
+    dx = inv_std * (dx_hat - xp.mean(dx_hat, axis=2, keepdims=True)
+                    - x_hat * xp.mean(dx_hat * x_hat, axis=2, keepdims=True))
+    return xp.reshape(dx, (N, C, H, W)), dgamma, dbeta
+
+
 # ---------------------------------------------------------------------------- dropout
 
 def dropout_forward(x, dropout_param, rng=None):
@@ -528,7 +578,10 @@ def mse_loss_terms(x, y):
     return xp.sum(diff * diff) / (2 * N), diff / N, label_range
 
 
-# The assignments' notebooks call the loop versions "_naive" before writing fast ones: here
-# there is one implementation, under both names, so those notebooks run unchanged.
+# The assignments' notebooks call the loop versions "_naive" before writing fast ones, and
+# import the fast ones (`cs231n.fast_layers`) to compare: here there is one implementation,
+# already fast, under all three names, so those notebooks run unchanged.
 conv_forward_naive, conv_backward_naive = conv_forward, conv_backward
 max_pool_forward_naive, max_pool_backward_naive = max_pool_forward, max_pool_backward
+conv_forward_fast, conv_backward_fast = conv_forward, conv_backward
+max_pool_forward_fast, max_pool_backward_fast = max_pool_forward, max_pool_backward
