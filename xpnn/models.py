@@ -28,9 +28,18 @@ class TwoLayerNet(Sequential):
 
 
 class FullyConnectedNet(Sequential):
-    def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
+    """`dropout_keep_ratio` is the probability of keeping a unit (1: no dropout). The 2019-2020
+    assignments called it `dropout` (the same keep probability, their dropout_param's "p"):
+    either name is accepted, not both."""
+
+    def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=None,
                  normalization=None, reg=0.0, weight_scale=1e-2, dtype="float32", seed=None,
-                 device="cpu", init="gaussian"):
+                 device="cpu", init="gaussian", *, dropout=None):
+        if dropout is not None and dropout_keep_ratio is not None:
+            raise TypeError("give the keep probability as dropout_keep_ratio or as dropout "
+                            "(its 2019-2020 name), not both")
+        if dropout_keep_ratio is None:
+            dropout_keep_ratio = 1 if dropout is None else dropout
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; use None, 'batchnorm' or 'layernorm'")
         hidden_dims = [int(h) for h in hidden_dims]
