@@ -531,6 +531,30 @@ def test_solver_cell_overfits_small_data():
     assert len(ns["solver"].loss_history) == 40 and ns["solver"].loss_history[-1] < 0.5
 
 
+def test_numpy_cells_meet_a_model_on_another_device():
+    # What install(device="cuda") relies on, with array-api-strict standing in for the GPU:
+    # the notebook's NumPy params and inputs are copied to the model's device, scores come home.
+    import array_api_strict as xps
+    from cs231n.classifiers.fc_net import TwoLayerNet
+    from xpnn.backend import backend_of
+    model = TwoLayerNet(input_dim=5, hidden_dim=50, num_classes=7)
+    model.backend = backend_of(xps.asarray(np.zeros(1)))
+    model.params = {k: model.backend.to_device(v) for k, v in model.params.items()}
+    ns = run_cell("""
+        model.params['W1'] = np.linspace(-0.7, 0.3, num=5*50).reshape(5, 50)
+        model.params['b1'] = np.linspace(-0.1, 0.9, num=50)
+        model.params['W2'] = np.linspace(-0.3, 0.4, num=50*7).reshape(50, 7)
+        model.params['b2'] = np.linspace(-0.9, 0.1, num=7)
+        X = np.linspace(-5.5, 4.5, num=3*5).reshape(5, 3).T
+        scores = model.loss(X)
+        loss, grads = model.loss(X, np.asarray([0, 5, 1]))
+    """, {**run_cell(""), "model": model})
+    assert isinstance(ns["scores"], np.ndarray)
+    assert abs(ns["scores"][0, 0] - 11.53165108) < 1e-7 and abs(ns["loss"] - 3.4702243556) < 1e-10
+    assert all(model.backend.owns(v) for v in model.params.values())
+    assert all(model.backend.owns(g) for g in ns["grads"].values())
+
+
 @pytest.mark.gpu
 def test_two_layer_net_cell_on_the_gpu():
     # `install(device="cuda")`: the same cell, the model on the GPU, NumPy in and out.
