@@ -346,8 +346,8 @@ def test_affine_sandwiches(xp, rng):
 def test_conv_sandwiches(xp, rng):
     from cs231n.layer_utils import (conv_bn_relu_backward, conv_bn_relu_forward,
                                     conv_relu_backward, conv_relu_forward)
-    x, w, b = (xp.asarray(rng.standard_normal(s)) for s in ((2, 3, 6, 6), (4, 3, 3, 3), (4,)))
-    gamma, beta = xp.asarray(rng.standard_normal(4) + 1), xp.asarray(rng.standard_normal(4))
+    x, w, b = (xp.asarray(rng.standard_normal(s)) for s in ((2, 2, 4, 6), (3, 2, 3, 3), (3,)))
+    gamma, beta = xp.asarray(rng.standard_normal(3) + 1), xp.asarray(rng.standard_normal(3))
     conv_param, pool_param = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
     _check_sandwich(xp, rng, lambda *a: conv_relu_forward(*a, conv_param), conv_relu_backward,
                     [x, w, b])
