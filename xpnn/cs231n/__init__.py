@@ -12,8 +12,8 @@ package in `sys.modules` as `cs231n`, so the notebook's own imports find xpnn's 
     cs231n.fast_layers            conv_forward_fast ... max_pool_backward_fast (xpnn's one fast path)
     cs231n.layer_utils            the "sandwich" layers: affine_relu, affine_bn_relu, affine_ln_relu,
                                   conv_relu, conv_bn_relu, conv_relu_pool
-    cs231n.classifiers.fc_net     TwoLayerNet, FullyConnectedNet (and, as the assignment's
-    cs231n.classifiers.cnn        ThreeLayerConvNet              star imports give, every layer)
+    cs231n.classifiers.fc_net     TwoLayerNet, FullyConnectedNet (+ every layer, as its star import gives)
+    cs231n.classifiers.cnn        ThreeLayerConvNet (+ every layer)
     cs231n.solver, cs231n.optim   xpnn's Solver and update rules
     cs231n.gradient_check         eval_numerical_gradient[_array, _blobs, _net], grad_check_sparse
     cs231n.data_utils             load_CIFAR10, get_CIFAR10_data (a local cifar-10-batches-py)
@@ -52,7 +52,11 @@ def default_device() -> str:
 
 def install(device=None, name="cs231n") -> None:
     """Make `import cs231n.<module>` (for every module in MODULES) import xpnn's module;
-    with `device`, also `use_device(device)`."""
+    with `device`, also `use_device(device)`.
+
+    Python looks in `sys.modules` before any folder, so the assignment's own `cs231n` folder
+    beside the notebook is not imported, for these modules or their package.
+    """
     if device is not None:
         use_device(device)
     for module in MODULES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import to_numpy
+from .. import default_device
 
 
 class AssignmentModel:
@@ -23,7 +24,6 @@ class AssignmentModel:
         pass
 
     def __init__(self, *args, device=None, **kwargs):
-        from .. import default_device
         super().__init__(*args, device=device or default_device(), **kwargs)
 
     def loss(self, X, y=None):
