@@ -11,9 +11,8 @@ import xpnn.cs231n
 from xpnn.backend import cuda_available, to_numpy
 from xpnn.data import DataError, write_cifar_batch
 from xpnn.gradient_check import eval_numerical_gradient_array, rel_error
-from xpnn.layers import (conv_relu_forward, conv_relu_backward, conv_relu_pool_backward,
-                         conv_relu_pool_forward, spatial_groupnorm_backward,
-                         spatial_groupnorm_forward)
+from xpnn.layers import (conv_relu_pool_backward, conv_relu_pool_forward,
+                         spatial_groupnorm_backward, spatial_groupnorm_forward)
 from xpnn.models import FullyConnectedNet as XpnnFullyConnectedNet
 
 from .test_layers import check_layer
