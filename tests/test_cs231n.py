@@ -356,6 +356,40 @@ def test_conv_sandwiches(xp, rng):
                     conv_bn_relu_backward, [x, w, b, gamma, beta], zero_gradient={2})
 
 
+def test_the_assignments_own_layer_utils_runs_on_xpnn(rng):
+    # A layer_utils.py of the assignment's form: relative star imports of layers and
+    # fast_layers, sandwiches written with the _fast names. Run as a module of `cs231n`.
+    import types
+    source = textwrap.dedent("""
+        from .layers import *
+        from .fast_layers import *
+
+        def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
+            a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+            s, relu_cache = relu_forward(a)
+            out, pool_cache = max_pool_forward_fast(s, pool_param)
+            return out, (conv_cache, relu_cache, pool_cache)
+
+        def conv_relu_pool_backward(dout, cache):
+            conv_cache, relu_cache, pool_cache = cache
+            ds = max_pool_backward_fast(dout, pool_cache)
+            da = relu_backward(ds, relu_cache)
+            return conv_backward_fast(da, conv_cache)
+    """)
+    module = types.ModuleType("cs231n.student_layer_utils")
+    module.__package__ = "cs231n"
+    exec(compile(source, "layer_utils.py", "exec"), module.__dict__)
+    x, w, b = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    conv_param, pool_param = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    out, cache = module.conv_relu_pool_forward(x, w, b, conv_param, pool_param)
+    expected, expected_cache = conv_relu_pool_forward(x, w, b, conv_param, pool_param)
+    np.testing.assert_array_equal(out, expected)
+    dout = rng.standard_normal(out.shape)
+    for g, g_expected in zip(module.conv_relu_pool_backward(dout, cache),
+                             conv_relu_pool_backward(dout, expected_cache)):
+        np.testing.assert_array_equal(g, g_expected)
+
+
 def test_sandwiches_pass_their_params_through_untouched(rng):
     # Parameter-key validation refuses unknown keys: a sandwich must add none.
     from cs231n.layer_utils import conv_bn_relu_forward
