@@ -1,10 +1,47 @@
-"""Shared fixtures: one test body runs on every array library that can run here."""
-import numpy as np
-import pytest
+"""Shared fixtures: one test body runs on every array library that can run here.
 
-from xpnn.backend import cuda_available
+Without a real CuPy, the project's CuPy test double (tests/cupy_double, see its cupy/__init__.py)
+is installed as `cupy` before xpnn is imported, so every `gpu` test and the `cupy` parameter
+of the `xp` fixture run on it in CI. It never shadows a real CuPy, and XPNN_NO_CUPY_DOUBLE=1
+turns it off (the `gpu` tests are then skipped unless a real GPU is there).
+"""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+CUPY_DOUBLE_DIR = Path(__file__).resolve().with_name("cupy_double")
+
+
+def _real_cupy_importable() -> bool:
+    spec = importlib.util.find_spec("cupy")
+    return spec is not None and CUPY_DOUBLE_DIR not in Path(spec.origin or "").resolve().parents
+
+
+USING_CUPY_DOUBLE = os.environ.get("XPNN_NO_CUPY_DOUBLE") != "1" and not _real_cupy_importable()
+if USING_CUPY_DOUBLE and str(CUPY_DOUBLE_DIR) not in sys.path:
+    sys.path.insert(0, str(CUPY_DOUBLE_DIR))
+
+
+def cupy_double_env(env=None) -> dict:
+    """`env` (default os.environ) for a subprocess that must see the same cupy as this one."""
+    env = dict(os.environ if env is None else env)
+    if USING_CUPY_DOUBLE:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CUPY_DOUBLE_DIR),
+                                                           env.get("PYTHONPATH")]))
+    return env
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from xpnn.backend import cuda_available  # noqa: E402
 
 BACKENDS = ["numpy", "array_api_strict", pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+def pytest_report_header(config):
+    return "cupy: the project's CuPy test double (tests/cupy_double)" if USING_CUPY_DOUBLE else None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,3 +66,23 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(231)
+
+
+@pytest.fixture
+def cupy_double():
+    """The double's control module (cupy._double): knobs, counters, compile log. Skips on a
+    real CuPy. Peer access, memory limits, sync permission, the current device and the
+    counters are restored after the test."""
+    if not USING_CUPY_DOUBLE:
+        pytest.skip("runs on the CuPy test double only (a real CuPy is in use, or it is off)")
+    import cupy
+    control = cupy._double
+    m = control.machine
+    saved = (m.peer_access, list(m.memory_limit), list(m.pool_limit), control.current_device(),
+             control.sync_allowed())
+    control.reset_stats()
+    yield control
+    m.peer_access, m.memory_limit, m.pool_limit = saved[0], saved[1], saved[2]
+    control.set_current_device(saved[3])
+    control.set_sync_allowed(saved[4])
+    control.reset_stats()

@@ -1,0 +1,6 @@
+"""cupy.fft of the double: numpy.fft under the device rules (see cupy/__init__.py)."""
+import numpy as _np
+
+from . import wrap_module as _wrap_module
+
+__all__ = _wrap_module(_np.fft, globals())
