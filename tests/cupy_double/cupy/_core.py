@@ -75,16 +75,17 @@ def _parent(host, inputs):
     return None, False
 
 
-def call(func, name, args, kwargs, kind, check=True, sync=False):
+def call(func, name, args, kwargs, kind, check=True, sync=False, inplace=False):
     """Run NumPy's `func` under CuPy's rules (see the module docstring). kind: the kernel
     kind to record ("none": allocation only); check=False for creation functions, which
     read only their arguments' shapes (CuPy's *_like allocate on the *current* device);
-    sync=True for results whose shape depends on the data (CuPy reads a count back)."""
+    sync=True for results whose shape depends on the data (CuPy reads a count back);
+    inplace=True when `func` writes into its first argument (as out= does)."""
     inputs: list = []
     a = unwrap(args, inputs)
     kw = {k: unwrap(v, inputs) for k, v in kwargs.items()}
     device = _double.current_device()
-    writes = kwargs.get("out") is not None
+    writes = inplace or kwargs.get("out") is not None
     if writes:            # in place: refuse before anything is written
         for x in inputs:
             check_peer_access(x, device)
@@ -359,7 +360,7 @@ class ndarray:
             return func(*inputs, **kwargs)
         host_method = getattr(ufunc, method)
         return call(host_method, f"{ufunc.__name__}.{method}", inputs, kwargs,
-                    "elementwise" if method == "at" else "reduction")
+                    "elementwise" if method == "at" else "reduction", inplace=method == "at")
 
     def __array_function__(self, func, types, args, kwargs):
         import cupy

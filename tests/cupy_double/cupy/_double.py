@@ -42,6 +42,7 @@ class _Machine:
 
     def reset_stats(self):
         self.launches: list[Launch] = []
+        self.function_lookups = 0                   # RawModule.get_function calls
         self.syncs = 0
         self.h2d_bytes = self.d2h_bytes = self.d2d_bytes = 0
 
@@ -74,6 +75,7 @@ def stats() -> dict:
     m = machine
     return {"launches": list(m.launches), "syncs": m.syncs, "h2d_bytes": m.h2d_bytes,
             "d2h_bytes": m.d2h_bytes, "d2d_bytes": m.d2d_bytes,
+            "function_lookups": m.function_lookups,
             "memory_used": list(m.used)}
 
 

@@ -181,6 +181,7 @@ class RawModule:
         self.module
 
     def get_function(self, name: str) -> "RawKernel":
+        _double.machine.function_lookups += 1
         kernel = RawKernel(self.code, name, self.options, self.backend)
         kernel.kernel          # CuPy looks the function up (and compiles) here
         return kernel

@@ -21,4 +21,4 @@ def allow_synchronize(allow: bool):
 
 def scatter_add(a, slices, value):
     """a[slices] += value, unbuffered: repeated indices all add (numpy.add.at)."""
-    _call(_np.add.at, "scatter_add", (a, slices, value), {"out": a}, "elementwise")
+    _call(_np.add.at, "scatter_add", (a, slices, value), {}, "elementwise", inplace=True)
