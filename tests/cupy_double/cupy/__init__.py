@@ -131,6 +131,11 @@ def _contains_device_array(obj) -> bool:
         isinstance(o, ndarray) or _contains_device_array(o) for o in obj)
 
 
+def copy(a, order="K"):
+    """cupy.copy is ndarray.copy: to the current device, from any device (a peer memcpy)."""
+    return a.copy(order=order)
+
+
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
     if isinstance(a, ndarray):
         return a.get(stream=stream, order=order, out=out, blocking=blocking)
@@ -168,6 +173,6 @@ __all__ = wrap_module(_np, globals())
 from . import fft, linalg  # noqa: E402  (they use wrap_module)
 
 __all__ = sorted(__all__ + [
-    "ndarray", "array", "asarray", "asanyarray", "asnumpy", "get_array_module", "fuse",
+    "ndarray", "array", "asarray", "asanyarray", "asnumpy", "copy", "get_array_module", "fuse",
     "RawKernel", "RawModule", "get_default_memory_pool", "get_default_pinned_memory_pool",
     "cuda", "random", "linalg", "fft"])
