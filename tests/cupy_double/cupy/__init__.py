@@ -33,15 +33,12 @@ import builtins as _builtins
 import numpy as _np
 
 from . import _double, cuda, random  # noqa: F401
-from ._core import call as _call, kind_of as _kind_of, ndarray
+from ._core import DATA_DEPENDENT as _DATA_DEPENDENT, call as _call, kind_of as _kind_of, ndarray
 from ._raw import RawKernel, RawModule  # noqa: F401
 from .cuda.memory import MemoryPool as _MemoryPool, PinnedMemoryPool as _PinnedPool
 
 __version__ = "14.0.0+double"
 
-# Functions whose output shape depends on the data: CuPy reads a count back to the host.
-_DATA_DEPENDENT = {"nonzero", "argwhere", "flatnonzero", "unique", "unique_values",
-                   "unique_counts", "unique_inverse", "unique_all", "compress", "extract"}
 # Creation functions read no array data (CuPy's *_like only look at shape and dtype).
 _CREATION = {"zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like",
              "empty_like", "arange", "linspace", "logspace", "geomspace", "eye", "identity",
@@ -56,19 +53,21 @@ _SKIP = {"array", "asarray", "asanyarray", "asnumpy", "load", "loadtxt", "save",
          "geterrcall", "memmap", "nditer", "nested_iters", "ndindex", "ndenumerate",
          "require", "asmatrix", "matrix", "recarray", "chararray", "record", "busday_count",
          "busday_offset", "is_busday", "datetime_as_string", "datetime_data", "add_docstring",
-         "add_newdoc", "add_newdoc_ufunc", "deprecate", "byte_bounds", "copyto", "place",
-         "put", "putmask", "fill_diagonal", "shares_memory", "may_share_memory"}
+         "add_newdoc", "add_newdoc_ufunc", "deprecate", "byte_bounds", "shares_memory",
+         "may_share_memory"}
+# Functions that write into their first argument: refused before they write (see call).
+_INPLACE = {"copyto", "place", "put", "putmask", "fill_diagonal"}
 
 
 def _wrap(func, name):
     kind = "none" if name in ("empty", "empty_like") else \
         "fill" if name in _CREATION else _kind_of(name)
-    check, sync = name not in _CREATION, name in _DATA_DEPENDENT
+    check, sync, inplace = name not in _CREATION, name in _DATA_DEPENDENT, name in _INPLACE
 
     def wrapper(*args, **kwargs):
         if name == "where" and len(args) + len(kwargs) == 1:      # where(c) is nonzero(c)
             return _call(func, name, args, kwargs, "copy", sync=True)
-        return _call(func, name, args, kwargs, kind, check=check, sync=sync)
+        return _call(func, name, args, kwargs, kind, check=check, sync=sync, inplace=inplace)
     wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f"cupy.{name} of the double: numpy.{name} under CuPy's device rules."
     return wrapper

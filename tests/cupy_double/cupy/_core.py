@@ -142,7 +142,7 @@ def _method(name, kind):
     host_method = getattr(np.ndarray, name)
 
     def method(self, *args, **kwargs):
-        return call(host_method, name, (self,) + args, kwargs, kind)
+        return call(host_method, name, (self,) + args, kwargs, kind, sync=name in DATA_DEPENDENT)
     method.__name__ = name
     return method
 
@@ -300,7 +300,7 @@ class ndarray:
     def sort(self, axis=-1, kind=None, order=None):
         check_peer_access(self, _double.current_device())
         self._a.sort(axis=axis)
-        _double.record_launch("sort", "sort", _double.current_device(), 2 * self.nbytes)
+        _double.record_launch("copy", "sort", _double.current_device(), 2 * self.nbytes)
 
     # -- indexing ------------------------------------------------------------------------
     def __getitem__(self, key):
@@ -402,6 +402,11 @@ COPIES = {"copy", "astype", "reshape", "ravel", "flatten", "concatenate", "conca
           "array", "asarray", "diagonal", "diag", "split", "array_split", "unstack", "sort",
           "argsort", "where", "choose", "compress", "extract", "nonzero", "argwhere",
           "flatnonzero", "unique", "searchsorted", "isin"}
+
+# Functions whose output shape depends on the data: CuPy reads a count back to the host
+# (e.g. `_ndarray_nonzero` calls int() on a device scalar), a detected synchronisation.
+DATA_DEPENDENT = {"nonzero", "argwhere", "flatnonzero", "unique", "unique_values",
+                  "unique_counts", "unique_inverse", "unique_all", "compress", "extract"}
 
 
 def kind_of(name: str) -> str:

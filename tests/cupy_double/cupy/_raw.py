@@ -100,8 +100,8 @@ def _parse_param(text: str, typedefs: dict):
         pointer += ctype.count("*")
         ctype = " ".join(w for w in ctype.replace("*", " ").split() if w not in _QUALIFIERS)
     if ctype not in _C_TYPES or pointer > 1 or (ctype == "void" and not pointer):
-        return ("unknown", ctype)
-    dtype = None if _C_TYPES[ctype] is None else np.dtype(_C_TYPES[ctype])
+        return ("unknown", None, text.strip())
+    dtype = None if _C_TYPES[ctype] is None else np.dtype(_C_TYPES[ctype])   # void*: any
     return ("ptr" if pointer else "val", dtype, text.strip())
 
 
@@ -231,9 +231,9 @@ class RawKernel:
 
     def _argument(self, i, arg, param, device):
         where = f"{self.name}: argument {i}"
-        if param[0] == "unknown":
-            raise KernelArgumentError(f"{where}: the double cannot check C type {param[1]!r}")
         kind, dtype, decl = param
+        if kind == "unknown":
+            raise KernelArgumentError(f"{where} ({decl}): the double cannot check this C type")
         if isinstance(arg, ndarray):
             if kind != "ptr":
                 raise KernelArgumentError(f"{where} ({decl}) is a value, got a device array")
