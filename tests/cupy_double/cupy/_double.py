@@ -3,6 +3,10 @@
 Tests reach this module as `cupy._double` (conftest's `cupy_double` fixture). Everything a
 test may want to set or read lives here; the rest of the double (`cupy`, `cupyx`) only
 follows CuPy's public behaviour on top of it.
+
+Environment: CUPY_DOUBLE_DEVICES (how many GPUs, default 2), CUPY_DOUBLE_MEMORY_BYTES (each
+GPU's memory, default 16 GiB). At run time: enable_peer_access, set_memory_limit; read
+stats() (launches, syncs, transfers), compile_log(); reset_stats().
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ into a fault or wrong numbers: an array of another device (no peer access), a
 non-C-contiguous array, an array whose dtype is not the pointer's element type, a scalar
 whose C type differs from the parameter's, the wrong number of arguments, a block of more
 than 1024 threads or a grid beyond CUDA's limits. Not modelled: 2-D/3-D grids and blocks,
-shared memory, cooperative groups, name_expressions (templates), `path=` (cubin/ptx).
+shared memory, cooperative groups, name_expressions (templates), `path=` (cubin/ptx), and
+`-ftz=true` (the host build keeps float32 subnormals, as NVRTC would with -ftz=false).
 """
 from __future__ import annotations
 
