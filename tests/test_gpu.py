@@ -8,10 +8,8 @@ the grid emulation. The layer and gradient tests in test_layers.py and
 test_conv_pool_reference.py also run on CuPy through the `xp` fixture.
 """
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from xpnn.layers import affine_forward, conv_backward, conv_forward, max_pool_ba
 from xpnn.models import FullyConnectedNet, load, mnist_cnn
 from xpnn.optim import UPDATE_RULES
 
+from .conftest import cupy_double_env
 from .test_kernels import GEOMETRIES, POOLS
 
 pytestmark = pytest.mark.gpu
@@ -59,11 +58,7 @@ def two_gpus(cp):
 
 def subprocess_env(cp):
     """The environment for a child process: it finds the same CuPy (the double included)."""
-    env = dict(os.environ)
-    cupy_root = str(Path(cp.__file__).resolve().parents[1])
-    if "cupy_double" in cupy_root:
-        env["PYTHONPATH"] = os.pathsep.join([cupy_root, env.get("PYTHONPATH", "")])
-    return env
+    return cupy_double_env()
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -278,6 +273,34 @@ def test_model_on_second_gpu_stays_there_whatever_is_current(cp, tmp_path):
     assert all(v.device.id == 1 for v in resumed.model.params.values())
 
 
+def test_functional_layers_and_update_rules_run_on_their_inputs_gpu(cp, rng):
+    """The public API called on cuda:1 arrays while cuda:0 is current: every result is made
+    on cuda:1 (without peer access a kernel touching the other GPU's memory would fail)."""
+    two_gpus(cp)
+    from xpnn import layers as L
+    from xpnn.layers import dropout_forward, softmax_loss
+    gpu1 = get_backend("cuda:1")
+    x4 = gpu1.to_device(rng.standard_normal((2, 3, 6, 6)))
+    w4, b = gpu1.to_device(rng.standard_normal((4, 3, 3, 3))), gpu1.to_device(np.zeros(4))
+    w2, b2 = gpu1.to_device(rng.standard_normal((108, 5))), gpu1.to_device(np.zeros(5))
+    gamma, beta = gpu1.to_device(np.ones(5)), gpu1.to_device(np.zeros(5))
+    with cp.cuda.Device(0):
+        out, cache = L.conv_relu_pool_forward(x4, w4, b, {"stride": 1, "pad": 1},
+                                              {"pool_height": 2, "pool_width": 2, "stride": 2})
+        results = [out, *L.conv_relu_pool_backward(out, cache)]
+        h, cache = L.affine_forward(x4, w2, b2)
+        results += [h, *L.affine_backward(h, cache)]
+        bn, cache = L.batchnorm_forward(h, gamma, beta, {"mode": "train"})
+        results += [bn, *L.batchnorm_backward(bn, cache)]
+        results.append(dropout_forward(h, {"p": 0.5, "mode": "train"})[0])
+        loss, dscores = softmax_loss(h, gpu1.to_device(np.array([0, 3])))
+        results.append(dscores)
+        for rule in UPDATE_RULES.values():
+            results += [rule(w2, w2, {})[0]]
+        assert cp.cuda.Device().id == 0
+    assert all(r.device.id == 1 for r in results) and np.isfinite(loss)
+
+
 def test_arrays_of_two_gpus_are_refused(cp):
     two_gpus(cp)
     with pytest.raises(DeviceError, match="different devices"):
@@ -300,3 +323,31 @@ def test_cli_trains_and_selftests_on_the_second_gpu(cp, tmp_path):
                               capture_output=True, text=True, timeout=600, env=env)
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
     assert "FAIL" not in selftest.stdout and selftest.stdout.count("PASS") == 5
+
+
+# ---------------------------------------------------------------------------- on the double only
+
+def test_an_edited_kernel_file_changes_what_cupy_compiles(cupy_double, tmp_path, monkeypatch):
+    """CuPy's kernel cache is keyed by the code text: the text xpnn sends must change with the
+    files, or an edited (or upgraded) kernel would keep running the old cubin."""
+    import shutil
+    copy = tmp_path / "kernels"
+    shutil.copytree(cuda.kernel_dir(), copy)
+    monkeypatch.setattr(cuda, "kernel_dir", lambda: copy)
+    sent = []
+    for edit in ("", "\n// a fix in max_pool.cu\n"):
+        (copy / "max_pool.cu").write_text((copy / "max_pool.cu").read_text() + edit)
+        before = len(cupy_double.compile_log())
+        with get_backend("cuda"):
+            cuda.CupyLauncher().kernel("max_pool_forward_f32")      # a fresh launcher compiles
+        sent.append(cupy_double.compile_log()[before].code)
+    assert sent[0] != sent[1] and "a fix in max_pool.cu" in sent[1]
+
+
+def test_running_out_of_gpu_memory_names_the_batch_size(cupy_double):
+    data = get_data("digits")
+    model = mnist_cnn(input_shape=(1, 8, 8), seed=0, device="cuda")
+    solver = Solver(model, data, num_epochs=1, batch_size=1000, verbose=False)
+    cupy_double.set_memory_limit(cupy_double.stats()["memory_used"][0] + (1 << 20), device=0)
+    with pytest.raises(MemoryError, match=r"cuda:0 ran out of memory .* batch_size=1000"):
+        solver.train()

@@ -112,7 +112,8 @@ class Generator:
     def bernoulli(self, shape, p, dtype="float32"):
         """A 0/1 mask of `shape` whose entries are 1 with probability `p`."""
         u = self.uniform(shape, dtype=dtype)
-        return self.backend.xp.astype(u < p, u.dtype)
+        with self.backend:
+            return self.backend.xp.astype(u < p, u.dtype)
 
 
 class GlobalGenerator(Generator):
@@ -315,6 +316,23 @@ def to_numpy(x) -> np.ndarray:
         return np.asarray(x)
     except Exception:  # namespaces that refuse __array__ still speak DLPack on the CPU
         return np.from_dlpack(x)
+
+
+def on_input_device(function):
+    """Decorator: run `function` with its first argument's GPU current.
+
+    CuPy allocates and launches on the *current* device, so a layer or update rule given
+    arrays on cuda:1 while cuda:0 is current would make its results on cuda:0 (or fault).
+    The public layer functions and update rules carry this decorator: they work on their
+    inputs' device, whatever the caller's current device is. Free for NumPy arrays.
+    """
+    @functools.wraps(function)
+    def run(x, *args, **kwargs):
+        if type(x) is np.ndarray or not array_api_compat.is_cupy_array(x):
+            return function(x, *args, **kwargs)
+        with backend_of(x):
+            return function(x, *args, **kwargs)
+    return run
 
 
 def accelerated_op(name: str, x):

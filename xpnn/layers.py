@@ -6,7 +6,9 @@ Each layer is a pair of functions:
 written only with Array-API functions, so the same code runs on NumPy, CuPy and
 array-api-strict: `xp = namespace_of(x, ...)` gives the arrays' namespace (and refuses
 arrays on different devices). Random numbers and accelerated kernels come from the backend;
-im2col / col2im / max-pooling from xpnn.ops. float32 stays float32, float64 stays float64.
+im2col / col2im / pooling from xpnn.ops. float32 stays float32, float64 stays float64.
+Every public layer runs on its input's device (`@on_input_device`): GPU arrays on cuda:1 are
+computed on cuda:1 whatever device the caller has made current.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import math
 from array_api_compat import device as device_of
 
 from . import ops
-from .backend import backend_of, namespace_of, to_numpy
+from .backend import backend_of, namespace_of, on_input_device, to_numpy
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
@@ -75,6 +77,7 @@ def host_loss(loss, label_range, C):
 
 # ---------------------------------------------------------------------------- affine
 
+@on_input_device
 def affine_forward(x, w, b):
     """out = x.reshape(N, D) @ w + b. x: (N, d_1, ..., d_k), w: (D, M), b: (M,)."""
     xp = namespace_of(x, w, b)
@@ -89,6 +92,7 @@ def affine_forward(x, w, b):
     return out, (x, w, b)
 
 
+@on_input_device
 def affine_backward(dout, cache):
     """dout: (N, M) -> (dx shaped like x, dw (D, M), db (M,))."""
     x, w, b = cache
@@ -102,11 +106,13 @@ def affine_backward(dout, cache):
 
 # ---------------------------------------------------------------------------- activations
 
+@on_input_device
 def relu_forward(x):
     xp = namespace_of(x)
     return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x))), x
 
 
+@on_input_device
 def relu_backward(dout, cache):
     x = cache
     xp = namespace_of(dout, x)
@@ -114,17 +120,20 @@ def relu_backward(dout, cache):
     return dout * xp.astype(x > 0, dout.dtype)
 
 
+@on_input_device
 def leaky_relu_forward(x, alpha=0.01):
     xp = namespace_of(x)
     return xp.where(x > 0, x, alpha * x), (x, alpha)
 
 
+@on_input_device
 def leaky_relu_backward(dout, cache):
     x, alpha = cache
     xp = namespace_of(dout, x)
     return xp.where(x > 0, dout, alpha * dout)
 
 
+@on_input_device
 def sigmoid_forward(x):
     # exp of a negative number only: no overflow for large |x|.
     xp = namespace_of(x)
@@ -133,28 +142,33 @@ def sigmoid_forward(x):
     return out, out
 
 
+@on_input_device
 def sigmoid_backward(dout, cache):
     out = cache
     return dout * out * (1 - out)
 
 
+@on_input_device
 def tanh_forward(x):
     xp = namespace_of(x)
     out = xp.tanh(x)
     return out, out
 
 
+@on_input_device
 def tanh_backward(dout, cache):
     out = cache
     return dout * (1 - out * out)
 
 
+@on_input_device
 def affine_relu_forward(x, w, b):
     a, fc_cache = affine_forward(x, w, b)
     out, relu_cache = relu_forward(a)
     return out, (fc_cache, relu_cache)
 
 
+@on_input_device
 def affine_relu_backward(dout, cache):
     fc_cache, relu_cache = cache
     return affine_backward(relu_backward(dout, relu_cache), fc_cache)
@@ -173,6 +187,7 @@ def _batch_chunks(x, K, HO, WO):
     return [slice(n, min(n + step, N)) for n in range(0, N, step)]
 
 
+@on_input_device
 def conv_forward(x, w, b, conv_param):
     """Convolution as im2col + one matrix product (per chunk of the batch).
 
@@ -212,6 +227,7 @@ def conv_forward(x, w, b, conv_param):
     return out, (x, w, col, stride, pad, needs_dx)
 
 
+@on_input_device
 def conv_backward(dout, cache):
     """dout: (N, F, HO, WO) -> (dx (N, C, H, W) or None if not needed, dw, db)."""
     x, w, col, stride, pad, needs_dx = cache
@@ -237,17 +253,20 @@ def conv_backward(dout, cache):
     return dx, xp.reshape(dw, w.shape), db
 
 
+@on_input_device
 def conv_relu_forward(x, w, b, conv_param):
     a, conv_cache = conv_forward(x, w, b, conv_param)
     out, relu_cache = relu_forward(a)
     return out, (conv_cache, relu_cache)
 
 
+@on_input_device
 def conv_relu_backward(dout, cache):
     conv_cache, relu_cache = cache
     return conv_backward(relu_backward(dout, relu_cache), conv_cache)
 
 
+@on_input_device
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     a, conv_cache = conv_forward(x, w, b, conv_param)
     s, relu_cache = relu_forward(a)
@@ -255,6 +274,7 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     return out, (conv_cache, relu_cache, pool_cache)
 
 
+@on_input_device
 def conv_relu_pool_backward(dout, cache):
     conv_cache, relu_cache, pool_cache = cache
     ds = max_pool_backward(dout, pool_cache)
@@ -263,6 +283,7 @@ def conv_relu_pool_backward(dout, cache):
 
 # ---------------------------------------------------------------------------- pooling
 
+@on_input_device
 def max_pool_forward(x, pool_param):
     """x: (N, C, H, W); pool_param: {"pool_height", "pool_width", "stride"}.
 
@@ -277,11 +298,13 @@ def max_pool_forward(x, pool_param):
     return out, (x.shape, argmax, ph, pw, stride)
 
 
+@on_input_device
 def max_pool_backward(dout, cache):
     x_shape, argmax, ph, pw, stride = cache
     return ops.max_pool_backward(dout, argmax, x_shape[2], x_shape[3], ph, pw, stride)
 
 
+@on_input_device
 def avg_pool_forward(x, pool_param):
     """Average pooling: the mean of each (pool_height, pool_width) window.
 
@@ -300,6 +323,7 @@ def avg_pool_forward(x, pool_param):
     return ops.avg_pool_forward(x, ph, pw, stride), (x.shape, ph, pw, stride)
 
 
+@on_input_device
 def avg_pool_backward(dout, cache):
     """dout: (N, C, HO, WO) -> dx: (N, C, H, W); each window's gradient shared evenly."""
     x_shape, ph, pw, stride = cache
@@ -318,6 +342,7 @@ def _normalize_forward(x, gamma, beta, eps):
     return gamma * x_hat + beta, (x_hat, gamma, inv_std), mean, var
 
 
+@on_input_device
 def batchnorm_forward(x, gamma, beta, bn_param):
     """Batch normalization of x (N, D) over the batch.
 
@@ -350,6 +375,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return out, cache
 
 
+@on_input_device
 def batchnorm_backward(dout, cache):
     """Backward through the computational graph of batchnorm, one node at a time."""
     x_hat, gamma, inv_std = cache
@@ -367,6 +393,7 @@ def batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
+@on_input_device
 def batchnorm_backward_alt(dout, cache):
     """The same gradient in one simplified expression (the derivation done on paper)."""
     x_hat, gamma, inv_std = cache
@@ -377,6 +404,7 @@ def batchnorm_backward_alt(dout, cache):
     return dx, dgamma, dbeta
 
 
+@on_input_device
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     """Batchnorm of x (N, C, H, W) per channel, over N, H and W."""
     xp = namespace_of(x, gamma, beta)
@@ -387,6 +415,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     return xp.permute_dims(xp.reshape(out, (N, H, W, C)), (0, 3, 1, 2)), cache
 
 
+@on_input_device
 def spatial_batchnorm_backward(dout, cache):
     xp = namespace_of(dout)
     N, C, H, W = dout.shape
@@ -395,6 +424,7 @@ def spatial_batchnorm_backward(dout, cache):
     return xp.permute_dims(xp.reshape(dx, (N, H, W, C)), (0, 3, 1, 2)), dgamma, dbeta
 
 
+@on_input_device
 def layernorm_forward(x, gamma, beta, ln_param):
     """Layer normalization of x (N, D): each sample over its D features. ln_param: {"eps"}."""
     xp = namespace_of(x, gamma, beta)
@@ -405,6 +435,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
     return gamma * x_hat + beta, (x_hat, gamma, inv_std)
 
 
+@on_input_device
 def layernorm_backward(dout, cache):
     """Batchnorm's simplified backward with the roles of the two axes swapped."""
     x_hat, gamma, inv_std = cache
@@ -417,6 +448,7 @@ def layernorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
+@on_input_device
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     """Group normalization (Wu & He, 2018) of x (N, C, H, W).
 
@@ -448,6 +480,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     return out, (x_hat, gamma, inv_std, G)
 
 
+@on_input_device
 def spatial_groupnorm_backward(dout, cache):
     """dout: (N, C, H, W) -> (dx (N, C, H, W), dgamma, dbeta), dgamma and dbeta shaped like gamma.
 
@@ -468,6 +501,7 @@ def spatial_groupnorm_backward(dout, cache):
 
 # ---------------------------------------------------------------------------- dropout
 
+@on_input_device
 def dropout_forward(x, dropout_param, rng=None):
     """Inverted dropout: keep each unit with probability p and scale it by 1/p at train time,
     so test time is the identity. dropout_param: {"p": keep probability, "mode", "seed"}.
@@ -491,6 +525,7 @@ def dropout_forward(x, dropout_param, rng=None):
     return x * mask, (dropout_param, mask)
 
 
+@on_input_device
 def dropout_backward(dout, cache):
     dropout_param, mask = cache
     if dropout_param.get("mode", "train") == "test":
@@ -506,6 +541,7 @@ def _one_hot(y, C, like):
     return xp.astype(y[:, None] == classes[None, :], like.dtype)
 
 
+@on_input_device
 def softmax_loss(x, y):
     """Softmax cross-entropy. x: (N, C) scores, y: (N,) int labels -> (loss, dx), batch mean.
 
@@ -516,12 +552,14 @@ def softmax_loss(x, y):
     return host_loss(loss, label_range, x.shape[1]), dx
 
 
+@on_input_device
 def svm_loss(x, y):
     """Multiclass SVM (hinge) loss with margin 1. x: (N, C), y: (N,) -> (loss, dx)."""
     loss, dx, label_range = svm_loss_terms(x, y)
     return host_loss(loss, label_range, x.shape[1]), dx
 
 
+@on_input_device
 def mse_loss(x, y):
     """sum((x - t)**2) / (2N): t = y for float targets, one-hot(y) for int labels (N,)."""
     loss, dx, label_range = mse_loss_terms(x, y)
@@ -539,6 +577,7 @@ def _check_scores(x, y):
     return N, C, _check_labels(y, N, C)
 
 
+@on_input_device
 def softmax_loss_terms(x, y):
     xp = namespace_of(x, y)
     N, C, label_range = _check_scores(x, y)
@@ -549,6 +588,7 @@ def softmax_loss_terms(x, y):
     return loss, (xp.exp(log_probs) - target) / N, label_range
 
 
+@on_input_device
 def svm_loss_terms(x, y):
     xp = namespace_of(x, y)
     N, C, label_range = _check_scores(x, y)
@@ -561,6 +601,7 @@ def svm_loss_terms(x, y):
     return xp.sum(margins) / N, dx, label_range
 
 
+@on_input_device
 def mse_loss_terms(x, y):
     xp = namespace_of(x, y)
     _check_float("predictions x", x)

@@ -11,7 +11,7 @@ the same order); the expressions below are the portable code every other library
 """
 from __future__ import annotations
 
-from .backend import accelerated_op, namespace_of
+from .backend import accelerated_op, namespace_of, on_input_device
 
 
 def _state(config, key, w):
@@ -27,6 +27,7 @@ def _fused(name, w, dw, states, scalars):
     return None if fused is None else fused(w, dw, states, scalars)
 
 
+@on_input_device
 def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent. config: learning_rate (1e-2)."""
     config = {} if config is None else config
@@ -37,6 +38,7 @@ def sgd(w, dw, config=None):
     return w - config["learning_rate"] * dw, config
 
 
+@on_input_device
 def sgd_momentum(w, dw, config=None):
     """SGD with momentum: v = mu * v - lr * dw; w += v.
     config: learning_rate (1e-2), momentum (0.9); state: velocity."""
@@ -53,6 +55,7 @@ def sgd_momentum(w, dw, config=None):
     return w + v, config
 
 
+@on_input_device
 def nesterov(w, dw, config=None):
     """Nesterov momentum in the form that steps from the current weights (CS231n notes):
     v_new = mu * v - lr * dw; w += -mu * v + (1 + mu) * v_new.
@@ -77,6 +80,7 @@ def _scaled_step(w, dw, cache, config):
     return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"])
 
 
+@on_input_device
 def adagrad(w, dw, config=None):
     """Per-parameter learning rates scaled by the sum of all past squared gradients.
     config: learning_rate (1e-2), epsilon (1e-8); state: cache."""
@@ -92,6 +96,7 @@ def adagrad(w, dw, config=None):
     return _scaled_step(w, dw, config["cache"], config), config
 
 
+@on_input_device
 def rmsprop(w, dw, config=None):
     """Like adagrad, with a moving average of squared gradients instead of their sum.
     config: learning_rate (1e-2), decay_rate (0.99), epsilon (1e-8); state: cache."""
@@ -109,6 +114,7 @@ def rmsprop(w, dw, config=None):
     return _scaled_step(w, dw, config["cache"], config), config
 
 
+@on_input_device
 def adam(w, dw, config=None):
     """Adam: moving averages of the gradient (m) and its square (v), bias-corrected.
     config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999), epsilon (1e-8), t (0, the
