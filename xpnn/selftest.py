@@ -18,7 +18,7 @@ import traceback
 
 import numpy as np
 
-from . import __version__, cuda, ops
+from . import __version__, cuda, ops, optim
 from .backend import cuda_available, get_backend, to_numpy
 from .gradient_check import eval_numerical_gradient, rel_error
 from .models import mnist_cnn
@@ -65,6 +65,19 @@ def _kernels_match(backend):
             _same(backend.ops["max_pool_backward"](backend.to_device(dout), argmax, H, W, ph, pw, stride),
                   ops.max_pool_backward(dout, argmax_ref, H, W, ph, pw, stride),
                   f"max_pool_backward {dtype.__name__} {x.shape}")
+            checked += 3
+            out = backend.ops["avg_pool_forward"](backend.to_device(x), ph, pw, stride)
+            _same(out, ops.avg_pool_forward(x, ph, pw, stride), f"avg_pool_forward {dtype.__name__} {x.shape}")
+            _same(backend.ops["avg_pool_backward"](backend.to_device(dout), H, W, ph, pw, stride),
+                  ops.avg_pool_backward(dout, H, W, ph, pw, stride), f"avg_pool_backward {dtype.__name__} {x.shape}")
+            checked += 2
+        for name, rule in optim.UPDATE_RULES.items():       # fused on the GPU, portable on the CPU
+            w, dws = rng.standard_normal((33, 17)).astype(dtype), rng.standard_normal((3, 33, 17)).astype(dtype)
+            cpu_w, gpu_w, cpu_config, gpu_config = w, backend.to_device(w), {}, {}
+            for dw in dws:
+                cpu_w, cpu_config = rule(cpu_w, dw, cpu_config)
+                gpu_w, gpu_config = rule(gpu_w, backend.to_device(dw), gpu_config)
+            _same(gpu_w, cpu_w, f"{name} update {dtype.__name__}")
             checked += 3
     return f"{checked} kernel calls equal the portable code bit for bit (ties, NaN included)"
 
