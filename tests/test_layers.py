@@ -222,3 +222,43 @@ def test_softmax_float32(xp, rng):
     x = xp.asarray(rng.standard_normal((4, 3)), dtype=xp.float32)
     _, dx = softmax_loss(x, xp.asarray(np.array([0, 1, 2, 0])))
     assert dx.dtype == xp.float32
+
+
+def _layer_calls(rng):
+    """(name, call(param)) for every layer that takes a *_param dict, on small NumPy inputs."""
+    x4, x2 = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((4, 3))
+    w, b, g, be = rng.standard_normal((2, 3, 3, 3)), np.zeros(2), np.ones(3), np.zeros(3)
+    return {"conv_param": lambda p: conv_forward(x4, w, b, p),
+            "pool_param": lambda p: max_pool_forward(x4, p),
+            "bn_param": lambda p: batchnorm_forward(x2, g, be, p),
+            "ln_param": lambda p: layernorm_forward(x2, g, be, p),
+            "dropout_param": lambda p: dropout_forward(x2, p)}
+
+
+# What the assignments' code passes (CS231n fc_net.py / cnn.py), including the running
+# averages batchnorm writes into bn_param, and the bn_params its nets hand to layernorm.
+ASSIGNMENT_PARAMS = {
+    "conv_param": {"stride": 1, "pad": 1},
+    "pool_param": {"pool_height": 2, "pool_width": 2, "stride": 2},
+    "bn_param": {"mode": "train", "eps": 1e-5, "momentum": 0.9, "running_mean": np.zeros(3),
+                 "running_var": np.ones(3)},
+    "ln_param": {"mode": "train", "eps": 1e-5},
+    "dropout_param": {"mode": "train", "p": 0.5, "seed": 123},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNMENT_PARAMS))
+def test_param_dicts_refuse_unknown_keys(rng, name):
+    call = _layer_calls(rng)[name]
+    good = dict(ASSIGNMENT_PARAMS[name])
+    call(dict(good))                                   # everything the assignments pass is fine
+    with pytest.raises(ValueError) as error:
+        call({**good, "stirde": 2})
+    message = str(error.value)
+    assert name in message and "'stirde'" in message
+    assert all(key in message for key in good)         # the allowed keys are listed
+
+
+def test_misspelt_stride_suggests_the_key(rng):
+    with pytest.raises(ValueError, match="did you mean 'stride'"):
+        _layer_calls(rng)["conv_param"]({"stirde": 2, "pad": 1})

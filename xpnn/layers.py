@@ -12,6 +12,7 @@ computed on cuda:1 whatever device the caller has made current.
 """
 from __future__ import annotations
 
+import difflib
 import math
 
 from array_api_compat import device as device_of
@@ -59,6 +60,24 @@ def _check_labels(y, N, C):
         raise ValueError(f"labels y must have shape ({N},) to match {N} score rows, "
                          f"got {tuple(y.shape)}")
     return xp.stack([xp.min(y), xp.max(y)])
+
+
+# The keys each *_param dict may hold: everything the assignments' code passes (batchnorm fills
+# its own running averages in; CS231n's nets hand their bn_params to layernorm as ln_param).
+CONV_KEYS = {"stride", "pad", "needs_dx"}      # needs_dx: xpnn's Conv module, see conv_forward
+POOL_KEYS = {"pool_height", "pool_width", "stride"}
+BN_KEYS = {"mode", "eps", "momentum", "running_mean", "running_var"}
+DROPOUT_KEYS = {"p", "mode", "seed"}
+
+
+def _check_keys(name, param, allowed):
+    """A misspelt key ("stirde") would silently mean the default: refuse it by name."""
+    unknown = sorted(set(param) - allowed)
+    if unknown:
+        guesses = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" (did you mean {guesses[0]!r}?)" if guesses else ""
+        raise ValueError(f"{name} has unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}{hint}; allowed keys: {', '.join(sorted(allowed))}")
 
 
 def host_loss(loss, label_range, C):
@@ -205,6 +224,7 @@ def conv_forward(x, w, b, conv_param):
         raise ValueError(f"conv: input has {C} channels but weights {tuple(w.shape)} expect {Cw}")
     if tuple(b.shape) != (F,):
         raise ValueError(f"conv: bias must have shape ({F},) for {F} filters, got {tuple(b.shape)}")
+    _check_keys("conv_param", conv_param, CONV_KEYS)
     stride, pad = conv_param.get("stride", 1), conv_param.get("pad", 0)
     HO, WO = ops.conv_output_size(H, W, HH, WW, stride, pad)
     K = C * HH * WW
@@ -292,6 +312,7 @@ def max_pool_forward(x, pool_param):
     """
     _check_rank("max-pool input x", x, 4, "(N, C, H, W)")
     _check_float("max-pool input x", x)
+    _check_keys("pool_param", pool_param, POOL_KEYS)
     ph, pw = pool_param.get("pool_height", 2), pool_param.get("pool_width", 2)
     stride = pool_param.get("stride", 2)
     out, argmax = ops.max_pool_forward(x, ph, pw, stride)
@@ -352,6 +373,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     test mode uses the running averages.
     """
     xp = namespace_of(x, gamma, beta)
+    _check_keys("bn_param", bn_param, BN_KEYS)
     mode = bn_param.get("mode", "train")
     eps, momentum = bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
     D = x.shape[1]
@@ -428,6 +450,7 @@ def spatial_batchnorm_backward(dout, cache):
 def layernorm_forward(x, gamma, beta, ln_param):
     """Layer normalization of x (N, D): each sample over its D features. ln_param: {"eps"}."""
     xp = namespace_of(x, gamma, beta)
+    _check_keys("ln_param", ln_param, BN_KEYS)
     eps = ln_param.get("eps", 1e-5)
     mean = xp.mean(x, axis=1, keepdims=True)
     inv_std = 1 / xp.sqrt(xp.var(x, axis=1, keepdims=True) + eps)
@@ -509,6 +532,7 @@ def dropout_forward(x, dropout_param, rng=None):
     one, the mask comes from `rng` (a model's generator) or else the backend's default
     (NumPy's global generator on the CPU, as in CS231n).
     """
+    _check_keys("dropout_param", dropout_param, DROPOUT_KEYS)
     p, mode = dropout_param["p"], dropout_param.get("mode", "train")
     if not 0 < p <= 1:
         raise ValueError(f"dropout keep probability p must be in (0, 1], got {p}")
