@@ -239,6 +239,19 @@ def test_model_moves_and_checkpoints_to_cpu(tmp_path, rng):
     np.testing.assert_allclose(model.to("cpu").loss(X), gpu_scores, rtol=1e-5, atol=1e-6)
 
 
+def test_preprocessing_moves_with_the_model_and_predict_takes_host_arrays(cp, rng):
+    model = FullyConnectedNet([16], input_dim=12, num_classes=4, seed=0)
+    model.set_preprocessing(mean=rng.standard_normal((3, 2, 2)), scale=2.0)
+    X = rng.standard_normal((50, 3, 2, 2)).astype(np.float32)
+    on_cpu = model.predict_proba(X)
+    model.to("cuda")
+    assert isinstance(model.input_mean, cp.ndarray) and isinstance(model.input_scale, cp.ndarray)
+    on_gpu = model.predict_proba(X, batch_size=16)     # host input, host output
+    assert isinstance(on_gpu, np.ndarray)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(X), on_cpu.argmax(axis=1))
+
+
 def test_mixing_host_and_gpu_arrays_is_an_error(cp):
     with pytest.raises(DeviceError, match="different libraries"):
         affine_forward(cp.ones((2, 3)), np.ones((3, 4)), cp.ones(4))

@@ -270,7 +270,17 @@ MODEL_TYPES: dict[str, type] = {}
 
 
 class Model:
-    """Parameters on one device, a `loss(X, y=None)`, save/load and `to(device)`."""
+    """Parameters on one device, a `loss(X, y=None)`, save/load and `to(device)`, and
+    `predict(X)` for raw inputs, through the preprocessing the model was trained with.
+
+    A subclass sets `backend`, `dtype`, `input_shape` (one example's shape), `params` and
+    `config`, and implements `loss`."""
+
+    # How raw inputs become what `loss` takes, (X - input_mean) / input_scale; see
+    # set_preprocessing. None: that step is left out.
+    input_mean = None
+    input_scale = None
+    dataset = None    # the name of the data set it was trained on, when its trainer said so
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -292,6 +302,8 @@ class Model:
             for layer in getattr(self, "layers", ()):
                 if getattr(layer, "rng", None) is not None:    # dropout masks: made there now
                     layer.rng = target.generator(draw_seed())
+            self.input_mean, self.input_scale = (None if v is None else target.to_device(to_numpy(v))
+                                                 for v in (self.input_mean, self.input_scale))
             self.backend = target
         return self
 
@@ -306,13 +318,25 @@ class Model:
         """Host copies of params and buffers, keyed as in a checkpoint."""
         state = {f"param/{k}": to_numpy(v) for k, v in self.params.items()}
         state.update({f"buffer/{k}": to_numpy(v) for k, v in self.buffers().items()})
+        for key, value in (("preprocess/mean", self.input_mean), ("preprocess/scale", self.input_scale)):
+            if value is not None:
+                state[key] = to_numpy(value)
         return state
 
     def load_state(self, arrays: dict, source="checkpoint") -> None:
-        """Set params (and buffers) from host arrays, after checking names, shapes and dtypes."""
+        """Set params (and buffers, preprocessing) from host arrays, after checking names,
+        shapes and dtypes."""
         self.params = checked_params(self, arrays, self.backend, source)
         self._set_buffers({k[7:]: self.backend.to_device(v) for k, v in arrays.items()
                            if k.startswith("buffer/")})
+        # "data/mean_image": where `xpnn train` kept the mean image before models carried it.
+        mean = arrays.get("preprocess/mean", arrays.get("data/mean_image"))
+        scale = arrays.get("preprocess/scale")
+        if mean is not None or scale is not None:
+            try:
+                self.set_preprocessing(mean=mean, scale=scale)
+            except ValueError as e:
+                raise CheckpointError(f"{source}: {e}") from None
 
     def save(self, path):
         """Write params, buffers and the model's configuration to a portable .npz (no pickle)."""
@@ -320,7 +344,114 @@ class Model:
 
     def describe(self) -> dict:
         from . import __version__
-        return {"model": type(self).__name__, "config": self.config, "xpnn": __version__}
+        meta = {"model": type(self).__name__, "config": self.config, "xpnn": __version__}
+        if self.dataset is not None:
+            meta["dataset"] = self.dataset
+        return meta
+
+    # ------------------------------------------------------------ preprocessing and prediction
+
+    def set_preprocessing(self, mean=None, scale=None) -> "Model":
+        """Record how raw inputs become what `loss` takes: (X - mean) / scale, e.g. the
+        training set's mean image (the assignments' `X -= mean_image`) and a standard deviation.
+
+        `loss` still takes preprocessed data, as in the assignments; `predict`,
+        `predict_proba` and `preprocess` apply this. It is saved with the model, restored by
+        `load` and moved by `to`. Each of mean and scale is a number, an array holding one
+        value per input feature (a (1, 28, 28) mean image, also for a flat 784-input net), or
+        an array that broadcasts over one input ((3, 1, 1): per channel); None leaves it out."""
+        with self.backend:
+            self.input_mean = self._input_shaped("mean", mean)
+            self.input_scale = self._input_shaped("scale", scale)
+            if self.input_scale is not None and bool(self.backend.xp.any(self.input_scale == 0)):
+                raise ValueError("preprocessing scale holds zeros: inputs would be divided by zero")
+        return self
+
+    def _input_shaped(self, name, value):
+        """`value` on the model's device, in its dtype, shaped to broadcast over one input."""
+        if value is None:
+            return None
+        xp, shape = self.backend.xp, self.input_shape
+        value = self.backend.to_device(value, dtype=self.dtype)
+        if not bool(xp.all(xp.isfinite(value))):
+            raise ValueError(f"preprocessing {name} holds NaN or infinite values")
+        if math.prod(value.shape) == math.prod(shape):
+            return xp.reshape(value, shape)
+        fits = len(value.shape) <= len(shape) and all(
+            d in (1, e) for d, e in zip(reversed(value.shape), reversed(shape)))
+        if not fits:
+            raise ValueError(f"preprocessing {name} has shape {tuple(value.shape)}, which does not "
+                             f"fit this model's inputs of shape {shape}: give one number, one value "
+                             f"per input feature, or a shape that broadcasts to {shape}")
+        return value
+
+    def preprocess(self, X):
+        """Raw inputs X (N, *input_shape) -> what `loss` takes, on the model's device."""
+        with self.backend:
+            X = self.backend.to_device(self._checked_input(X))
+            if self.input_mean is not None:
+                X = X - self.input_mean
+            if self.input_scale is not None:
+                X = X / self.input_scale
+            return X
+
+    def predict_proba(self, X, batch_size=1000):
+        """Class probabilities (a host array (N, classes)) for raw inputs X, preprocessed as
+        the model was trained, in batches of `batch_size` (a large X never is on the device whole)."""
+        return to_numpy(self._in_batches(X, batch_size, _softmax))
+
+    def predict(self, X, batch_size=1000):
+        """Predicted class labels (a host int array (N,)) for raw inputs X, as `predict_proba`."""
+        return to_numpy(self._in_batches(X, batch_size,
+                                         lambda scores: namespace_of(scores).argmax(scores, axis=1)))
+
+    def _in_batches(self, X, batch_size, reduce):
+        """reduce(test-mode scores) of every batch of X, concatenated on the device."""
+        if not (isinstance(batch_size, int) and batch_size > 0):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        X = self._checked_input(X)   # before any work: a wrong input fails on its first row too
+        with self.backend:
+            parts = [reduce(self.loss(self.preprocess(X[start:start + batch_size])))
+                     for start in range(0, X.shape[0], batch_size)]
+            return parts[0] if len(parts) == 1 else namespace_of(*parts).concat(parts)
+
+    def _checked_input(self, X):
+        """X as (N, *input_shape), refused with what to do instead when `loss` cannot take it:
+        not an array, not floating point, or the wrong shape. A net whose input is flat
+        (D,) also takes (N, C, H, W) images with C*H*W = D."""
+        _refuse_non_arrays(X)
+        xp = namespace_of(X)
+        if not xp.isdtype(X.dtype, "real floating"):
+            raise TypeError(f"input X must be floating point, got dtype {X.dtype}; convert it "
+                            f"(e.g. X.astype('float32') / 255) first")
+        features = tuple(X.shape[1:])
+        if len(self.input_shape) == 1 and X.ndim >= 2:
+            features = (math.prod(features),)     # a fully connected net flattens its input
+        if X.ndim == 0 or features != self.input_shape:
+            raise ValueError(f"input X has shape {tuple(X.shape)}, but this model expects "
+                             f"(N, {', '.join(map(str, self.input_shape))})")
+        if X.shape[0] == 0:
+            raise ValueError(f"input X has no examples (shape {tuple(X.shape)})")
+        return xp.reshape(X, (X.shape[0], *self.input_shape))
+
+
+def _refuse_non_arrays(X):
+    """Lists, numbers and other frameworks' tensors are told how to become arrays (a mix of
+    array libraries or devices is namespace_of's to report)."""
+    kind = f"{type(X).__module__}.{type(X).__qualname__}"
+    if callable(getattr(X, "numpy", None)):      # torch.Tensor, tf.Tensor
+        raise TypeError(f"input X is a {kind}; xpnn models take NumPy (or CuPy) arrays: convert it "
+                        "with X.numpy() (a torch tensor on a GPU or with gradients: "
+                        "X.detach().cpu().numpy())")
+    if not (hasattr(X, "shape") and hasattr(X, "dtype")):
+        raise TypeError(f"input X must be an array, got a {kind}; convert it with "
+                        "np.asarray(X, dtype=np.float32)")
+
+
+def _softmax(scores):
+    xp = namespace_of(scores)
+    e = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))   # shifted: exp never overflows
+    return e / xp.sum(e, axis=1, keepdims=True)
 
 
 def checked_params(model, arrays: dict, backend, source="checkpoint") -> dict:
@@ -369,27 +500,22 @@ class Sequential(Model):
         # Without a seed, the seed comes from NumPy's global generator (np.random.seed works).
         rng = self.backend.generator(seed)
         self.params = {}
+        self._built = []      # (layer, its output shape, the names of its parameters)
         shape, k = self.input_shape, 0
         with self.backend:
             for layer in self.layers:
                 k += layer.has_weights
                 shape = layer.build(shape, k)
-                self.params.update(layer.init_params(rng, self.config["dtype"], init, weight_scale))
+                layer_params = layer.init_params(rng, self.config["dtype"], init, weight_scale)
+                self.params.update(layer_params)
+                self._built.append((layer, shape, list(layer_params)))
                 if isinstance(layer, Dropout):
                     layer.rng = rng       # unseeded masks continue the model's random stream
         self.output_shape = shape
 
     def _check_input(self, X):
+        X = self._checked_input(X)
         xp = namespace_of(X, *self.params.values())
-        if not xp.isdtype(X.dtype, "real floating"):
-            raise TypeError(f"input X must be floating point, got dtype {X.dtype}; convert it "
-                            f"(e.g. X.astype('float32') / 255) first")
-        features = tuple(X.shape[1:])
-        if len(self.input_shape) == 1 and X.ndim >= 2:
-            features = (math.prod(features),)     # a fully connected net flattens its input
-        if features != self.input_shape:
-            raise ValueError(f"input X has shape {tuple(X.shape)}, but this model expects "
-                             f"(N, {', '.join(map(str, self.input_shape))})")
         # Compute in the parameters' precision: float32 data meet a float64 model as float64
         # (gradient checks), and params a user replaced by float64 arrays are honoured.
         return xp.astype(X, self.params[next(iter(self.params))].dtype, copy=False)
@@ -452,9 +578,56 @@ class Sequential(Model):
     def bn_params(self) -> list:
         return [l.bn_param for l in self.layers if isinstance(l, BatchNorm)]
 
+    def summary(self) -> str:
+        """A table of the layers, their output shapes and parameter counts, then the total,
+        the dtype and device, and the preprocessing raw inputs go through."""
+        rows = [("#", "layer", "output shape", "parameters")]
+        rows.append(("", "input", _shape_text(self.input_shape), ""))
+        for i, (layer, shape, names) in enumerate(self._built, start=1):
+            count = sum(math.prod(self.params[n].shape) for n in names)
+            shapes = ", ".join(f"{n} {_shape_text(self.params[n].shape)}" for n in names)
+            rows.append((str(i), repr(layer), _shape_text(shape),
+                         f"{count:,} ({shapes})" if names else "0"))
+        widths = [max(len(row[j]) for row in rows) for j in range(3)]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[3] for row in rows]
+        total = sum(math.prod(p.shape) for p in self.params.values())
+        size = total * self.backend.xp.finfo(self.dtype).bits // 8
+        lines.append(f"total: {total:,} parameters ({_bytes_text(size)} as {self.config['dtype']}) "
+                     f"on {self.device}")
+        lines.append(f"preprocessing: {self.describe_preprocessing()}")
+        if self.dataset is not None:
+            lines.append(f"trained on: {self.dataset}")
+        return f"{type(self).__name__}\n" + "\n".join(lines)
+
+    def describe_preprocessing(self) -> str:
+        """The recorded preprocessing, in words."""
+        steps, xp = [], self.backend.xp
+        for verb, value in (("subtract", self.input_mean), ("divide by", self.input_scale)):
+            if value is None:
+                continue
+            with self.backend:
+                low, high = float(xp.min(value)), float(xp.max(value))
+            if math.prod(value.shape) == 1:
+                steps.append(f"{verb} {low:.4g}")
+            else:
+                steps.append(f"{verb} an array of shape {_shape_text(value.shape)} "
+                             f"(from {low:.4g} to {high:.4g})")
+        return ", then ".join(steps) if steps else "none (inputs go to the model as they are)"
+
     def __repr__(self):
         inner = ",\n  ".join(repr(l) for l in self.layers)
         return f"{type(self).__name__}(device={self.device!r}, layers=[\n  {inner}])"
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _bytes_text(n) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.1f} {unit}" if unit != "bytes" else f"{n} bytes"
+        n /= 1024
 
 
 def load(path, device="cpu") -> Model:
@@ -472,4 +645,5 @@ def model_from_arrays(arrays: dict, meta: dict, device="cpu", source="checkpoint
     except TypeError as e:
         raise CheckpointError(f"{source}: saved configuration does not fit {kind} ({e})") from None
     model.load_state(arrays, source=source)
+    model.dataset = meta.get("dataset")
     return model
