@@ -1,8 +1,9 @@
-"""`xpnn train`, `xpnn eval` and `xpnn sweep`.
+"""`xpnn train`, `xpnn eval`, `xpnn info` and `xpnn sweep`.
 
     xpnn train                                   # MNIST CNN on the CPU, a short default run
     xpnn train --model fc --hidden 200 --epochs 5 --device cuda
-    xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz --dataset mnist --predictions out.csv
+    xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz --predictions out.csv
+    xpnn info --checkpoint runs/mnist-cnn-mnist/model.npz
     xpnn sweep --model fc --dataset digits --lr 1e-3,3e-3 --reg 0,1e-4 --hidden 50,100
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ import numpy as np
 
 from . import __version__
 from .backend import get_backend, keep_freed_memory_for_reuse, to_numpy
-from .data import DATASETS, DataError, get_data
-from .io import CheckpointError, atomic_savez, atomic_write_text, load_npz
+from .data import CLASS_NAMES, DATASETS, DataError, get_data
+from .io import CheckpointError, atomic_write_text, load_npz
 from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, mnist_cnn
 from .nn import Affine, model_from_arrays
 from .optim import UPDATE_RULES
@@ -136,10 +137,17 @@ def main(argv=None):
 
     ev = sub.add_parser("eval", help="evaluate a saved model on a data set's test split")
     ev.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint .npz")
-    ev.add_argument("--dataset", choices=DATASETS, default="mnist")
+    ev.add_argument("--dataset", choices=DATASETS,
+                    help="default: the data set the model was trained on")
     ev.add_argument("--data-dir")
     ev.add_argument("--device", type=device_arg, default="cpu")
     ev.add_argument("--predictions", help="write test-set predictions to this CSV (Id,Category)")
+    ev.add_argument("--out", help="directory for the confusion-matrix picture "
+                    "(default: the checkpoint's directory)")
+
+    info = sub.add_parser("info", help="describe a saved model: layers, shapes, parameters, "
+                          "preprocessing, what it was trained on")
+    info.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint .npz")
 
     sweep = sub.add_parser("sweep", help="grid or random search over hyperparameters")
     add_training_args(sweep, sweep=True)
@@ -161,7 +169,7 @@ def main(argv=None):
         args = parser.parse_args(["train"])
     keep_freed_memory_for_reuse()      # the command owns its process (see the function)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep,
+        return {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
                 "selftest": cmd_selftest}[args.command](args)
     except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
             MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
@@ -241,6 +249,11 @@ def cmd_train(args):
     num_classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
     model = build_model(args.model, input_shape, num_classes, args.hidden, args.reg, args.init,
                         args.seed, args.device)
+    # get_data subtracted the training mean image: the model keeps it, so that it predicts
+    # from images as they are loaded (and every checkpoint carries it).
+    model.set_preprocessing(mean=data["mean_image"])
+    model.dataset = args.dataset
+    print(model.summary())
     solver = Solver(model, data, update_rule=args.update_rule,
                     optim_config={"learning_rate": args.lr}, lr_decay=lr_decay(args),
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
@@ -270,7 +283,7 @@ def cmd_train(args):
         plots.first_layer_weights(to_numpy(model.params[first]), out / "weights.png", input_shape)
     except ValueError:
         pass   # a first layer with no image-shaped weights (e.g. a 1-D input) has no picture
-    save_model(model, out / "model.npz", data, args.dataset)
+    model.save(out / "model.npz")
     metrics = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
                "batch_size": args.batch_size, "learning_rate": args.lr, "update_rule": args.update_rule,
                "reg": args.reg, "seed": args.seed, "test_acc": test_acc,
@@ -282,40 +295,91 @@ def cmd_train(args):
     return 0
 
 
-def save_model(model, path, data, dataset):
-    """The model plus the preprocessing it was trained with (the training mean image)."""
-    arrays = model.state_arrays()
-    if "mean_image" in data:
-        arrays["data/mean_image"] = data["mean_image"]
-    return atomic_savez(path, arrays, {**model.describe(), "dataset": dataset})
-
-
 def cmd_eval(args):
     arrays, meta = load_npz(args.checkpoint)          # read once: model and preprocessing
     model = model_from_arrays(arrays, meta, device=args.device, source=args.checkpoint)
-    if "data/mean_image" in arrays:          # the preprocessing the model was trained with
-        data = get_data(args.dataset, data_dir=args.data_dir, subtract_mean=False)
-        X = data["X_test"] - arrays["data/mean_image"]
-    else:                                     # a per-epoch checkpoint: recompute, as train did
-        data = get_data(args.dataset, data_dir=args.data_dir)
-        X = data["X_test"]
-    y = data["y_test"]
-    if tuple(X.shape[1:]) != model.input_shape and math.prod(X.shape[1:]) != math.prod(model.input_shape):
-        raise ValueError(f"{args.checkpoint} expects inputs of shape {model.input_shape}, but "
-                         f"{args.dataset} images have shape {tuple(X.shape[1:])}")
-    backend = model.backend
-    predictions = []
-    for start in range(0, len(X), 500):
-        scores = model.loss(backend.to_device(X[start:start + 500]))
-        predictions.append(to_numpy(backend.xp.argmax(scores, axis=1)))
-    predictions = np.concatenate(predictions)
-    acc = float(np.mean(predictions == y))
-    print(f"{args.dataset} test accuracy: {acc:.4f} ({int(np.sum(predictions == y))} / {len(y)}) on {model.device}")
+    dataset = args.dataset or model.dataset
+    if dataset is None:
+        raise ValueError(f"{args.checkpoint} does not record the data set it was trained on; "
+                         f"name one with --dataset ({', '.join(DATASETS)})")
+    data = get_data(dataset, data_dir=args.data_dir, subtract_mean=False)
+    X, y = data["X_test"], data["y_test"]
+    check_data_fits(model, X, y, dataset, args.checkpoint)
+    if model.input_mean is None and model.input_scale is None:
+        # A file from before models carried their preprocessing: recompute get_data's.
+        model.set_preprocessing(mean=data["X_train"].mean(axis=0))
+        print(f"note: {args.checkpoint} records no preprocessing; subtracting {dataset}'s "
+              "training mean image, as xpnn train does")
+    predictions = model.predict(X, batch_size=500)
+    correct = int(np.sum(predictions == y))
+    print(f"{dataset} test accuracy: {correct / len(y):.4f} ({correct} / {len(y)}) on {model.device}")
+    counts = confusion_counts(y, predictions, model.output_shape[0])
+    names = class_names(dataset, len(counts))
+    print(per_class_table(counts, names))
+
+    from . import plots
+    checkpoint = Path(args.checkpoint)
+    picture = Path(args.out or checkpoint.parent) / f"{checkpoint.stem}_confusion_{dataset}.png"
+    plots.confusion_matrix(counts, names, picture,
+                           title=f"{checkpoint.name} on {dataset} (test accuracy {correct / len(y):.2%})")
+    print(f"wrote {picture}")
     if args.predictions:
         path = Path(args.predictions)
         text = "Id,Category\n" + "".join(f"{i},{c}\n" for i, c in enumerate(predictions, start=1))
         atomic_write_text(path, text)
         print(f"wrote {len(predictions)} predictions to {path}")
+    return 0
+
+
+def check_data_fits(model, X, y, dataset, source):
+    """Before any preprocessing: the data set's images must be the model's input and its
+    labels the model's classes; otherwise say which, naming both sides."""
+    image, wanted = tuple(X.shape[1:]), model.input_shape
+    trained = f" (it was trained on {model.dataset!r})" if model.dataset not in (None, dataset) else ""
+    if len(wanted) == 1 and math.prod(image) != wanted[0]:
+        raise ValueError(f"{source}: the model expects inputs of {wanted[0]} values{trained}, but "
+                         f"data set {dataset!r} has {image} images ({math.prod(image)} values)")
+    if len(wanted) > 1 and image != wanted:
+        raise ValueError(f"{source}: the model expects {wanted} images{trained}, but data set "
+                         f"{dataset!r} has {image}")
+    classes = model.output_shape[0]
+    if y.max() >= classes:
+        raise ValueError(f"{source}: the model has {classes} classes, but data set {dataset!r} "
+                         f"has labels up to {y.max()}{trained}")
+
+
+def confusion_counts(y, predictions, num_classes):
+    """counts[i, j]: test images of class i predicted as class j."""
+    pairs = y.astype(np.int64) * num_classes + predictions
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def class_names(dataset, num_classes):
+    names = CLASS_NAMES.get(dataset, ())
+    return list(names) if len(names) == num_classes else [str(c) for c in range(num_classes)]
+
+
+def per_class_table(counts, names):
+    """Accuracy per true class: its diagonal count over its row's count."""
+    rows = [["class", "accuracy", "correct", "images"]]
+    for name, row, hit in zip(names, counts, np.diag(counts)):
+        total = int(row.sum())
+        rows.append([name, f"{hit / total:.4f}" if total else "-", str(hit), str(total)])
+    widths = [max(len(r[j]) for r in rows) for j in range(4)]
+    return "per-class accuracy:\n" + "\n".join(
+        "  " + "  ".join(v.ljust(w) if j == 0 else v.rjust(w) for j, (v, w) in enumerate(zip(r, widths)))
+        for r in rows)
+
+
+def cmd_info(args):
+    arrays, meta = load_npz(args.checkpoint)
+    model = model_from_arrays(arrays, meta, source=args.checkpoint)
+    print(f"{args.checkpoint}: written by xpnn {meta.get('xpnn', '(unknown version)')}")
+    print(model.summary())
+    state = meta.get("solver")
+    if state is not None:
+        print(f"training checkpoint: epoch {state['epoch']} of {state['num_epochs']}, "
+              f"{state['t']} iterations, best validation accuracy {state['best_val_acc']:.4f}")
     return 0
 
 

@@ -23,6 +23,9 @@ import numpy as np
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "fashion-mnist": FASHION_MNIST_CLASSES}   # others: digits
 
 
 class DataError(ValueError):

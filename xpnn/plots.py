@@ -1,4 +1,5 @@
-"""The pictures people look at after training: learning curves, a sweep table, first-layer weights."""
+"""The pictures people look at after training: learning curves, a sweep table, first-layer
+weights, a confusion matrix."""
 from __future__ import annotations
 
 import math
@@ -114,4 +115,33 @@ def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
             ax.imshow(img[0], cmap="gray", interpolation="nearest")
         ax.set_title(str(i + 1), fontsize=8)
     fig.suptitle(f"{title} ({n} of {total})" if n < total else f"{title} ({n})")
+    _save(fig, path, dpi=120, bbox_inches="tight")
+
+
+def confusion_matrix(counts, class_names, path, title="Confusion matrix"):
+    """counts[i, j] = images of true class i predicted as j. Each row is coloured by its
+    fractions (classes of any size compare), each cell shows its count, and each true class
+    is labelled with its accuracy."""
+    counts = np.asarray(counts)
+    C = len(counts)
+    totals = counts.sum(axis=1, keepdims=True)
+    fractions = counts / np.maximum(totals, 1)
+    size = max(4.5, 0.55 * C + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
+    if C <= 30:   # beyond that the numbers would not fit their cells
+        for i in range(C):
+            for j in range(C):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8 if C > 12 else 10,
+                            color="white" if fractions[i, j] > 0.5 else "black")
+    accuracy = [f"{name}  ({counts[i, i] / totals[i, 0]:.1%})" if totals[i, 0] else f"{name}  (-)"
+                for i, name in enumerate(class_names)]
+    ax.set_xticks(range(C), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0,
+                  ha="right" if max(map(len, class_names)) > 2 else "center")
+    ax.set_yticks(range(C), accuracy)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (its accuracy)")
+    ax.set_title(title)
     _save(fig, path, dpi=120, bbox_inches="tight")
