@@ -1,5 +1,7 @@
 """The `xpnn` command line, run as a user runs it."""
+import contextlib
 import csv
+import io
 import json
 import signal
 import subprocess
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 
 from xpnn.cli import main
-from xpnn.io import load_npz
+from xpnn.data import get_data
+from xpnn.io import atomic_savez, load_npz
+from xpnn.models import FullyConnectedNet, load, mnist_cnn
 
 QUICK = ["--dataset", "digits", "--quiet", "--seed", "0"]
 
@@ -178,3 +182,109 @@ def test_train_and_eval_on_cifar_files(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "model.npz"), "--dataset", "cifar10",
                  "--data-dir", str(cifar)]) == 0
     assert "cifar10 test accuracy" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- eval and info
+
+@pytest.fixture(scope="module")
+def trained_fc(tmp_path_factory):
+    """A small fc net trained on digits by `xpnn train`, and what train printed."""
+    out = tmp_path_factory.mktemp("fc") / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", "--model", "fc", "--hidden", "32", "--epochs", "2", "--out", str(out), *QUICK]) == 0
+    return out, printed.getvalue()
+
+
+def eval_accuracy(text):
+    """(correct, total) from eval's 'digits test accuracy: 0.9630 (286 / 297) on cpu' line."""
+    line = next(l for l in text.splitlines() if "test accuracy:" in l)
+    correct, total = line.split("(")[1].split(")")[0].split(" / ")
+    return int(correct), int(total)
+
+
+def test_train_prints_the_model_summary_first(trained_fc):
+    out, printed = trained_fc
+    summary = load(out / "model.npz").summary()     # the model as saved, summarised the same
+    assert printed.startswith(summary + "\n")
+    assert "FullyConnectedNet" in summary and "trained on: digits" in summary
+    assert printed.index("total:") < printed.index("training fc on digits")
+
+
+def test_api_predict_on_raw_images_matches_eval(trained_fc, tmp_path, capsys):
+    out, _ = trained_fc
+    # No --dataset: the data set recorded with the model (digits), not the old default mnist.
+    assert main(["eval", "--checkpoint", str(out / "model.npz"), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    correct, total = eval_accuracy(printed)
+    assert printed.startswith("digits test accuracy")
+    assert correct / total == pytest.approx(json.loads((out / "metrics.json").read_text())["test_acc"])
+    # Through the API: raw images as loaded (no mean subtracted), the model's own preprocessing.
+    raw = get_data("digits", subtract_mean=False)
+    predictions = load(out / "model.npz").predict(raw["X_test"])
+    assert int(np.sum(predictions == raw["y_test"])) == correct and len(predictions) == total
+    # Per class: the correct counts add up to the total correct, the images to the test set.
+    table = printed.split("per-class accuracy:\n")[1].splitlines()[1:11]
+    rows = [line.split() for line in table]
+    assert [r[0] for r in rows] == [str(c) for c in range(10)]
+    assert sum(int(r[2]) for r in rows) == correct and sum(int(r[3]) for r in rows) == total
+    for r in rows:
+        assert float(r[1]) == pytest.approx(int(r[2]) / int(r[3]), abs=1e-4)
+    picture = tmp_path / "model_confusion_digits.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {picture}" in printed
+
+
+def test_eval_of_a_file_without_preprocessing_recomputes_the_mean(trained_fc, tmp_path, capsys):
+    """A model.npz from before models carried their preprocessing gets train's mean image."""
+    out, _ = trained_fc
+    assert main(["eval", "--checkpoint", str(out / "model.npz"), "--out", str(tmp_path)]) == 0
+    expected = eval_accuracy(capsys.readouterr().out)
+    arrays, meta = load_npz(out / "model.npz")
+    del arrays["preprocess/mean"]
+    atomic_savez(tmp_path / "old.npz", arrays, meta)
+    assert main(["eval", "--checkpoint", str(tmp_path / "old.npz")]) == 0
+    printed = capsys.readouterr().out
+    assert "records no preprocessing" in printed and eval_accuracy(printed) == expected
+    assert (tmp_path / "old_confusion_digits.png").is_file()   # beside the checkpoint
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda: mnist_cnn(seed=0), ["expects (1, 28, 28) images", "'digits' has (1, 8, 8)"]),
+    (lambda: FullyConnectedNet([8], input_dim=784, seed=0), ["inputs of 784 values", "(1, 8, 8) images (64 values)"]),
+])
+def test_eval_names_a_shape_mismatch_before_preprocessing(tmp_path, capsys, make, expected):
+    model = make()
+    model.dataset = "mnist"
+    model.set_preprocessing(mean=np.zeros((1, 28, 28), np.float32))
+    model.save(tmp_path / "m.npz")
+    assert main(["eval", "--checkpoint", str(tmp_path / "m.npz"), "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert all(e in err for e in expected) and "trained on 'mnist'" in err
+    assert "broadcast" not in err
+
+
+def test_eval_of_a_model_that_names_no_data_set(tmp_path, capsys):
+    FullyConnectedNet([8], input_dim=64, seed=0).save(tmp_path / "m.npz")
+    assert main(["eval", "--checkpoint", str(tmp_path / "m.npz")]) == 2
+    assert "name one with --dataset" in capsys.readouterr().err
+
+
+def test_eval_refuses_labels_beyond_the_models_classes(tmp_path, capsys):
+    model = FullyConnectedNet([8], input_dim=64, num_classes=5, seed=0)
+    model.save(tmp_path / "m.npz")
+    assert main(["eval", "--checkpoint", str(tmp_path / "m.npz"), "--dataset", "digits"]) == 2
+    assert "has 5 classes" in capsys.readouterr().err
+
+
+def test_info_describes_a_model_and_a_training_checkpoint(trained_fc, capsys):
+    out, _ = trained_fc
+    assert main(["info", "--checkpoint", str(out / "model.npz")]) == 0
+    printed = capsys.readouterr().out
+    model = load(out / "model.npz")
+    assert model.summary() in printed
+    assert "trained on: digits" in printed and "float32" in printed
+    assert "preprocessing: subtract an array of shape (64,)" in printed
+    assert main(["info", "--checkpoint", str(out / "checkpoint_epoch_1.npz")]) == 0
+    assert "training checkpoint: epoch 1 of 2" in capsys.readouterr().out
+    assert main(["info", "--checkpoint", str(out / "missing.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
