@@ -288,3 +288,15 @@ def test_info_describes_a_model_and_a_training_checkpoint(trained_fc, capsys):
     assert "training checkpoint: epoch 1 of 2" in capsys.readouterr().out
     assert main(["info", "--checkpoint", str(out / "missing.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_into_an_unwritable_directory_names_it_and_keeps_the_predictions(trained_fc, tmp_path, capsys):
+    out, _ = trained_fc
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    csv_path = tmp_path / "pred.csv"
+    assert main(["eval", "--checkpoint", str(out / "model.npz"), "--out", str(blocker / "pics"),
+                 "--predictions", str(csv_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(blocker / "pics" / "model_confusion_digits.png") in err and "--out" in err
+    assert len(csv_path.read_text().splitlines()) == 298

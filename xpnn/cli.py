@@ -317,17 +317,21 @@ def cmd_eval(args):
     names = class_names(dataset, len(counts))
     print(per_class_table(counts, names))
 
-    from . import plots
-    checkpoint = Path(args.checkpoint)
-    picture = Path(args.out or checkpoint.parent) / f"{checkpoint.stem}_confusion_{dataset}.png"
-    plots.confusion_matrix(counts, names, picture,
-                           title=f"{checkpoint.name} on {dataset} (test accuracy {correct / len(y):.2%})")
-    print(f"wrote {picture}")
     if args.predictions:
         path = Path(args.predictions)
         text = "Id,Category\n" + "".join(f"{i},{c}\n" for i, c in enumerate(predictions, start=1))
         atomic_write_text(path, text)
         print(f"wrote {len(predictions)} predictions to {path}")
+
+    from . import plots
+    checkpoint = Path(args.checkpoint)
+    picture = Path(args.out or checkpoint.parent) / f"{checkpoint.stem}_confusion_{dataset}.png"
+    try:
+        plots.confusion_matrix(counts, names, picture, title=f"{checkpoint.name} on {dataset} "
+                               f"(test accuracy {correct / len(y):.2%})")
+    except OSError as e:     # e.g. a model in a read-only directory
+        raise OSError(f"cannot write {picture} ({e.strerror or e}); choose a directory with --out") from None
+    print(f"wrote {picture}")
     return 0
 
 

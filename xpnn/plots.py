@@ -138,8 +138,8 @@ def confusion_matrix(counts, class_names, path, title="Confusion matrix"):
                             color="white" if fractions[i, j] > 0.5 else "black")
     accuracy = [f"{name}  ({counts[i, i] / totals[i, 0]:.1%})" if totals[i, 0] else f"{name}  (-)"
                 for i, name in enumerate(class_names)]
-    ax.set_xticks(range(C), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0,
-                  ha="right" if max(map(len, class_names)) > 2 else "center")
+    words = max(map(len, class_names)) > 2          # "airplane", not "3": slant them to fit
+    ax.set_xticks(range(C), class_names, rotation=45 if words else 0, ha="right" if words else "center")
     ax.set_yticks(range(C), accuracy)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (its accuracy)")
