@@ -3,6 +3,8 @@ the model summary, and inputs a model cannot take."""
 import numpy as np
 import pytest
 
+from xpnn import Solver
+from xpnn.data import get_data
 from xpnn.io import CheckpointError, atomic_savez
 from xpnn.models import FullyConnectedNet, Sequential, ThreeLayerConvNet, load, mnist_cnn
 from xpnn.nn import Affine, BatchNorm, Conv, Dropout, MaxPool, ReLU
@@ -179,3 +181,21 @@ def test_summary_of_a_loaded_model_says_what_it_was_trained_on(tmp_path):
     loaded = load(model.save(tmp_path / "m.npz"))
     assert loaded.summary() == model.summary()
     assert "trained on: mnist" in loaded.summary()
+
+
+def test_solver_users_get_the_mean_image_recorded(tmp_path):
+    """get_data -> Solver -> save -> load -> predict(raw images) scores what the Solver measured."""
+    data = get_data("digits")                                # the mean image subtracted
+    model = FullyConnectedNet([32], input_dim=64, seed=0, init="he")
+    solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": 5e-3},
+                    num_epochs=2, batch_size=50, seed=0, verbose=False)
+    np.testing.assert_array_equal(model.input_mean, data["mean_image"].reshape(64))
+    solver.train()
+    expected = solver.check_accuracy(data["X_test"], data["y_test"])
+    raw = get_data("digits", subtract_mean=False)
+    loaded = load(model.save(tmp_path / "m.npz"))
+    assert np.mean(loaded.predict(raw["X_test"]) == raw["y_test"]) == pytest.approx(expected)
+    # A preprocessing the user chose is theirs: the Solver leaves it alone.
+    mine = FullyConnectedNet([32], input_dim=64, seed=0).set_preprocessing(mean=0.5)
+    Solver(mine, data, verbose=False)
+    assert float(mine.input_mean) == 0.5

@@ -594,12 +594,12 @@ class Sequential(Model):
         size = total * self.backend.xp.finfo(self.dtype).bits // 8
         lines.append(f"total: {total:,} parameters ({_bytes_text(size)} as {self.config['dtype']}) "
                      f"on {self.device}")
-        lines.append(f"preprocessing: {self.describe_preprocessing()}")
+        lines.append(f"preprocessing: {self._preprocessing_text()}")
         if self.dataset is not None:
             lines.append(f"trained on: {self.dataset}")
         return f"{type(self).__name__}\n" + "\n".join(lines)
 
-    def describe_preprocessing(self) -> str:
+    def _preprocessing_text(self) -> str:
         """The recorded preprocessing, in words."""
         steps, xp = [], self.backend.xp
         for verb, value in (("subtract", self.input_mean), ("divide by", self.input_scale)):

@@ -63,6 +63,11 @@ class Solver:
         self.dtype = self.backend.dtype_name(first.dtype)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
+        # get_data's dict holds the mean image it subtracted: a model that records no
+        # preprocessing yet keeps it, so that after save / load it predicts from raw images.
+        if (isinstance(model, Model) and "mean_image" in data
+                and model.input_mean is None and model.input_scale is None):
+            model.set_preprocessing(mean=data["mean_image"])
         self._reset()
 
     # ------------------------------------------------------------------ data
