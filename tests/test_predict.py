@@ -5,6 +5,7 @@ import pytest
 
 from xpnn import Solver
 from xpnn.data import get_data
+from xpnn.backend import DeviceError
 from xpnn.io import CheckpointError, atomic_savez
 from xpnn.models import FullyConnectedNet, Sequential, ThreeLayerConvNet, load, mnist_cnn
 from xpnn.nn import Affine, BatchNorm, Conv, Dropout, MaxPool, ReLU
@@ -199,3 +200,10 @@ def test_solver_users_get_the_mean_image_recorded(tmp_path):
     mine = FullyConnectedNet([32], input_dim=64, seed=0).set_preprocessing(mean=0.5)
     Solver(mine, data, verbose=False)
     assert float(mine.input_mean) == 0.5
+
+
+def test_predict_refuses_arrays_of_another_library_or_device(conv_model):
+    xp = pytest.importorskip("array_api_strict")
+    model, _, _ = conv_model
+    with pytest.raises(DeviceError, match="but the model is on cpu"):
+        model.predict(xp.zeros((2, 3, 6, 6), dtype=xp.float32))

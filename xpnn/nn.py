@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 
+from array_api_compat import device as device_of
+
 from . import layers as L
 from . import ops
-from .backend import draw_seed, get_backend, namespace_of, to_numpy
+from .backend import DeviceError, draw_seed, get_backend, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
 
 INITS = ("gaussian", "xavier", "he")
@@ -387,8 +389,13 @@ class Model:
 
     def preprocess(self, X):
         """Raw inputs X (N, *input_shape) -> what `loss` takes, on the model's device."""
+        X = self._checked_input(X)
+        if not (self.backend.owns(X) or get_backend("cpu").owns(X)):   # never copied silently
+            raise DeviceError(f"input X is a {type(X).__module__}.{type(X).__qualname__} on "
+                              f"{device_of(X)}, but the model is on {self.device}: give host NumPy "
+                              "arrays, or arrays on the model's device")
         with self.backend:
-            X = self.backend.to_device(self._checked_input(X))
+            X = self.backend.to_device(X)
             if self.input_mean is not None:
                 X = X - self.input_mean
             if self.input_scale is not None:
@@ -410,9 +417,10 @@ class Model:
         if not (isinstance(batch_size, int) and batch_size > 0):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         X = self._checked_input(X)   # before any work: a wrong input fails on its first row too
+        N = X.shape[0]
         with self.backend:
-            parts = [reduce(self.loss(self.preprocess(X[start:start + batch_size])))
-                     for start in range(0, X.shape[0], batch_size)]
+            parts = [reduce(self.loss(self.preprocess(X[start:min(start + batch_size, N), ...])))
+                     for start in range(0, N, batch_size)]
             return parts[0] if len(parts) == 1 else namespace_of(*parts).concat(parts)
 
     def _checked_input(self, X):
