@@ -252,6 +252,21 @@ def test_preprocessing_moves_with_the_model_and_predict_takes_host_arrays(cp, rn
     np.testing.assert_array_equal(model.predict(X), on_cpu.argmax(axis=1))
 
 
+def test_predict_on_the_second_gpu(cp, rng):
+    """Preprocessing and prediction run on the model's GPU, whichever is current; an array on
+    another GPU is refused, not copied."""
+    two_gpus(cp)
+    model = mnist_cnn(seed=0).set_preprocessing(mean=rng.uniform(0, 1, (1, 28, 28)))
+    X = rng.uniform(0, 1, (30, 1, 28, 28)).astype(np.float32)
+    on_cpu = model.predict_proba(X)
+    model.to("cuda:1")
+    assert model.input_mean.device.id == 1
+    with cp.cuda.Device(0):
+        np.testing.assert_allclose(model.predict_proba(X, batch_size=8), on_cpu, rtol=1e-4, atol=1e-6)
+        with pytest.raises(DeviceError, match="cuda:1"):
+            model.predict(cp.asarray(X))
+
+
 def test_mixing_host_and_gpu_arrays_is_an_error(cp):
     with pytest.raises(DeviceError, match="different libraries"):
         affine_forward(cp.ones((2, 3)), np.ones((3, 4)), cp.ones(4))
