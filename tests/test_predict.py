@@ -104,8 +104,10 @@ def test_a_flat_net_takes_image_shaped_preprocessing(rng):
 ])
 def test_preprocessing_that_cannot_fit_is_refused(kwargs, message):
     model = ThreeLayerConvNet(input_dim=(3, 6, 6), num_filters=2, filter_size=3, hidden_dim=4)
+    model.set_preprocessing(mean=0.5)
     with pytest.raises(ValueError, match=message):
-        model.set_preprocessing(**kwargs)
+        model.set_preprocessing(**{"mean": 0.25, **kwargs})
+    assert float(model.input_mean) == 0.5 and model.input_scale is None   # the old one, whole
 
 
 def test_a_checkpoint_with_unfitting_preprocessing_is_a_checkpoint_error(conv_model, tmp_path):

@@ -296,7 +296,7 @@ class Model:
         return self.backend.label
 
     def to(self, device) -> "Model":
-        """Move params and buffers to `device` (an explicit copy); returns the model."""
+        """Move params, buffers and preprocessing to `device` (an explicit copy); returns the model."""
         target = get_backend(device)
         if target is not self.backend:
             self.params = {k: target.to_device(to_numpy(v)) for k, v in self.params.items()}
@@ -362,11 +362,11 @@ class Model:
         `load` and moved by `to`. Each of mean and scale is a number, an array holding one
         value per input feature (a (1, 28, 28) mean image, also for a flat 784-input net), or
         an array that broadcasts over one input ((3, 1, 1): per channel); None leaves it out."""
-        with self.backend:
-            self.input_mean = self._input_shaped("mean", mean)
-            self.input_scale = self._input_shaped("scale", scale)
-            if self.input_scale is not None and bool(self.backend.xp.any(self.input_scale == 0)):
+        with self.backend:     # both checked before either is set: never half a preprocessing
+            mean, scale = self._input_shaped("mean", mean), self._input_shaped("scale", scale)
+            if scale is not None and bool(self.backend.xp.any(scale == 0)):
                 raise ValueError("preprocessing scale holds zeros: inputs would be divided by zero")
+        self.input_mean, self.input_scale = mean, scale
         return self
 
     def _input_shaped(self, name, value):
