@@ -63,7 +63,7 @@ def _check_labels(y, N, C):
 
 
 # The keys each *_param dict may hold: everything the assignments' code passes (batchnorm fills
-# its own running averages in; CS231n's nets hand their bn_params to layernorm as ln_param).
+# its own running averages in; CS231n's nets hand their bn_params to layer and group norm).
 CONV_KEYS = {"stride", "pad", "needs_dx"}      # needs_dx: xpnn's Conv module, see conv_forward
 POOL_KEYS = {"pool_height", "pool_width", "stride"}
 BN_KEYS = {"mode", "eps", "momentum", "running_mean", "running_var"}
@@ -339,6 +339,7 @@ def avg_pool_forward(x, pool_param):
     """
     _check_rank("avg-pool input x", x, 4, "(N, C, H, W)")
     _check_float("avg-pool input x", x)
+    _check_keys("pool_param", pool_param, POOL_KEYS)
     ph, pw = pool_param.get("pool_height", 2), pool_param.get("pool_width", 2)
     stride = pool_param.get("stride", 2)
     return ops.avg_pool_forward(x, ph, pw, stride), (x.shape, ph, pw, stride)
@@ -484,7 +485,8 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     - x: (N, C, H, W)
     - gamma, beta: per-channel scale and shift, (1, C, 1, 1) as in the assignment, or (C,)
     - G: the number of groups, a divisor of C
-    - gn_param: {"eps": 1e-5}; other keys (the notebook passes {"mode": "train"}) are ignored
+    - gn_param: {"eps": 1e-5}; the other keys of a bn_param are accepted and ignored (the
+      notebook passes {"mode": "train"})
 
     Returns (out (N, C, H, W), cache), cache = (x_hat (N, C, H, W) the normalized input,
     gamma, inv_std (N, G, 1) one over each group's standard deviation, G).
@@ -494,6 +496,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     N, C, H, W = x.shape
     if G < 1 or C % G:
         raise ValueError(f"group norm: the number of groups G must divide the {C} channels, got {G}")
+    _check_keys("gn_param", gn_param, BN_KEYS)
     eps = gn_param.get("eps", 1e-5)
     groups = xp.reshape(x, (N, G, (C // G) * H * W))      # one row per (sample, group)
     mean = xp.mean(groups, axis=2, keepdims=True)
