@@ -269,6 +269,14 @@ def test_eval_of_a_model_that_names_no_data_set(tmp_path, capsys):
     assert "name one with --dataset" in capsys.readouterr().err
 
 
+def test_eval_on_another_data_set_than_the_model_was_trained_on_says_so(tmp_path, capsys):
+    model = FullyConnectedNet([8], input_dim=64, seed=0)
+    model.dataset = "mnist"            # an 8x8 "mnist": only the name differs from digits
+    model.save(tmp_path / "m.npz")
+    assert main(["eval", "--checkpoint", str(tmp_path / "m.npz"), "--dataset", "digits"]) == 0
+    assert "was trained on mnist; evaluating it on digits" in capsys.readouterr().out
+
+
 def test_eval_refuses_labels_beyond_the_models_classes(tmp_path, capsys):
     model = FullyConnectedNet([8], input_dim=64, num_classes=5, seed=0)
     model.save(tmp_path / "m.npz")

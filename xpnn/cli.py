@@ -305,6 +305,8 @@ def cmd_eval(args):
     data = get_data(dataset, data_dir=args.data_dir, subtract_mean=False)
     X, y = data["X_test"], data["y_test"]
     check_data_fits(model, X, y, dataset, args.checkpoint)
+    if model.dataset not in (None, dataset):
+        print(f"note: {args.checkpoint} was trained on {model.dataset}; evaluating it on {dataset}")
     if model.input_mean is None and model.input_scale is None:
         # A file from before models carried their preprocessing: recompute get_data's.
         model.set_preprocessing(mean=data["X_train"].mean(axis=0))
