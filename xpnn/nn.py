@@ -590,14 +590,15 @@ class Sequential(Model):
         """A table of the layers, their output shapes and parameter counts, then the total,
         the dtype and device, and the preprocessing raw inputs go through."""
         rows = [("#", "layer", "output shape", "parameters")]
-        rows.append(("", "input", _shape_text(self.input_shape), ""))
+        rows.append(("", "input", str(tuple(self.input_shape)), ""))
         for i, (layer, shape, names) in enumerate(self._built, start=1):
             count = sum(math.prod(self.params[n].shape) for n in names)
-            shapes = ", ".join(f"{n} {_shape_text(self.params[n].shape)}" for n in names)
-            rows.append((str(i), repr(layer), _shape_text(shape),
+            shapes = ", ".join(f"{n} {tuple(self.params[n].shape)}" for n in names)
+            rows.append((str(i), repr(layer), str(tuple(shape)),
                          f"{count:,} ({shapes})" if names else "0"))
         widths = [max(len(row[j]) for row in rows) for j in range(3)]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[3] for row in rows]
+        lines = [("  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[3]).rstrip()
+                 for row in rows]
         total = sum(math.prod(p.shape) for p in self.params.values())
         size = total * self.backend.xp.finfo(self.dtype).bits // 8
         lines.append(f"total: {total:,} parameters ({_bytes_text(size)} as {self.config['dtype']}) "
@@ -618,7 +619,7 @@ class Sequential(Model):
             if math.prod(value.shape) == 1:
                 steps.append(f"{verb} {low:.4g}")
             else:
-                steps.append(f"{verb} an array of shape {_shape_text(value.shape)} "
+                steps.append(f"{verb} an array of shape {tuple(value.shape)} "
                              f"(from {low:.4g} to {high:.4g})")
         return ", then ".join(steps) if steps else "none (inputs go to the model as they are)"
 
@@ -627,15 +628,10 @@ class Sequential(Model):
         return f"{type(self).__name__}(device={self.device!r}, layers=[\n  {inner}])"
 
 
-def _shape_text(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _bytes_text(n) -> str:
-    for unit in ("bytes", "KiB", "MiB"):
-        if n < 1024 or unit == "MiB":
-            return f"{n:.1f} {unit}" if unit != "bytes" else f"{n} bytes"
-        n /= 1024
+    if n < 1024:
+        return f"{n} bytes"
+    return f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.1f} MiB"
 
 
 def load(path, device="cpu") -> Model:
