@@ -6,7 +6,11 @@ from xpnn.threads import ThreadPolicy
 
 
 def blas_threads():
-    return threadpoolctl.threadpool_info()[0]["num_threads"]
+    """The thread count of every loaded BLAS (NumPy's, and SciPy's once scikit-learn loaded
+    it): the policy limits them all, so they must agree."""
+    counts = {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+    assert len(counts) == 1, counts
+    return counts.pop()
 
 
 def drive(policy, seconds_for):
