@@ -344,3 +344,49 @@ def test_best_params_survive_an_in_place_update_rule(rng):
     solver.train()
     acc = solver.check_accuracy(data["X_val"], data["y_val"])
     assert acc == solver.best_val_acc      # the restored params are the ones that scored it
+
+
+def test_every_model_type_loads_in_a_fresh_process_through_nn_alone(tmp_path, rng):
+    """`xpnn.nn.load` rebuilds any saved model whatever the caller imported (the registry is
+    complete as soon as xpnn is imported)."""
+    import subprocess
+    import sys
+    models = {"two": TwoLayerNet(input_dim=12, hidden_dim=5, num_classes=3, seed=0),
+              "fc": FullyConnectedNet([6, 5], input_dim=12, num_classes=3, normalization="batchnorm", seed=0),
+              "conv": ThreeLayerConvNet(input_dim=(3, 2, 2), num_filters=2, filter_size=1, hidden_dim=4,
+                                        num_classes=3, seed=0),
+              "seq": Sequential([Conv(2, 1), AvgPool(2), ReLU(), Affine(3)], (3, 2, 2), seed=0)}
+    X = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)
+    for name, model in models.items():
+        model.save(tmp_path / f"{name}.npz")
+        np.save(tmp_path / f"{name}_scores.npy", model.loss(X))
+    np.save(tmp_path / "X.npy", X)
+    script = ("import sys, numpy as np\nfrom xpnn.nn import load\nd = sys.argv[1]\n"
+              "X = np.load(d + '/X.npy')\n"
+              "for name in ('two', 'fc', 'conv', 'seq'):\n"
+              "    m = load(f'{d}/{name}.npz')\n"
+              "    np.testing.assert_array_equal(m.loss(X), np.load(f'{d}/{name}_scores.npy'))\n"
+              "    print(type(m).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["TwoLayerNet", "FullyConnectedNet", "ThreeLayerConvNet", "Sequential"]
+
+
+def test_layers_register_themselves_and_share_one_protocol():
+    from xpnn.nn import LAYER_TYPES, Layer, layer_from_spec
+    import inspect
+
+    class Scale(Layer):             # a new layer needs no table entry anywhere
+        def __init__(self, factor=2.0):
+            self.factor = factor
+
+        def forward(self, x, params, train, needs_dx=True):
+            return x * self.factor, None
+
+        def backward(self, dout, cache):
+            return dout * self.factor, {}
+
+    assert LAYER_TYPES["Scale"] is Scale and isinstance(layer_from_spec({"type": "Scale"}), Scale)
+    for cls in LAYER_TYPES.values():
+        assert "needs_dx" in inspect.signature(cls.forward).parameters, cls
+    del LAYER_TYPES["Scale"]

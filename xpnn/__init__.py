@@ -1,7 +1,10 @@
 """xpnn: CS231n-style neural networks from scratch, on NumPy (CPU) and CuPy (NVIDIA GPU)."""
-from .backend import cuda_available, get_backend
-
 __version__ = "0.1.0"
+
+from .backend import cuda_available, get_backend  # noqa: E402
+# Every model type registers itself when its module is imported: import them all here, so
+# that `xpnn.nn.load(path)` can rebuild any saved model whatever the caller imported.
+from . import models  # noqa: E402,F401
 __all__ = ["get_backend", "cuda_available", "Solver", "__version__"]
 
 

@@ -23,13 +23,33 @@ LOSSES = {"softmax": L.softmax_loss_terms, "svm": L.svm_loss_terms, "mse": L.mse
 
 # ---------------------------------------------------------------------------- layer modules
 
+LAYER_TYPES: dict[str, type] = {}
+
+
 class Layer:
-    """A layer module: `forward(x, params, train) -> (out, cache)`,
-    `backward(dout, cache) -> (dx, grads)`. Layers with parameters name them on `build`."""
+    """A layer module. Every layer has the same hooks, which is all `Sequential` calls:
+
+        build(in_shape, k) -> out_shape        learn the input shape (no batch axis) and the
+                                               number k of the weight layer it belongs to
+        init_params(rng, dtype, init, weight_scale) -> {name: array}   its parameters
+        forward(x, params, train, needs_dx=True) -> (out, cache)
+        backward(dout, cache) -> (dx, {name: gradient})   dx is None when forward was told
+                                               needs_dx=False (a first layer's input gradient)
+        buffers() -> {name: array}             state saved with the model (running averages)
+        load_buffers({name: array})            restore it (names as `buffers` gives them)
+        spec() -> dict                         the constructor's arguments, to save and rebuild
+
+    Subclasses register themselves by class name (for `layer_from_spec` and loading);
+    names starting with "_" are helpers, not layers.
+    """
     has_weights = False   # Affine and Conv: they are numbered 1, 2, ... and name W{k}, b{k}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            LAYER_TYPES[cls.__name__] = cls
+
     def build(self, in_shape: tuple, k: int) -> tuple:
-        """Learn the input shape (without the batch axis); return the output shape."""
         return in_shape
 
     def init_params(self, rng, dtype, init, weight_scale) -> dict:
@@ -37,6 +57,9 @@ class Layer:
 
     def buffers(self) -> dict:
         return {}
+
+    def load_buffers(self, buffers: dict) -> None:
+        pass
 
     def spec(self) -> dict:
         return {"type": type(self).__name__, **{k: v for k, v in vars(self).items()
@@ -76,7 +99,7 @@ class Affine(Layer):
         return {self._W: _init_weight(rng, (D, M), D, M, dtype, init, weight_scale),
                 self._b: _filled(rng, M, 0.0, dtype)}
 
-    def forward(self, x, params, train):
+    def forward(self, x, params, train, needs_dx=True):
         return L.affine_forward(x, params[self._W], params[self._b])
 
     def backward(self, dout, cache):
@@ -125,7 +148,7 @@ class MaxPool(Layer):
         self._param = {"pool_height": self.size, "pool_width": self.size, "stride": self.stride}
         return (C, HO, WO)
 
-    def forward(self, x, params, train):
+    def forward(self, x, params, train, needs_dx=True):
         return L.max_pool_forward(x, self._param)
 
     def backward(self, dout, cache):
@@ -135,7 +158,7 @@ class MaxPool(Layer):
 class AvgPool(MaxPool):
     """Average pooling over size x size windows (stride: the size unless given)."""
 
-    def forward(self, x, params, train):
+    def forward(self, x, params, train, needs_dx=True):
         return L.avg_pool_forward(x, self._param)
 
     def backward(self, dout, cache):
@@ -145,7 +168,7 @@ class AvgPool(MaxPool):
 class _Activation(Layer):
     forward_fn = backward_fn = None
 
-    def forward(self, x, params, train):
+    def forward(self, x, params, train, needs_dx=True):
         return type(self).forward_fn(x)
 
     def backward(self, dout, cache):
@@ -168,7 +191,7 @@ class LeakyReLU(Layer):
     def __init__(self, alpha: float = 0.01):
         self.alpha = float(alpha)
 
-    def forward(self, x, params, train):
+    def forward(self, x, params, train, needs_dx=True):
         return L.leaky_relu_forward(x, self.alpha)
 
     def backward(self, dout, cache):
@@ -196,10 +219,15 @@ class BatchNorm(Layer):
         return {f"{key}{self._k}": self.bn_param[key] for key in ("running_mean", "running_var")
                 if key in self.bn_param}
 
+    def load_buffers(self, buffers):
+        for key in ("running_mean", "running_var"):
+            if f"{key}{self._k}" in buffers:
+                self.bn_param[key] = buffers[f"{key}{self._k}"]
+
     def spec(self):
         return {"type": "BatchNorm", "momentum": self.momentum, "eps": self.eps}
 
-    def forward(self, x, params, train):
+    def forward(self, x, params, train, needs_dx=True):
         self.bn_param["mode"] = "train" if train else "test"
         fn = L.spatial_batchnorm_forward if self._spatial else L.batchnorm_forward
         return fn(x, params[self._gamma], params[self._beta], self.bn_param)
@@ -222,7 +250,7 @@ class LayerNorm(Layer):
 
     init_params = BatchNorm.init_params
 
-    def forward(self, x, params, train):
+    def forward(self, x, params, train, needs_dx=True):
         return L.layernorm_forward(x, params[self._gamma], params[self._beta], {"eps": self.eps})
 
     def backward(self, dout, cache):
@@ -246,16 +274,17 @@ class Dropout(Layer):
     def spec(self):
         return {"type": "Dropout", "keep": self.keep, "seed": self.seed}
 
-    def forward(self, x, params, train):
+    def init_params(self, rng, dtype, init, weight_scale):
+        self.rng = rng            # unseeded masks continue the model's random stream
+        return {}
+
+    def forward(self, x, params, train, needs_dx=True):
         self.dropout_param["mode"] = "train" if train else "test"
         return L.dropout_forward(x, self.dropout_param, rng=self.rng)
 
     def backward(self, dout, cache):
         return L.dropout_backward(dout, cache), {}
 
-
-LAYER_TYPES = {cls.__name__: cls for cls in
-               (Affine, Conv, MaxPool, AvgPool, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm, LayerNorm, Dropout)}
 
 
 def layer_from_spec(spec: dict) -> Layer:
@@ -517,8 +546,6 @@ class Sequential(Model):
                 layer_params = layer.init_params(rng, self.config["dtype"], init, weight_scale)
                 self.params.update(layer_params)
                 self._built.append((layer, shape, list(layer_params)))
-                if isinstance(layer, Dropout):
-                    layer.rng = rng       # unseeded masks continue the model's random stream
         self.output_shape = shape
 
     def _check_input(self, X):
@@ -550,10 +577,8 @@ class Sequential(Model):
         out = self._check_input(X)
         caches = []
         for i, layer in enumerate(self.layers):
-            if i == 0 and isinstance(layer, Conv):
-                out, cache = layer.forward(out, self.params, True, needs_dx=False)
-            else:
-                out, cache = layer.forward(out, self.params, True)
+            # Nothing needs the gradient of the input data: the first layer may skip it.
+            out, cache = layer.forward(out, self.params, True, needs_dx=i > 0)
             caches.append(cache)
         loss, dout, label_range = LOSSES[self.loss_name](out, y)
 
@@ -577,10 +602,7 @@ class Sequential(Model):
 
     def _set_buffers(self, buffers):
         for layer in self.layers:
-            if isinstance(layer, BatchNorm):
-                for key in ("running_mean", "running_var"):
-                    if f"{key}{layer._k}" in buffers:
-                        layer.bn_param[key] = buffers[f"{key}{layer._k}"]
+            layer.load_buffers(buffers)
 
     @property
     def bn_params(self) -> list:
