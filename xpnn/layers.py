@@ -98,7 +98,15 @@ def host_loss(loss, label_range, C):
 
 @on_input_device
 def affine_forward(x, w, b):
-    """out = x.reshape(N, D) @ w + b. x: (N, d_1, ..., d_k), w: (D, M), b: (M,)."""
+    """Fully connected layer: out = x.reshape(N, D) @ w + b.
+
+    Inputs:
+    - x: (N, d_1, ..., d_k), flattened to (N, D) with D = d_1 * ... * d_k
+    - w: (D, M) weights; b: (M,) biases
+    Returns (out, cache):
+    - out: (N, M)
+    - cache: (x, w, b)
+    """
     xp = namespace_of(x, w, b)
     _check_float("affine input x", x)
     _check_float("affine weights w", w)
@@ -113,7 +121,11 @@ def affine_forward(x, w, b):
 
 @on_input_device
 def affine_backward(dout, cache):
-    """dout: (N, M) -> (dx shaped like x, dw (D, M), db (M,))."""
+    """Backward pass of affine_forward.
+
+    Inputs: dout (N, M), the upstream gradient; cache (x, w, b) from affine_forward.
+    Returns (dx, dw, db): dx shaped like x, dw (D, M), db (M,).
+    """
     x, w, b = cache
     xp = namespace_of(dout, x, w)
     x2 = xp.reshape(x, (x.shape[0], -1))
@@ -127,12 +139,15 @@ def affine_backward(dout, cache):
 
 @on_input_device
 def relu_forward(x):
+    """ReLU: out = max(x, 0), elementwise. x: any shape.
+    Returns (out, cache): out shaped like x; cache is x."""
     xp = namespace_of(x)
     return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x))), x
 
 
 @on_input_device
 def relu_backward(dout, cache):
+    """Backward of relu_forward: dx = dout where x > 0, else 0 (cache is x). Returns dx."""
     x = cache
     xp = namespace_of(dout, x)
     # A multiply by the 0/1 mask: NumPy's `where` is ~30x slower on unpredictable masks.
@@ -141,12 +156,15 @@ def relu_backward(dout, cache):
 
 @on_input_device
 def leaky_relu_forward(x, alpha=0.01):
+    """Leaky ReLU: out = x where x > 0, else alpha * x. x: any shape.
+    Returns (out, cache): out shaped like x; cache is (x, alpha)."""
     xp = namespace_of(x)
     return xp.where(x > 0, x, alpha * x), (x, alpha)
 
 
 @on_input_device
 def leaky_relu_backward(dout, cache):
+    """Backward of leaky_relu_forward (cache (x, alpha)). Returns dx shaped like dout."""
     x, alpha = cache
     xp = namespace_of(dout, x)
     return xp.where(x > 0, dout, alpha * dout)
@@ -154,6 +172,8 @@ def leaky_relu_backward(dout, cache):
 
 @on_input_device
 def sigmoid_forward(x):
+    """Logistic sigmoid: out = 1 / (1 + exp(-x)), computed without overflow. x: any shape.
+    Returns (out, cache): out shaped like x; cache is out (the gradient needs only it)."""
     # exp of a negative number only: no overflow for large |x|.
     xp = namespace_of(x)
     z = xp.exp(-xp.abs(x))
@@ -163,12 +183,15 @@ def sigmoid_forward(x):
 
 @on_input_device
 def sigmoid_backward(dout, cache):
+    """Backward of sigmoid_forward: dx = dout * out * (1 - out) (cache is out). Returns dx."""
     out = cache
     return dout * out * (1 - out)
 
 
 @on_input_device
 def tanh_forward(x):
+    """Hyperbolic tangent, elementwise. x: any shape.
+    Returns (out, cache): out shaped like x; cache is out."""
     xp = namespace_of(x)
     out = xp.tanh(x)
     return out, out
@@ -176,12 +199,15 @@ def tanh_forward(x):
 
 @on_input_device
 def tanh_backward(dout, cache):
+    """Backward of tanh_forward: dx = dout * (1 - out**2) (cache is out). Returns dx."""
     out = cache
     return dout * (1 - out * out)
 
 
 @on_input_device
 def affine_relu_forward(x, w, b):
+    """affine_forward then relu_forward. x: (N, d_1, ..., d_k), w: (D, M), b: (M,).
+    Returns (out, cache): out (N, M); cache is (affine cache, relu cache)."""
     a, fc_cache = affine_forward(x, w, b)
     out, relu_cache = relu_forward(a)
     return out, (fc_cache, relu_cache)
@@ -189,6 +215,7 @@ def affine_relu_forward(x, w, b):
 
 @on_input_device
 def affine_relu_backward(dout, cache):
+    """Backward of affine_relu_forward. Returns (dx, dw, db) as affine_backward."""
     fc_cache, relu_cache = cache
     return affine_backward(relu_backward(dout, relu_cache), fc_cache)
 
@@ -210,8 +237,15 @@ def _batch_chunks(x, K, HO, WO):
 def conv_forward(x, w, b, conv_param):
     """Convolution as im2col + one matrix product (per chunk of the batch).
 
-    x: (N, C, H, W), w: (F, C, HH, WW), b: (F,), conv_param: {"stride": s, "pad": p}.
-    out: (N, F, HO, WO) with HO = 1 + (H + 2p - HH) // s.
+    Inputs:
+    - x: (N, C, H, W) input images
+    - w: (F, C, HH, WW) filters; b: (F,) biases
+    - conv_param: {"stride": s (1), "pad": p (0)}: zero padding on every side. xpnn's models
+      add "needs_dx": False for a first layer, whose input gradient nothing uses.
+    Returns (out, cache):
+    - out: (N, F, HO, WO), HO = 1 + (H + 2p - HH) // s, WO = 1 + (W + 2p - WW) // s
+    - cache: (x, w, col, stride, pad, needs_dx); col is the im2col matrix when the batch
+      fit in one chunk of the backend's workspace, else None (backward rebuilds it)
     """
     xp = namespace_of(x, w, b)
     _check_rank("conv input x", x, 4, "(N, C, H, W)")
@@ -249,7 +283,12 @@ def conv_forward(x, w, b, conv_param):
 
 @on_input_device
 def conv_backward(dout, cache):
-    """dout: (N, F, HO, WO) -> (dx (N, C, H, W) or None if not needed, dw, db)."""
+    """Backward pass of conv_forward.
+
+    Inputs: dout (N, F, HO, WO); cache from conv_forward.
+    Returns (dx, dw, db): dx (N, C, H, W), or None when the forward pass was given
+    conv_param["needs_dx"] = False; dw (F, C, HH, WW); db (F,).
+    """
     x, w, col, stride, pad, needs_dx = cache
     xp = namespace_of(dout, x, w)
     N, C, H, W = x.shape
@@ -275,6 +314,8 @@ def conv_backward(dout, cache):
 
 @on_input_device
 def conv_relu_forward(x, w, b, conv_param):
+    """conv_forward then relu_forward (arguments as conv_forward).
+    Returns (out, cache): out (N, F, HO, WO); cache is (conv cache, relu cache)."""
     a, conv_cache = conv_forward(x, w, b, conv_param)
     out, relu_cache = relu_forward(a)
     return out, (conv_cache, relu_cache)
@@ -282,12 +323,15 @@ def conv_relu_forward(x, w, b, conv_param):
 
 @on_input_device
 def conv_relu_backward(dout, cache):
+    """Backward of conv_relu_forward. Returns (dx, dw, db) as conv_backward."""
     conv_cache, relu_cache = cache
     return conv_backward(relu_backward(dout, relu_cache), conv_cache)
 
 
 @on_input_device
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
+    """conv_forward, relu_forward, then max_pool_forward (arguments as those functions).
+    Returns (out, cache): out (N, F, HO', WO') after pooling; cache is the three caches."""
     a, conv_cache = conv_forward(x, w, b, conv_param)
     s, relu_cache = relu_forward(a)
     out, pool_cache = max_pool_forward(s, pool_param)
@@ -296,6 +340,7 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
 
 @on_input_device
 def conv_relu_pool_backward(dout, cache):
+    """Backward of conv_relu_pool_forward. Returns (dx, dw, db) as conv_backward."""
     conv_cache, relu_cache, pool_cache = cache
     ds = max_pool_backward(dout, pool_cache)
     return conv_backward(relu_backward(ds, relu_cache), conv_cache)
@@ -305,10 +350,18 @@ def conv_relu_pool_backward(dout, cache):
 
 @on_input_device
 def max_pool_forward(x, pool_param):
-    """x: (N, C, H, W); pool_param: {"pool_height", "pool_width", "stride"}.
+    """Max pooling: the maximum of each (pool_height, pool_width) window.
 
-    Windows may overlap (stride < window). The cache keeps the position of the first
-    maximum of every window (row-major), so tied maxima pass the gradient once, as PyTorch.
+    Inputs:
+    - x: (N, C, H, W)
+    - pool_param: {"pool_height": 2, "pool_width": 2, "stride": 2} (those are the defaults);
+      windows may overlap (stride < window); no padding.
+    Returns (out, cache):
+    - out: (N, C, HO, WO), HO = 1 + (H - pool_height) // stride, WO likewise; a window
+      holding a NaN gives NaN (as PyTorch)
+    - cache: (x.shape, argmax, pool_height, pool_width, stride); argmax (N, C, HO, WO) is
+      the row-major position i * pool_width + j of each window's FIRST maximum, so tied
+      maxima pass the gradient once, as in PyTorch
     """
     _check_rank("max-pool input x", x, 4, "(N, C, H, W)")
     _check_float("max-pool input x", x)
@@ -321,6 +374,8 @@ def max_pool_forward(x, pool_param):
 
 @on_input_device
 def max_pool_backward(dout, cache):
+    """Backward of max_pool_forward: each window's gradient goes to its recorded maximum.
+    Inputs: dout (N, C, HO, WO); cache from max_pool_forward. Returns dx (N, C, H, W)."""
     x_shape, argmax, ph, pw, stride = cache
     return ops.max_pool_backward(dout, argmax, x_shape[2], x_shape[3], ph, pw, stride)
 
@@ -368,10 +423,16 @@ def _normalize_forward(x, gamma, beta, eps):
 def batchnorm_forward(x, gamma, beta, bn_param):
     """Batch normalization of x (N, D) over the batch.
 
-    bn_param: "mode" ("train"/"test", required), "eps" (1e-5), "momentum" (0.9),
-    "running_mean"/"running_var" (created as zeros on first use, as in CS231n).
-    Train mode normalizes with batch statistics and updates the running averages in bn_param;
-    test mode uses the running averages.
+    Inputs:
+    - x: (N, D); gamma, beta: (D,) scale and shift
+    - bn_param: "mode" ("train"/"test"), "eps" (1e-5), "momentum" (0.9),
+      "running_mean"/"running_var" (D,) (created as zeros on first use, as in CS231n).
+      Train mode normalizes with batch statistics and updates the running averages in
+      bn_param; test mode uses the running averages.
+    Returns (out, cache):
+    - out: (N, D)
+    - cache: (x_hat, gamma, inv_std) in train mode (the normalized x and 1/sqrt(var + eps));
+      None in test mode
     """
     xp = namespace_of(x, gamma, beta)
     _check_keys("bn_param", bn_param, BN_KEYS)
@@ -400,7 +461,8 @@ def batchnorm_forward(x, gamma, beta, bn_param):
 
 @on_input_device
 def batchnorm_backward(dout, cache):
-    """Backward through the computational graph of batchnorm, one node at a time."""
+    """Backward of batchnorm_forward (train mode) through its computational graph, one node at
+    a time. Inputs: dout (N, D); cache. Returns (dx (N, D), dgamma (D,), dbeta (D,))."""
     x_hat, gamma, inv_std = cache
     xp = namespace_of(dout, x_hat)
     N = dout.shape[0]
@@ -418,7 +480,9 @@ def batchnorm_backward(dout, cache):
 
 @on_input_device
 def batchnorm_backward_alt(dout, cache):
-    """The same gradient in one simplified expression (the derivation done on paper)."""
+    """The same gradient as batchnorm_backward in one simplified expression (derived on paper):
+    dx = gamma * inv_std * (dout - mean(dout) - x_hat * mean(dout * x_hat)).
+    Inputs: dout (N, D); cache. Returns (dx (N, D), dgamma (D,), dbeta (D,))."""
     x_hat, gamma, inv_std = cache
     xp = namespace_of(dout, x_hat)
     dbeta = xp.sum(dout, axis=0)
@@ -429,7 +493,9 @@ def batchnorm_backward_alt(dout, cache):
 
 @on_input_device
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
-    """Batchnorm of x (N, C, H, W) per channel, over N, H and W."""
+    """Batch normalization of x (N, C, H, W) per channel, over N, H and W.
+    gamma, beta: (C,); bn_param as batchnorm_forward.
+    Returns (out (N, C, H, W), cache): cache as batchnorm_forward's for the (N*H*W, C) rows."""
     xp = namespace_of(x, gamma, beta)
     _check_rank("spatial batchnorm input x", x, 4, "(N, C, H, W)")
     N, C, H, W = x.shape
@@ -440,6 +506,8 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
 
 @on_input_device
 def spatial_batchnorm_backward(dout, cache):
+    """Backward of spatial_batchnorm_forward. Inputs: dout (N, C, H, W); cache.
+    Returns (dx (N, C, H, W), dgamma (C,), dbeta (C,))."""
     xp = namespace_of(dout)
     N, C, H, W = dout.shape
     rows = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (N * H * W, C))
@@ -449,7 +517,9 @@ def spatial_batchnorm_backward(dout, cache):
 
 @on_input_device
 def layernorm_forward(x, gamma, beta, ln_param):
-    """Layer normalization of x (N, D): each sample over its D features. ln_param: {"eps"}."""
+    """Layer normalization of x (N, D): each sample over its own D features.
+    gamma, beta: (D,); ln_param: {"eps": 1e-5} (a bn_param is accepted, as CS231n passes one).
+    Returns (out (N, D), cache): cache is (x_hat, gamma, inv_std), inv_std of shape (N, 1)."""
     xp = namespace_of(x, gamma, beta)
     _check_keys("ln_param", ln_param, BN_KEYS)
     eps = ln_param.get("eps", 1e-5)
@@ -461,7 +531,8 @@ def layernorm_forward(x, gamma, beta, ln_param):
 
 @on_input_device
 def layernorm_backward(dout, cache):
-    """Batchnorm's simplified backward with the roles of the two axes swapped."""
+    """Backward of layernorm_forward: batchnorm's simplified backward with the two axes
+    swapped. Inputs: dout (N, D); cache. Returns (dx (N, D), dgamma (D,), dbeta (D,))."""
     x_hat, gamma, inv_std = cache
     xp = namespace_of(dout, x_hat)
     dbeta = xp.sum(dout, axis=0)
@@ -534,6 +605,10 @@ def dropout_forward(x, dropout_param, rng=None):
     A "seed" makes the mask repeatable without touching any global random state; without
     one, the mask comes from `rng` (a model's generator) or else the backend's default
     (NumPy's global generator on the CPU, as in CS231n).
+
+    Inputs: x of any shape; dropout_param {"p", "mode": "train" | "test", "seed": optional}.
+    Returns (out, cache): out shaped like x; cache is (dropout_param, mask), the mask (0 or
+    1/p, shaped like x) being None in test mode.
     """
     _check_keys("dropout_param", dropout_param, DROPOUT_KEYS)
     p, mode = dropout_param["p"], dropout_param.get("mode", "train")
@@ -554,6 +629,8 @@ def dropout_forward(x, dropout_param, rng=None):
 
 @on_input_device
 def dropout_backward(dout, cache):
+    """Backward of dropout_forward: dx = dout * mask in train mode, dout in test mode.
+    Inputs: dout shaped like x; cache (dropout_param, mask). Returns dx."""
     dropout_param, mask = cache
     if dropout_param.get("mode", "train") == "test":
         return dout
@@ -606,6 +683,9 @@ def _check_scores(x, y):
 
 @on_input_device
 def softmax_loss_terms(x, y):
+    """Softmax cross-entropy of scores x (N, C) for labels y (N,), left on the device:
+    (loss 0-d array, dx (N, C), label_range) for xpnn's models; softmax_loss is the
+    CS231n-facing wrapper returning a float."""
     xp = namespace_of(x, y)
     N, C, label_range = _check_scores(x, y)
     shifted = x - xp.max(x, axis=1, keepdims=True)
@@ -617,6 +697,8 @@ def softmax_loss_terms(x, y):
 
 @on_input_device
 def svm_loss_terms(x, y):
+    """Multiclass SVM (hinge, margin 1) loss of scores x (N, C) for labels y (N,), left on the
+    device: (loss 0-d array, dx (N, C), label_range)."""
     xp = namespace_of(x, y)
     N, C, label_range = _check_scores(x, y)
     target = _one_hot(y, C, x)
@@ -630,6 +712,8 @@ def svm_loss_terms(x, y):
 
 @on_input_device
 def mse_loss_terms(x, y):
+    """Mean squared error sum((x - t)**2) / (2N), t = y or one-hot(y) for int labels, left on the
+    device: (loss 0-d array, dx shaped like x, label_range or None)."""
     xp = namespace_of(x, y)
     _check_float("predictions x", x)
     N = x.shape[0]
