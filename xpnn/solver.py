@@ -44,6 +44,8 @@ class Solver:
         self.seed = kwargs.pop("seed", None)
         # "stop" raises NonFiniteLossError; "continue" skips the step's update and goes on.
         self.on_nonfinite = kwargs.pop("on_nonfinite", "stop")
+        # Data parallel over MPI ranks: an xpnn.distributed.Communicator (see that module).
+        self.comm = kwargs.pop("comm", None)
         if kwargs:
             raise ValueError(f"Unrecognized arguments {', '.join(sorted(kwargs))}")
         self.update_rule = optim.get_update_rule(self.update_rule_name)
@@ -69,6 +71,8 @@ class Solver:
                 and model.input_mean is None and model.input_scale is None):
             model.set_preprocessing(mean=data["mean_image"])
         self._reset()
+        if self.comm is not None:
+            self.comm.prepare(self)
 
     # ------------------------------------------------------------------ data
 
@@ -135,6 +139,8 @@ class Solver:
             self._forward_backward_update(idx)
 
     def _forward_backward_update(self, idx):
+        if self.comm is not None:     # this rank's slice of the global batch
+            idx, share = self.comm.shard(idx)
         X_batch, y_batch = self._batch(self.X_train, self.y_train, idx)
         try:
             loss, grads = self.model.loss(X_batch, y_batch)
@@ -143,6 +149,8 @@ class Solver:
                 raise MemoryError(f"{self.backend.label} ran out of memory at iteration {self.t + 1} "
                                   f"with batch_size={len(idx)} ({e}); try a smaller batch_size") from e
             raise
+        if self.comm is not None:     # the global batch's mean loss and gradients, on every rank
+            loss, grads = self.comm.allreduce_mean(loss, grads, share)
         if not math.isfinite(loss):
             finite = [l for l in self.loss_history if math.isfinite(l)]
             last = f"{finite[-1]:.6g}" if finite else "none"
@@ -179,6 +187,8 @@ class Solver:
         return float(correct) / max(len(idx), 1)
 
     def _end_of_epoch_check(self):
+        if self.comm is not None:     # one set of batchnorm running averages for all ranks
+            self.comm.average_buffers(self.model)
         train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
         val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
         self.train_acc_history.append(train_acc)
@@ -230,7 +240,10 @@ class Solver:
 
     def save_checkpoint(self, path):
         """Everything needed to resume: params, buffers, optimizer state, best params, histories,
-        the random generator; written atomically (a crash never leaves half a file)."""
+        the random generator; written atomically (a crash never leaves half a file).
+        In a distributed run only rank 0 writes (every rank holds the same state)."""
+        if self.comm is not None and not self.comm.is_writer:
+            return Path(path)
         if isinstance(self.model, Model):
             arrays, meta = self.model.state_arrays(), self.model.describe()
         else:   # a hand-written model: its params are its whole state

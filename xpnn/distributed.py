@@ -1,0 +1,371 @@
+"""Data-parallel training and sweeps on MPI, with NCCL between GPUs.
+
+    mpiexec -n 4 xpnn train --model mnist-cnn --device cuda      # one process per GPU
+    mpiexec -n 2 python -m mpi4py my_script.py                   # the Python API, below
+
+    comm = xpnn.distributed.communicator("cuda")     # this rank's GPU: comm.device
+    model = mnist_cnn(device=comm.device, seed=0)
+    Solver(model, data, batch_size=100, seed=0, comm=comm).train()
+
+The design follows PyTorch's DistributedDataParallel and ChainerMN:
+
+  - Every rank holds the whole model. Every rank draws the same global permutation of the
+    training set (it depends on the seed, never on the number of ranks K) and takes its own
+    contiguous slice of each global batch of B examples (`Communicator.shard`).
+  - Each rank computes the loss and gradients of its slice; one all-reduce per step sums
+    them, each weighted by the rank's share of the batch (n_r / B), into one flat buffer:
+    the result is the mean over the global batch, exactly what one process computes with
+    batch B, up to the order of the floating-point sums. L2 regularisation, which every
+    rank adds in full, is counted once because the shares sum to 1. The loss rides in the
+    same buffer, so every rank sees the same loss and makes the same NaN decision.
+  - Every rank applies the same update to the same weights, so the weights stay identical
+    without ever being sent (they are broadcast from rank 0 once, when the Solver starts).
+  - The transport is the trusted engine of the device: MPI's all-reduce (mpi4py, on
+    contiguous NumPy buffers) between CPU processes; NCCL (`cupy.cuda.nccl`) between GPUs,
+    one rank per GPU, with NCCL's unique id broadcast over MPI (ChainerMN's "pure NCCL"
+    communicator). The GPU buffer is reduced in place on the device, never staged on the host.
+  - Batch normalisation: the forward pass uses each rank's own batch statistics (its slice),
+    as DDP does without SyncBatchNorm, so a BN model on K ranks is *not* the same as one
+    process with batch B. The running averages (used at test time) would drift apart per
+    rank; they are averaged over the ranks with one small all-reduce at every accuracy check
+    (the end of each epoch), before checkpoints are written, so all ranks evaluate and save
+    the same model.
+  - One writer: rank 0 alone writes checkpoints, plots and metrics (atomically). Evaluation
+    (accuracy checks) is not distributed: every rank computes the same numbers.
+  - Failures: each collective waits with a deadline (`timeout`, default 300 s, or the
+    XPNN_COLLECTIVE_TIMEOUT environment variable), polling a non-blocking request; past it, the
+    rank raises DistributedError naming the step. The `xpnn` command then calls MPI_Abort so
+    that the whole job stops; a script gets the same behaviour by running under
+    `python -m mpi4py` (mpi4py aborts the job on an unhandled exception). A rank that is
+    killed takes the job down through the launcher (mpiexec kills the others).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+
+import numpy as np
+
+from .backend import CpuBackend, CudaBackend, get_backend, namespace_of, parse_device, to_numpy
+
+TIMEOUT_ENV = "XPNN_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT = 300.0
+# Variables that MPI launchers set in every process they start (MPICH/Hydra, Open MPI, PMIx).
+_LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+class DistributedError(RuntimeError):
+    """The ranks of a distributed run disagree, or one of them stopped answering."""
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by an MPI launcher (mpiexec / mpirun / srun)."""
+    return any(name in os.environ for name in _LAUNCHER_VARIABLES)
+
+
+def rank_device(device, local_rank: int, gpu_count: int) -> str:
+    """The device of the rank with this node-local index: "cpu" stays "cpu"; "cuda:i" gives
+    consecutive GPUs from i, wrapping around (rank r on cuda:(i + r) % gpu_count)."""
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return "cpu"
+    if gpu_count < 1:
+        raise DistributedError(f"device {device!r} was asked for, but this node has no GPU")
+    return f"cuda:{(index + local_rank) % gpu_count}"
+
+
+def _timeout_from_environment() -> float:
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def communicator(device="cpu", timeout=None, mpi_comm=None) -> "Communicator":
+    """The communicator of this MPI job (all ranks call it together), with this rank's device
+    in `comm.device`: "cpu", or one GPU per rank on a node for device="cuda" (see rank_device).
+    `timeout`: seconds a collective may wait for the other ranks (default: XPNN_COLLECTIVE_TIMEOUT
+    or 300). Outside mpiexec it is a communicator of one process, which trains as without one."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise RuntimeError(f"distributed training needs mpi4py ({e}); install it with "
+                           "pip install 'xpnn[mpi]' (mpi4py and the MPICH library)") from None
+    return Communicator(mpi_comm if mpi_comm is not None else MPI.COMM_WORLD, device, timeout)
+
+
+class Communicator:
+    """One MPI job seen from one rank: its rank, the job's size, this rank's device, and the
+    collectives the Solver needs (gradient all-reduce, broadcast of the model, gather)."""
+
+    def __init__(self, mpi_comm, device="cpu", timeout=None):
+        from mpi4py import MPI
+        self.mpi = mpi_comm
+        self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        # The rank among the processes of this node (one GPU each): MPI's own node split.
+        node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = node.Get_rank()
+        node.Free()
+        self.timeout = float(timeout) if timeout is not None else _timeout_from_environment()
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        gpus = _gpu_count() if parse_device(device)[0] == "cuda" else 0
+        self.device = rank_device(device, self.local_rank, gpus)
+        self.transport = None          # chosen by `prepare`, from the model's backend
+        # What the gradient all-reduces cost: counts, bytes per rank, seconds spent in them.
+        self.allreduce_calls, self.allreduce_bytes, self.allreduce_seconds = 0, 0, 0.0
+
+    def __repr__(self):
+        return f"Communicator(rank={self.rank}, size={self.size}, device={self.device!r})"
+
+    @property
+    def is_writer(self) -> bool:
+        """Rank 0 alone writes files (checkpoints, plots, metrics)."""
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ waiting, with a deadline
+
+    def wait(self, request, what: str) -> None:
+        """Wait for a non-blocking MPI request, at most `timeout` seconds. Polling with short
+        sleeps leaves the CPU to the other ranks (MPI's blocking calls spin on it)."""
+        self._poll(request.Test, what)
+
+    def _poll(self, done, what: str, on_timeout=None) -> None:
+        deadline = time.monotonic() + self.timeout
+        pause = 1e-5
+        while not done():
+            if time.monotonic() > deadline:
+                if on_timeout is not None:
+                    on_timeout()
+                raise DistributedError(
+                    f"rank {self.rank} of {self.size}: {what} got no answer from the other ranks "
+                    f"within {self.timeout:g} s; another rank failed, was killed or hangs (its "
+                    f"own message says why). Raise {TIMEOUT_ENV} if its steps are that slow")
+            time.sleep(pause)
+            pause = min(2 * pause, 1e-3)
+
+    def bcast(self, obj, what="a broadcast"):
+        """Rank 0's Python object, on every rank (pickled: two non-blocking broadcasts, its
+        length and its bytes, each waited for with the deadline)."""
+        data = pickle.dumps(obj) if self.is_writer else b""
+        length = np.array([len(data)], dtype=np.int64)
+        self.wait(self.mpi.Ibcast(length, root=0), what)
+        buf = np.frombuffer(data, dtype=np.uint8).copy() if self.is_writer else \
+            np.empty(int(length[0]), dtype=np.uint8)
+        self.wait(self.mpi.Ibcast(buf, root=0), what)
+        return obj if self.is_writer else pickle.loads(buf.tobytes())
+
+    def allreduce_host(self, array: np.ndarray, what: str) -> np.ndarray:
+        """The sum over the ranks of a host array (a contiguous copy, reduced in place)."""
+        from mpi4py import MPI
+        buf = np.ascontiguousarray(array).copy()
+        self.wait(self.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), what)
+        return buf
+
+    # ------------------------------------------------------------------ data parallelism
+
+    def shard(self, idx):
+        """This rank's contiguous slice of a global batch of indices, and its share of the
+        batch (len(slice) / len(idx)). The first len(idx) % size ranks take one more."""
+        n = len(idx)
+        base, extra = divmod(n, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        stop = start + base + (self.rank < extra)
+        return idx[start:stop], (stop - start) / n
+
+    def prepare(self, solver) -> None:
+        """Make a Solver data parallel (all ranks call it, from Solver.__init__): check that
+        every rank trains the same model, give every rank rank 0's weights and random state,
+        choose the transport, and leave the printing to rank 0."""
+        backend = solver.backend
+        if not isinstance(backend, (CpuBackend, CudaBackend)):
+            raise DistributedError(f"distributed training runs on the CPU (NumPy) or CUDA (CuPy) "
+                                   f"backends, not on {backend!r}")
+        smallest = min(solver.batch_size, solver.X_train.shape[0])
+        if smallest < self.size:
+            raise ValueError(f"a batch of {smallest} examples cannot be shared by {self.size} "
+                             "ranks: every rank needs at least one; use a larger batch_size")
+        model = solver.model
+        layout = [(name, tuple(v.shape), str(v.dtype)) for name, v in model.params.items()]
+        first, kind = self.bcast((layout, type(backend).__name__), "the model check")
+        if first != layout:
+            raise DistributedError(f"rank {self.rank} trains a different model than rank 0 "
+                                   f"(parameters {layout} vs {first})")
+        if kind != type(backend).__name__:
+            raise DistributedError(f"rank {self.rank} trains on a {type(backend).__name__}, rank 0 "
+                                   f"on a {kind}: all ranks need the same kind of device")
+        # DDP's rule: rank 0's weights (and buffers) are everyone's at the start.
+        params = self.bcast({k: to_numpy(v) for k, v in model.params.items()}, "the weight broadcast")
+        model.params = {k: backend.to_device(v) for k, v in params.items()}
+        if hasattr(model, "buffers") and hasattr(model, "_set_buffers"):
+            buffers = self.bcast({k: to_numpy(v) for k, v in model.buffers().items()}, "the buffer broadcast")
+            model._set_buffers({k: backend.to_device(v) for k, v in buffers.items()})
+        # The data order is a function of rank 0's seed alone: same permutation everywhere.
+        solver.rng.bit_generator.state = self.bcast(solver.rng.bit_generator.state, "the seed broadcast")
+        if not self.is_writer:
+            solver.verbose = False
+        if self.transport is None:
+            self.transport = NcclTransport(self, backend) if isinstance(backend, CudaBackend) \
+                else MpiTransport(self)
+
+    def allreduce_mean(self, loss: float, grads: dict, share: float):
+        """(loss, grads) of the global batch from this rank's, weighted by its share: one
+        all-reduce of one flat buffer holding every gradient and the loss."""
+        names = list(grads)
+        first = grads[names[0]]
+        xp = namespace_of(first)
+        flat = xp.concat([xp.reshape(grads[n], (-1,)) for n in names]
+                         + [xp.asarray([loss], dtype=first.dtype)])
+        flat = flat * share
+        start = time.perf_counter()
+        flat = self.transport.allreduce(flat, "the gradient all-reduce")
+        self.allreduce_seconds += time.perf_counter() - start
+        self.allreduce_calls += 1
+        self.allreduce_bytes += flat.size * flat.dtype.itemsize
+        out, offset = {}, 0
+        for n in names:
+            size = grads[n].size
+            out[n] = xp.reshape(flat[offset:offset + size], grads[n].shape)
+            offset += size
+        return float(flat[-1]), out
+
+    def average_buffers(self, model) -> None:
+        """Batchnorm running averages: each rank's replaced by the mean over the ranks (a small
+        host all-reduce, once per accuracy check)."""
+        buffers = model.buffers() if hasattr(model, "buffers") else {}
+        if not buffers:
+            return
+        names = sorted(buffers)
+        host = [to_numpy(buffers[n]) for n in names]
+        flat = np.concatenate([h.reshape(-1).astype(np.float64) for h in host])
+        flat = self.allreduce_host(flat, "the batchnorm average") / self.size
+        averaged, offset = {}, 0
+        for n, h in zip(names, host):
+            averaged[n] = model.backend.to_device(flat[offset:offset + h.size].reshape(h.shape).astype(h.dtype))
+            offset += h.size
+        model._set_buffers(averaged)
+
+    def summary(self) -> dict:
+        """Size and all-reduce figures of the run, for metrics.json."""
+        calls = max(self.allreduce_calls, 1)
+        return {"ranks": self.size, "transport": type(self.transport).__name__ if self.transport else None,
+                "allreduce_calls": self.allreduce_calls,
+                "allreduce_bytes_per_step": self.allreduce_bytes // calls,
+                "allreduce_seconds": round(self.allreduce_seconds, 4)}
+
+    def abort(self, code: int = 1) -> None:
+        """Stop every rank of the job now (MPI_Abort): what a rank does when it cannot go on."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.mpi.Abort(code)
+
+    # ------------------------------------------------------------------ sweeps
+
+    def map_round_robin(self, fn, items):
+        """fn(item) for this rank's items (items[rank::size]); on rank 0 every result in the
+        order of `items` (None on the others). An exception becomes a `Failed` result, so
+        that one bad setting never loses the rest."""
+        mine = [(i, _call_recording_failure(fn, item)) for i, item in enumerate(items)
+                if i % self.size == self.rank]
+        gathered = self.mpi.gather(mine, root=0)   # no deadline: a setting may train for hours
+        if not self.is_writer:
+            return None
+        results = dict(pair for part in gathered for pair in part)
+        return [results[i] for i in range(len(items))]
+
+
+class Failed:
+    """What a call that raised left: its message (and the rank that ran it)."""
+
+    def __init__(self, message: str, rank: int = 0):
+        self.message, self.rank = message, rank
+
+    def __repr__(self):
+        return f"Failed({self.message!r}, rank={self.rank})"
+
+
+def _call_recording_failure(fn, item, rank=None):
+    try:
+        return fn(item)
+    except Exception as e:       # noqa: BLE001 - recorded, reported, and the sweep goes on
+        return Failed(f"{type(e).__name__}: {e}", rank if rank is not None else _world_rank())
+
+
+def _world_rank() -> int:
+    if "mpi4py.MPI" in sys.modules:
+        return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_rank()
+    return 0
+
+
+def map_settings(comm, fn, items):
+    """`comm.map_round_robin(fn, items)`, or the same in this one process when comm is None."""
+    if comm is None:
+        return [_call_recording_failure(fn, item, rank=0) for item in items]
+    return comm.map_round_robin(fn, items)
+
+
+def _gpu_count() -> int:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+# ---------------------------------------------------------------------------- transports
+
+class MpiTransport:
+    """Sums a host NumPy buffer over the ranks with MPI's all-reduce, in place."""
+
+    def __init__(self, comm: Communicator):
+        self.comm = comm
+
+    def allreduce(self, buf, what):
+        from mpi4py import MPI
+        buf = np.ascontiguousarray(buf)
+        self.comm.wait(self.comm.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), what)
+        return buf
+
+
+class NcclTransport:
+    """Sums a CuPy buffer over the GPUs with NCCL, in place on the device (no host copy).
+
+    As ChainerMN's pure-NCCL communicator: rank 0 makes NCCL's unique id, MPI broadcasts it,
+    and every rank joins the NCCL communicator on its own GPU. `nccl` is `cupy.cuda.nccl`
+    unless a test gives a stand-in."""
+
+    def __init__(self, comm: Communicator, backend: CudaBackend, nccl=None):
+        import cupy
+        if nccl is None:
+            from cupy.cuda import nccl
+        self.comm, self.backend, self.nccl, self.cupy = comm, backend, nccl, cupy
+        self.dtypes = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}
+        uid = nccl.get_unique_id() if comm.is_writer else None
+        uid = comm.bcast(uid, "the NCCL id broadcast")
+        with backend:
+            self.nccl_comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
+
+    def allreduce(self, buf, what):
+        cupy = self.cupy
+        with self.backend:
+            if buf.device.id != self.backend.index:
+                raise DistributedError(f"the gradient buffer is on cuda:{buf.device.id}, but this "
+                                       f"rank's NCCL communicator is on {self.backend.label}")
+            buf = cupy.ascontiguousarray(buf)
+            stream = cupy.cuda.get_current_stream()
+            self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size,
+                                     self.dtypes[str(buf.dtype)], self.nccl.NCCL_SUM, stream.ptr)
+            # NCCL runs on the stream; wait for it with the same deadline as MPI, and abort the
+            # NCCL communicator (which frees the kernel stuck waiting for a dead peer) past it.
+            done = cupy.cuda.Event(disable_timing=True)
+            done.record(stream)
+            self.comm._poll(lambda: done.done, what, on_timeout=self.nccl_comm.abort)
+        return buf
