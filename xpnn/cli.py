@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .backend import get_backend, keep_freed_memory_for_reuse, to_numpy
 from .data import CLASS_NAMES, DATASETS, DataError, get_data
 from .io import CheckpointError, atomic_write_text, load_npz
@@ -174,6 +174,7 @@ def main(argv=None):
     except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
             MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
         print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
+        distributed.stop_other_ranks(2)
         return 2
     except KeyboardInterrupt:
         print(f"\nxpnn {args.command}: interrupted; resume with --resume", file=sys.stderr)
@@ -238,11 +239,14 @@ def resume_settings(args):
 
 
 def cmd_train(args):
+    comm = distributed.for_command(args)     # under mpiexec: data parallel, this rank's device
     if args.resume:
         out, resume_from = resume_settings(args)
     else:
         out = output_dir(args.out, f"runs/{args.model}-{args.dataset}", RUN_SETTINGS)
         resume_from = None
+    if comm is not None:
+        out = comm.bcast(out, "the output directory")
     get_backend(args.device)      # fail early, with the install hint, if the device is unusable
     data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
     input_shape = tuple(data["X_train"].shape[1:])
@@ -258,11 +262,12 @@ def cmd_train(args):
                     optim_config={"learning_rate": args.lr}, lr_decay=lr_decay(args),
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     num_val_samples=None, print_every=10, verbose=not args.quiet,
-                    checkpoint_name=str(out / "checkpoint"), on_nonfinite=args.on_nonfinite)
+                    checkpoint_name=str(out / "checkpoint"), on_nonfinite=args.on_nonfinite,
+                    comm=comm)
     if resume_from is not None:
         solver.load_checkpoint(resume_from)
         print(f"resuming from {resume_from} (epoch {solver.epoch} of {args.epochs})")
-    else:
+    elif comm is None or comm.is_writer:
         atomic_write_text(out / RUN_SETTINGS, json.dumps(vars(args), indent=2))
     print(f"training {args.model} on {args.dataset} ({len(data['X_train'])} train / "
           f"{len(data['X_val'])} val images) on {model.device}")
@@ -273,6 +278,8 @@ def cmd_train(args):
     test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
     print(f"test accuracy: {test_acc:.4f}   best val accuracy: {solver.best_val_acc:.4f}   "
           f"training time: {wall:.1f} s")
+    if comm is not None and not comm.is_writer:
+        return 0                  # rank 0 writes the plots, the model and the metrics
 
     from . import plots
     title = f"{args.model} on {args.dataset}"
@@ -290,6 +297,8 @@ def cmd_train(args):
                "best_val_acc": solver.best_val_acc, "train_acc_history": solver.train_acc_history,
                "val_acc_history": solver.val_acc_history, "final_loss": solver.loss_history[-1],
                "iterations": solver.t, "train_seconds": wall, "environment": _environment(model.device)}
+    if comm is not None:
+        metrics["distributed"] = comm.summary()
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     print(f"wrote {out}/metrics.json, curves.png, weights.png, model.npz")
     return 0
@@ -390,6 +399,7 @@ def cmd_info(args):
 
 
 def cmd_sweep(args):
+    comm = distributed.for_command(args)     # under mpiexec: settings shared round robin
     out = output_dir(args.out, f"runs/sweep-{args.model}-{args.dataset}", "sweep.json")
     data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
     input_shape = tuple(data["X_train"].shape[1:])
@@ -406,8 +416,9 @@ def cmd_sweep(args):
                      int(rng.choice(args.batch_size))) for _ in range(args.random)]
     else:
         settings = list(itertools.product(args.lr, args.reg, args.hidden, args.batch_size))
-    rows = []
-    for k, (lr, reg, hidden, batch) in enumerate(settings, start=1):
+
+    def run(numbered):
+        k, (lr, reg, hidden, batch) = numbered
         model = build_model(args.model, input_shape, num_classes, [hidden], reg, args.init,
                             args.seed, args.device)
         solver = Solver(model, data, update_rule=args.update_rule, optim_config={"learning_rate": lr},
@@ -418,9 +429,27 @@ def cmd_sweep(args):
         row = {"lr": lr, "reg": reg, "hidden": hidden, "batch_size": batch,
                "train_acc": solver.train_acc_history[-1], "val_acc": solver.best_val_acc,
                "seconds": round(time.perf_counter() - start, 2)}
-        rows.append(row)
         print(f"[{k}/{len(settings)}] lr {lr:.2e} reg {reg:.2e} hidden {hidden} batch {batch}: "
-              f"val acc {row['val_acc']:.4f}")
+              f"val acc {row['val_acc']:.4f}", flush=True)
+        return row
+
+    # Each setting on one rank (all of them in one process); a setting that raises is recorded
+    # as failed, with its message, and the others go on.
+    results = distributed.map_settings(comm, run, list(enumerate(settings, start=1)))
+    if results is None:
+        return 0                  # not rank 0: rank 0 gathered the rows and writes them
+    rows, failed = [], []
+    for (lr, reg, hidden, batch), result in zip(settings, results):
+        if isinstance(result, distributed.Failed):
+            failed.append({"lr": lr, "reg": reg, "hidden": hidden, "batch_size": batch,
+                           "error": result.message, "rank": result.rank})
+            print(f"failed: lr {lr:.2e} reg {reg:.2e} hidden {hidden} batch {batch} "
+                  f"(rank {result.rank}): {result.message}", file=sys.stderr)
+        else:
+            rows.append(result)
+    if not rows:
+        raise RuntimeError(f"every one of the {len(settings)} settings failed; the first: "
+                           f"{failed[0]['error']}")
     columns = ["lr", "reg", "hidden", "batch_size", "train_acc", "val_acc", "seconds"]
     table = format_table(rows, columns)
     best = max(rows, key=lambda r: r["val_acc"])
@@ -432,7 +461,8 @@ def cmd_sweep(args):
     plots.sweep_table(rows, columns, out / "sweep.png",
                       title=f"{args.model} on {args.dataset}: validation accuracy, best first")
     atomic_write_text(out / "sweep.txt", table + "\n")
-    atomic_write_text(out / "sweep.json", json.dumps({"rows": rows, "best": best}, indent=2))
+    atomic_write_text(out / "sweep.json", json.dumps({"rows": rows, "best": best, "failed": failed},
+                                                     indent=2))
     print(f"wrote {out}/sweep.txt, sweep.png, sweep.json")
     return 0
 

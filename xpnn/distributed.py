@@ -369,3 +369,42 @@ class NcclTransport:
             done.record(stream)
             self.comm._poll(lambda: done.done, what, on_timeout=self.nccl_comm.abort)
         return buf
+
+
+# ---------------------------------------------------------------------------- the xpnn command
+
+_command_comm: Communicator | None = None
+
+
+def for_command(args) -> Communicator | None:
+    """For `xpnn train` / `xpnn sweep` under mpiexec: the job's communicator, with
+    `args.device` set to this rank's device; None when not started by an MPI launcher.
+
+    The command owns its process, so here (never in a library call) the process is set up for
+    a job: only rank 0 prints to stdout (the others' go to /dev/null; errors still reach
+    stderr), and an unhandled exception on any rank aborts the whole job instead of leaving
+    the other ranks waiting."""
+    global _command_comm
+    if not launched_by_mpi():
+        return None
+    comm = communicator(args.device)
+    args.device = comm.device
+    _command_comm = comm
+    if not comm.is_writer:
+        sys.stdout = open(os.devnull, "w")
+    previous = sys.excepthook
+
+    def abort_job(kind, value, traceback):
+        previous(kind, value, traceback)
+        comm.abort(1)
+    sys.excepthook = abort_job
+    return comm
+
+
+def stop_other_ranks(code: int) -> None:
+    """After the command reported an error: in a job of several ranks, stop them all now
+    (MPI_Abort), since the others would wait for this rank at their next collective."""
+    if _command_comm is not None and _command_comm.size > 1:
+        print(f"xpnn: rank {_command_comm.rank} of {_command_comm.size} failed; stopping the job",
+              file=sys.stderr)
+        _command_comm.abort(code)
