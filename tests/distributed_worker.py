@@ -1,10 +1,16 @@
 """Programs that tests/test_distributed.py runs under `mpiexec -n K` (one per rank).
 
     python tests/distributed_worker.py train OUT [--bn] [--fail-at T] [--hang-at T] [--kill-at T]
+    python tests/distributed_worker.py average OUT
+    python tests/distributed_worker.py cli ARGS...        # xpnn's main(ARGS), with faults below
 
 `train` trains a small float64 network on the digits with the Solver's Python API and a
 communicator; rank r saves its final parameters (and batchnorm buffers) to OUT/rank{r}.npz, and
-rank 0 its loss history and all-reduce figures to OUT/result.json.
+rank 0 its loss history and all-reduce figures to OUT/result.json. The --*-at T options make
+rank 1 raise, hang or die (SIGKILL) at iteration T.
+`average` gives rank r batchnorm running means (r + 1) * [0, 1, ...] and writes the averaged ones.
+`cli` runs the command line; XPNN_TEST_FAIL_STEP=T makes rank 1 raise at training iteration T,
+XPNN_TEST_FAIL_HIDDEN=H makes building a model with H hidden units fail (sweeps).
 """
 import argparse
 import json
@@ -60,7 +66,44 @@ def train(args):
             {"loss_history": solver.loss_history, "size": comm.size, **comm.summary()}))
 
 
+def average(args):
+    comm = distributed.communicator()
+    data, model = small_problem(bn=True)
+    Solver(model, data, comm=comm, **SETTINGS)       # prepare: rank 0's weights everywhere
+    # Rank r's running means: (r + 1) * [0, 1, 2, ...]; the average is (K + 1) / 2 times that.
+    sizes = {k[len("gamma"):]: v.shape[0] for k, v in model.params.items() if k.startswith("gamma")}
+    model._set_buffers({f"running_mean{k}": (comm.rank + 1.0) * np.arange(n) for k, n in sizes.items()})
+    comm.average_buffers(model)
+    atomic_savez(Path(args.out) / f"rank{comm.rank}.npz",
+                 {k: np.asarray(v) for k, v in model.buffers().items()})
+
+
+def cli(argv):
+    from xpnn import cli as xpnn_cli
+    fail_step = int(os.environ.get("XPNN_TEST_FAIL_STEP", 0))
+    fail_hidden = int(os.environ.get("XPNN_TEST_FAIL_HIDDEN", 0))
+    if fail_step:
+        update = Solver._forward_backward_update
+
+        def faulty(self, idx):
+            if self.comm is not None and self.comm.rank == 1 and self.t + 1 == fail_step:
+                raise RuntimeError(f"rank 1 was told to fail at iteration {fail_step}")
+            return update(self, idx)
+        Solver._forward_backward_update = faulty
+    if fail_hidden:
+        build = xpnn_cli.build_model
+
+        def faulty_build(name, input_shape, num_classes, hidden, *rest, **kwargs):
+            if hidden == [fail_hidden]:
+                raise ValueError(f"no model with {fail_hidden} hidden units, as the test asked")
+            return build(name, input_shape, num_classes, hidden, *rest, **kwargs)
+        xpnn_cli.build_model = faulty_build
+    return xpnn_cli.main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "cli":
+        sys.exit(cli(sys.argv[2:]))
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
@@ -69,6 +112,7 @@ if __name__ == "__main__":
     t.add_argument("--fail-at", type=int, default=0)
     t.add_argument("--hang-at", type=int, default=0)
     t.add_argument("--kill-at", type=int, default=0)
+    sub.add_parser("average").add_argument("out")
     args = parser.parse_args()
-    {"train": train}[args.command](args)
+    {"train": train, "average": average}[args.command](args)
     sys.exit(0)

@@ -76,6 +76,16 @@ def rank_device(device, local_rank: int, gpu_count: int) -> str:
     return f"cuda:{(index + local_rank) % gpu_count}"
 
 
+def shard(idx, rank: int, size: int):
+    """Rank `rank`'s contiguous slice of a global batch `idx` split over `size` ranks, and its
+    share of the batch (len(slice) / len(idx)); the first len(idx) % size ranks take one more."""
+    n = len(idx)
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (rank < extra)
+    return idx[start:stop], (stop - start) / n
+
+
 def _timeout_from_environment() -> float:
     text = os.environ.get(TIMEOUT_ENV)
     if text is None:
@@ -173,13 +183,8 @@ class Communicator:
     # ------------------------------------------------------------------ data parallelism
 
     def shard(self, idx):
-        """This rank's contiguous slice of a global batch of indices, and its share of the
-        batch (len(slice) / len(idx)). The first len(idx) % size ranks take one more."""
-        n = len(idx)
-        base, extra = divmod(n, self.size)
-        start = self.rank * base + min(self.rank, extra)
-        stop = start + base + (self.rank < extra)
-        return idx[start:stop], (stop - start) / n
+        """This rank's slice of a global batch of indices, and its share of the batch."""
+        return shard(idx, self.rank, self.size)
 
     def prepare(self, solver) -> None:
         """Make a Solver data parallel (all ranks call it, from Solver.__init__): check that

@@ -1,0 +1,321 @@
+"""Data-parallel training and sweeps on MPI (xpnn.distributed), run as users run them: under
+`mpiexec -n K` (MPICH from the `mpich` wheel, installed by the test extra). The programs each
+rank runs are in tests/distributed_worker.py.
+
+The GPU transport (NCCL) is tested here with a stand-in NCCL module on the CuPy test double:
+that shows the placement, the arguments NCCL gets and that nothing is staged on the host; only
+real GPUs can show that NCCL itself sums correctly and how fast.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn import distributed
+from xpnn.cli import main as cli_main
+from xpnn.io import load_npz
+from xpnn.solver import Solver
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "distributed_worker.py"
+REPO = Path(xpnn.__file__).resolve().parents[1]      # the xpnn that this test imports
+sys.path.insert(0, str(HERE))
+from distributed_worker import SETTINGS, small_problem  # noqa: E402
+
+
+def mpiexec() -> str:
+    found = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if found is None:
+        pytest.fail("mpiexec not found next to this Python or on PATH: install the test extra "
+                    "(pip install -e '.[test]' brings mpi4py and the MPICH wheel)")
+    return found
+
+
+def run_ranks(n, *args, timeout=120, env=None, module=None):
+    """`mpiexec -n n python [-m module] args...` with this checkout's xpnn; returns
+    (CompletedProcess, seconds)."""
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(HERE),
+                                                             environment.get("PYTHONPATH")]))
+    environment.setdefault("OPENBLAS_NUM_THREADS", "1")    # K ranks share a small machine
+    command = [mpiexec(), "-n", str(n), sys.executable, *(["-m", module] if module else []), *args]
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+    return done, time.monotonic() - start
+
+
+def params_of(path):
+    arrays, _ = load_npz(path)
+    return {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+
+
+# ---------------------------------------------------------------------------- pure functions
+
+@pytest.mark.parametrize("n,size", [(n, size) for n in (1, 7, 30, 31) for size in (1, 2, 3, 4)
+                                    if n >= size])      # smaller batches: refused by the Solver
+def test_shards_cover_the_batch_once_with_shares_summing_to_one(n, size):
+    idx = np.arange(100, 100 + n)
+    parts = [distributed.shard(idx, r, size) for r in range(size)]
+    np.testing.assert_array_equal(np.concatenate([p for p, _ in parts]), idx)
+    assert sum(share for _, share in parts) == pytest.approx(1.0, abs=1e-15)
+    lengths = [len(p) for p, _ in parts]
+    assert max(lengths) - min(lengths) <= 1
+    assert all(share == len(p) / n for p, share in parts)
+
+
+def test_one_gpu_per_rank_on_each_node():
+    assert [distributed.rank_device("cuda", r, 4) for r in range(6)] == \
+        ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert [distributed.rank_device("cuda:2", r, 4) for r in range(3)] == ["cuda:2", "cuda:3", "cuda:0"]
+    assert distributed.rank_device("cpu", 5, 0) == "cpu"
+    with pytest.raises(distributed.DistributedError, match="no GPU"):
+        distributed.rank_device("cuda", 0, 0)
+
+
+def test_sweep_map_records_a_failure_and_keeps_the_rest():
+    def train(x):
+        if x == 2:
+            raise ValueError("two is not allowed")
+        return x * 10
+    results = distributed.map_settings(None, train, [1, 2, 3])
+    assert results[0] == 10 and results[2] == 30
+    assert isinstance(results[1], distributed.Failed)
+    assert results[1].message == "ValueError: two is not allowed"
+
+
+# ---------------------------------------------------------------------------- training on K ranks
+
+@pytest.fixture(scope="module")
+def single_process():
+    """The reference: one process, global batch 30, float64."""
+    data, model = small_problem()
+    solver = Solver(model, data, **SETTINGS)
+    solver.train()
+    return solver
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_k_ranks_reach_the_weights_of_one_process(tmp_path, ranks, single_process):
+    done, _ = run_ranks(ranks, "-m", "mpi4py", str(WORKER), "train", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    # The same global batches in the same order: the same loss at every step, up to the order
+    # of the floating-point sums (float64).
+    np.testing.assert_allclose(result["loss_history"], single_process.loss_history, rtol=1e-12)
+    reference = {k: np.asarray(v) for k, v in single_process.model.params.items()}
+    mine = [params_of(tmp_path / f"rank{r}.npz") for r in range(ranks)]
+    for name, expected in reference.items():
+        np.testing.assert_allclose(mine[0][name], expected, rtol=1e-10, atol=1e-13, err_msg=name)
+        for r in range(1, ranks):        # every rank applies the same update: identical weights
+            np.testing.assert_array_equal(mine[r][name], mine[0][name], err_msg=f"rank {r} {name}")
+    # One all-reduce per step, of every gradient and the loss in one float64 buffer.
+    count = sum(v.size for v in reference.values()) + 1
+    assert result["allreduce_calls"] == single_process.t
+    assert result["allreduce_bytes_per_step"] == 8 * count
+    # Only rank 0 wrote checkpoints, and they hold rank 0's (everyone's) final state.
+    final = params_of(tmp_path / "checkpoint_epoch_2.npz")
+    for name in reference:
+        np.testing.assert_array_equal(final[name], mine[0][name])
+
+
+def test_batchnorm_running_averages_are_averaged_over_the_ranks(tmp_path):
+    done, _ = run_ranks(3, "-m", "mpi4py", str(WORKER), "average", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for r in range(3):
+        buffers, _ = load_npz(tmp_path / f"rank{r}.npz")
+        assert buffers, "no batchnorm buffers were written"
+        for name, value in buffers.items():
+            np.testing.assert_allclose(value, 2.0 * np.arange(value.size), err_msg=name)  # mean of 1, 2, 3
+
+
+def test_batchnorm_model_ranks_end_with_one_model(tmp_path):
+    """Per-rank batch statistics in the forward pass (each rank's slice differs), but the same
+    weights and running averages on every rank after training, as checkpointed."""
+    done, _ = run_ranks(2, "-m", "mpi4py", str(WORKER), "train", str(tmp_path), "--bn")
+    assert done.returncode == 0, done.stderr
+    ranks = [load_npz(tmp_path / f"rank{r}.npz")[0] for r in range(2)]
+    assert any(k.startswith("buffer/running_var") for k in ranks[0])
+    for name, value in ranks[0].items():
+        np.testing.assert_array_equal(ranks[1][name], value, err_msg=name)
+
+
+# ---------------------------------------------------------------------------- failures
+
+def no_temporary_files(directory):
+    return [p.name for p in Path(directory).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_rank_that_raises_stops_the_job(tmp_path):
+    done, seconds = run_ranks(2, "-m", "mpi4py", str(WORKER), "train", str(tmp_path), "--fail-at", "25",
+                              timeout=60)
+    assert done.returncode != 0
+    assert "rank 1 was told to fail at iteration 25" in done.stderr
+    assert seconds < 30
+    # Epoch 1 (20 iterations) was checkpointed and is intact; nothing half-written is left.
+    assert params_of(tmp_path / "checkpoint_epoch_1.npz")
+    assert not (tmp_path / "checkpoint_epoch_2.npz").exists()
+    assert no_temporary_files(tmp_path) == []
+
+
+def test_a_rank_that_hangs_is_noticed_within_the_timeout(tmp_path):
+    done, seconds = run_ranks(2, "-m", "mpi4py", str(WORKER), "train", str(tmp_path), "--hang-at", "5",
+                              env={distributed.TIMEOUT_ENV: "2"}, timeout=60)
+    assert done.returncode != 0
+    assert "rank 0 of 2: the gradient all-reduce got no answer from the other ranks within 2 s" in done.stderr
+    assert seconds < 30
+
+
+def test_a_killed_rank_takes_the_job_down(tmp_path):
+    done, seconds = run_ranks(2, "-m", "mpi4py", str(WORKER), "train", str(tmp_path), "--kill-at", "25",
+                              timeout=60)
+    assert done.returncode != 0
+    assert seconds < 30
+    assert params_of(tmp_path / "checkpoint_epoch_1.npz")
+    assert no_temporary_files(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- the command line
+
+CLI_TRAIN = ["train", "--model", "fc", "--hidden", "32", "--epochs", "2", "--dataset", "digits",
+             "--num-train", "400", "--batch-size", "40", "--quiet", "--seed", "1"]
+
+
+def test_cli_trains_on_two_ranks_writes_once_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    done, _ = run_ranks(2, *CLI_TRAIN, "--out", str(out), module="xpnn.cli")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("test accuracy") == 1           # rank 0 alone prints
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distributed"]["ranks"] == 2 and metrics["distributed"]["transport"] == "MpiTransport"
+    # The same run in one process: the same model, up to float32 summation order.
+    alone = tmp_path / "alone"
+    assert cli_main([*CLI_TRAIN, "--out", str(alone)]) == 0
+    for name, value in params_of(alone / "model.npz").items():
+        np.testing.assert_allclose(params_of(out / "model.npz")[name], value, rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
+    assert metrics["test_acc"] == json.loads((alone / "metrics.json").read_text())["test_acc"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint_epoch_1.npz", "checkpoint_epoch_2.npz", "curves.png", "metrics.json",
+        "model.npz", "run.json", "weights.png"]
+    # Resume the same run from epoch 1 with the same number of ranks: the same final model.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("run.json", "checkpoint_epoch_1.npz"):
+        shutil.copy(out / name, resumed / name)
+    done, _ = run_ranks(2, "train", "--resume", str(resumed), module="xpnn.cli")
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout
+    for name, value in params_of(out / "model.npz").items():
+        np.testing.assert_array_equal(params_of(resumed / "model.npz")[name], value, err_msg=name)
+
+
+def test_cli_error_on_one_rank_stops_every_rank(tmp_path):
+    done, seconds = run_ranks(2, str(WORKER), "cli", *CLI_TRAIN, "--out", str(tmp_path / "run"),
+                              env={"XPNN_TEST_FAIL_STEP": "3"}, timeout=60)
+    assert done.returncode != 0
+    assert "xpnn train: error: rank 1 was told to fail at iteration 3" in done.stderr
+    assert "rank 1 of 2 failed; stopping the job" in done.stderr
+    assert seconds < 30
+
+
+def test_cli_sweep_spreads_settings_and_reports_a_failed_one(tmp_path):
+    out = tmp_path / "sweep"
+    done, _ = run_ranks(2, str(WORKER), "cli", "sweep", "--model", "fc", "--dataset", "digits",
+                        "--num-train", "300", "--epochs", "1", "--lr", "1e-3", "--reg", "0",
+                        "--hidden", "8,24,16", "--out", str(out), env={"XPNN_TEST_FAIL_HIDDEN": "24"})
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "sweep.json").read_text())
+    assert sorted(row["hidden"] for row in result["rows"]) == [8, 16]
+    # Round robin: settings 0 and 2 on rank 0, setting 1 (hidden 24) on rank 1, where it failed.
+    assert result["failed"] == [{"lr": 1e-3, "reg": 0.0, "hidden": 24, "batch_size": 50,
+                                 "error": "ValueError: no model with 24 hidden units, as the test asked",
+                                 "rank": 1}]
+    assert "24" not in (out / "sweep.txt").read_text().split("\n", 2)[2]
+
+
+# ---------------------------------------------------------------------------- NCCL, with a stand-in
+
+class FakeNccl:
+    """Stands in for cupy.cuda.nccl: records what NCCL would be asked, and with one rank
+    (the sum over one rank is the buffer itself) leaves the buffer as it is."""
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+
+    def __init__(self):
+        self.calls = []
+
+    def get_unique_id(self):
+        return (42,) * 128
+
+    def NcclCommunicator(self, ndev, uid, rank):     # noqa: N802 - NCCL's own name
+        import cupy
+        self.calls.append(("init", ndev, uid, rank, cupy.cuda.runtime.getDevice()))
+        fake = self
+
+        class Comm:
+            def allReduce(self, send, recv, count, dtype, op, stream):   # noqa: N802
+                fake.calls.append(("allReduce", send, recv, count, dtype, op, stream,
+                                   cupy.cuda.runtime.getDevice()))
+
+            def abort(self):
+                fake.calls.append(("abort",))
+        return Comm()
+
+
+class OneRank:
+    """The part of a Communicator the NCCL transport uses, for one rank without MPI."""
+    rank, size, is_writer, timeout = 0, 1, True, 5.0
+
+    def bcast(self, obj, what):
+        return obj
+
+    _poll = distributed.Communicator._poll
+
+
+@pytest.mark.gpu
+def test_nccl_transport_reduces_the_device_buffer_in_place_on_the_ranks_gpu(monkeypatch):
+    import cupy
+    from xpnn.backend import get_backend
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs (the CuPy test double has two)")
+    backend = get_backend("cuda:1")
+    nccl = FakeNccl()
+    comm = OneRank()
+    transport = distributed.NcclTransport(comm, backend, nccl=nccl)
+    assert nccl.calls == [("init", 1, (42,) * 128, 0, 1)]          # joined on its own GPU
+
+    class Finished:                                                 # the event NCCL's work records
+        done = True
+
+        def __init__(self, **kwargs):
+            pass
+
+        def record(self, stream=None):
+            pass
+    monkeypatch.setattr(cupy.cuda, "Event", Finished)
+    real = distributed.Communicator.__new__(distributed.Communicator)
+    real.rank, real.size, real.transport = 0, 1, transport
+    real.allreduce_calls, real.allreduce_bytes, real.allreduce_seconds = 0, 0, 0.0
+    with backend:
+        grads = {"W1": cupy.ones((3, 4), dtype=cupy.float32), "b1": cupy.full((4,), 2.0, dtype=cupy.float32)}
+    stats = getattr(cupy, "_double", None)
+    if stats is not None:
+        stats.reset_stats()
+    with backend:
+        loss, out = real.allreduce_mean(1.5, grads, 1.0)
+    kind, send, recv, count, dtype, op, stream, device = nccl.calls[-1]
+    assert (kind, count, dtype, op, device) == ("allReduce", 12 + 4 + 1, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, 1)
+    assert send == recv == out["W1"].data.ptr                     # in place, on the device
+    assert out["W1"].device.id == 1 and loss == 1.5
+    np.testing.assert_array_equal(cupy.asnumpy(out["b1"]), np.full(4, 2.0, dtype=np.float32))
+    if stats is not None:           # the double counts transfers: only the loss crossed
+        moved = stats.stats()
+        assert moved["h2d_bytes"] <= 8 and moved["d2h_bytes"] <= 8, moved
