@@ -269,14 +269,16 @@ class FakeNccl:
         return Comm()
 
 
-class OneRank:
-    """The part of a Communicator the NCCL transport uses, for one rank without MPI."""
-    rank, size, is_writer, timeout = 0, 1, True, 5.0
+class OneRank(distributed.Communicator):
+    """A communicator of one rank made without MPI: enough for the NCCL transport."""
+
+    def __init__(self):
+        self.rank, self.size, self.local_rank, self.timeout = 0, 1, 0, 5.0
+        self.device, self.transport = "cuda:1", None
+        self.allreduce_calls, self.allreduce_bytes, self.allreduce_seconds = 0, 0, 0.0
 
     def bcast(self, obj, what):
         return obj
-
-    _poll = distributed.Communicator._poll
 
 
 @pytest.mark.gpu
@@ -289,7 +291,7 @@ def test_nccl_transport_reduces_the_device_buffer_in_place_on_the_ranks_gpu(monk
     backend = get_backend("cuda:1")
     nccl = FakeNccl()
     comm = OneRank()
-    transport = distributed.NcclTransport(comm, backend, nccl=nccl)
+    comm.transport = distributed.NcclTransport(comm, backend, nccl=nccl)
     assert nccl.calls == [("init", 1, (42,) * 128, 0, 1)]          # joined on its own GPU
 
     class Finished:                                                 # the event NCCL's work records
@@ -301,21 +303,43 @@ def test_nccl_transport_reduces_the_device_buffer_in_place_on_the_ranks_gpu(monk
         def record(self, stream=None):
             pass
     monkeypatch.setattr(cupy.cuda, "Event", Finished)
-    real = distributed.Communicator.__new__(distributed.Communicator)
-    real.rank, real.size, real.transport = 0, 1, transport
-    real.allreduce_calls, real.allreduce_bytes, real.allreduce_seconds = 0, 0, 0.0
     with backend:
         grads = {"W1": cupy.ones((3, 4), dtype=cupy.float32), "b1": cupy.full((4,), 2.0, dtype=cupy.float32)}
-    stats = getattr(cupy, "_double", None)
-    if stats is not None:
-        stats.reset_stats()
+    double = getattr(cupy, "_double", None)     # the CuPy test double counts transfers
+    if double is not None:
+        double.reset_stats()
     with backend:
-        loss, out = real.allreduce_mean(1.5, grads, 1.0)
+        loss, out = comm.allreduce_mean(1.5, grads, 1.0)
+    if double is not None:      # the loss went in and came back (4 bytes each way); nothing else
+        moved = double.stats()
+        assert (moved["h2d_bytes"], moved["d2h_bytes"], moved["syncs"]) == (4, 4, 1), moved
     kind, send, recv, count, dtype, op, stream, device = nccl.calls[-1]
     assert (kind, count, dtype, op, device) == ("allReduce", 12 + 4 + 1, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, 1)
     assert send == recv == out["W1"].data.ptr                     # in place, on the device
     assert out["W1"].device.id == 1 and loss == 1.5
     np.testing.assert_array_equal(cupy.asnumpy(out["b1"]), np.full(4, 2.0, dtype=np.float32))
-    if stats is not None:           # the double counts transfers: only the loss crossed
-        moved = stats.stats()
-        assert moved["h2d_bytes"] <= 8 and moved["d2h_bytes"] <= 8, moved
+
+
+@pytest.mark.gpu
+def test_nccl_that_never_finishes_is_aborted_after_the_timeout(monkeypatch):
+    import cupy
+    from xpnn.backend import get_backend
+
+    class Stuck:                              # NCCL waiting forever for a dead peer
+        done = False
+
+        def __init__(self, **kwargs):
+            pass
+
+        def record(self, stream=None):
+            pass
+    monkeypatch.setattr(cupy.cuda, "Event", Stuck)
+    backend = get_backend("cuda:0")
+    nccl, comm = FakeNccl(), OneRank()
+    comm.timeout = 0.2
+    comm.transport = distributed.NcclTransport(comm, backend, nccl=nccl)
+    with backend:
+        grads = {"W1": cupy.ones((2, 2), dtype=cupy.float64)}
+        with pytest.raises(distributed.DistributedError, match="gradient all-reduce got no answer"):
+            comm.allreduce_mean(0.5, grads, 1.0)
+    assert nccl.calls[-1] == ("abort",)      # the stuck NCCL kernel is released
