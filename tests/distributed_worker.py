@@ -29,7 +29,7 @@ from xpnn.models import FullyConnectedNet
 from xpnn.solver import Solver
 
 SETTINGS = dict(update_rule="adam", optim_config={"learning_rate": 2e-3}, lr_decay=0.9,
-                num_epochs=2, batch_size=30, seed=3, verbose=False)
+                num_epochs=2, batch_size=31, seed=3, verbose=False)
 
 
 def small_problem(bn=False, num_train=600):

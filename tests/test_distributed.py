@@ -95,7 +95,7 @@ def test_sweep_map_records_a_failure_and_keeps_the_rest():
 
 @pytest.fixture(scope="module")
 def single_process():
-    """The reference: one process, global batch 30, float64."""
+    """The reference: one process, float64, global batch 31 (uneven shares on 2 and 3 ranks)."""
     data, model = small_problem()
     solver = Solver(model, data, **SETTINGS)
     solver.train()
@@ -159,7 +159,7 @@ def test_a_rank_that_raises_stops_the_job(tmp_path):
     assert done.returncode != 0
     assert "rank 1 was told to fail at iteration 25" in done.stderr
     assert seconds < 30
-    # Epoch 1 (20 iterations) was checkpointed and is intact; nothing half-written is left.
+    # Epoch 1 (19 iterations) was checkpointed and is intact; nothing half-written is left.
     assert params_of(tmp_path / "checkpoint_epoch_1.npz")
     assert not (tmp_path / "checkpoint_epoch_2.npz").exists()
     assert no_temporary_files(tmp_path) == []

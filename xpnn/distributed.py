@@ -160,7 +160,7 @@ class Communicator:
                     f"within {self.timeout:g} s; another rank failed, was killed or hangs (its "
                     f"own message says why). Raise {TIMEOUT_ENV} if its steps are that slow")
             time.sleep(pause)
-            pause = min(2 * pause, 1e-3)
+            pause = min(2 * pause, 2e-4)
 
     def bcast(self, obj, what="a broadcast"):
         """Rank 0's Python object, on every rank (pickled: two non-blocking broadcasts, its
