@@ -87,7 +87,8 @@ def measure(args):
                 tries.append(json.loads(done.stdout.strip().splitlines()[-1]))
             rows.append(min(tries, key=lambda r: r["step_ms"]))
     print(f"{args.model}, float32, Adam; median of {args.steps} timed steps, best of {args.repeats} "
-          f"runs; 1 BLAS thread per rank; {os.cpu_count()} cores\n")
+          f"runs; 1 BLAS thread per rank; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} when done (other programs share them)\n")
     print("| scaling | ranks | global batch | step ms | images/s | speed-up | efficiency | "
           "all-reduce ms | all-reduce bytes/step |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
