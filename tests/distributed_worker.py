@@ -2,6 +2,7 @@
 
     python tests/distributed_worker.py train OUT [--bn] [--fail-at T] [--hang-at T] [--kill-at T]
     python tests/distributed_worker.py average OUT
+    python tests/distributed_worker.py dropout OUT
     python tests/distributed_worker.py cli ARGS...        # xpnn's main(ARGS), with faults below
 
 `train` trains a small float64 network on the digits with the Solver's Python API and a
@@ -9,6 +10,7 @@ communicator; rank r saves its final parameters (and batchnorm buffers) to OUT/r
 rank 0 its loss history and all-reduce figures to OUT/result.json. The --*-at T options make
 rank 1 raise, hang or die (SIGKILL) at iteration T.
 `average` gives rank r batchnorm running means (r + 1) * [0, 1, ...] and writes the averaged ones.
+`dropout` writes 8 numbers from each rank's dropout generator after the Solver's set-up.
 `cli` runs the command line; XPNN_TEST_FAIL_STEP=T makes rank 1 raise at training iteration T,
 XPNN_TEST_FAIL_HIDDEN=H makes building a model with H hidden units fail (sweeps).
 """
@@ -78,6 +80,17 @@ def average(args):
                  {k: np.asarray(v) for k, v in model.buffers().items()})
 
 
+def dropout(args):
+    comm = distributed.communicator()
+    data = get_data("digits", num_training=200)
+    model = FullyConnectedNet([16], input_dim=64, num_classes=10, dropout_keep_ratio=0.5,
+                              dtype="float64", seed=5)
+    Solver(model, data, comm=comm, **SETTINGS)
+    layer = next(layer for layer in model.layers if getattr(layer, "rng", None) is not None)
+    atomic_savez(Path(args.out) / f"rank{comm.rank}.npz",
+                 {"draws": np.asarray(layer.rng.uniform((8,), dtype="float64"))})
+
+
 def cli(argv):
     from xpnn import cli as xpnn_cli
     fail_step = int(os.environ.get("XPNN_TEST_FAIL_STEP", 0))
@@ -113,6 +126,7 @@ if __name__ == "__main__":
     t.add_argument("--hang-at", type=int, default=0)
     t.add_argument("--kill-at", type=int, default=0)
     sub.add_parser("average").add_argument("out")
+    sub.add_parser("dropout").add_argument("out")
     args = parser.parse_args()
-    {"train": train, "average": average}[args.command](args)
+    {"train": train, "average": average, "dropout": dropout}[args.command](args)
     sys.exit(0)

@@ -147,6 +147,17 @@ def test_batchnorm_model_ranks_end_with_one_model(tmp_path):
         np.testing.assert_array_equal(ranks[1][name], value, err_msg=name)
 
 
+def test_each_rank_draws_its_own_dropout_masks_reproducibly(tmp_path):
+    draws = []
+    for run in ("first", "second"):
+        done, _ = run_ranks(2, "-m", "mpi4py", str(WORKER), "dropout", str(tmp_path / run))
+        assert done.returncode == 0, done.stderr
+        draws.append([load_npz(tmp_path / run / f"rank{r}.npz")[0]["draws"] for r in range(2)])
+    assert not np.array_equal(draws[0][0], draws[0][1])      # rank 0 and rank 1 differ
+    for r in range(2):                                        # the same seed, the same masks
+        np.testing.assert_array_equal(draws[0][r], draws[1][r])
+
+
 # ---------------------------------------------------------------------------- failures
 
 def no_temporary_files(directory):

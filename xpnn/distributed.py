@@ -30,6 +30,8 @@ The design follows PyTorch's DistributedDataParallel and ChainerMN:
     rank; they are averaged over the ranks with one small all-reduce at every accuracy check
     (the end of each epoch), before checkpoints are written, so all ranks evaluate and save
     the same model.
+  - Dropout: each rank draws its own masks (a stream derived from the model's generator and
+    the rank), else the k-th example of every rank's slice would share a mask.
   - One writer: rank 0 alone writes checkpoints, plots and metrics (atomically). Evaluation
     (accuracy checks) is not distributed: every rank computes the same numbers.
   - Failures: each collective waits with a deadline (`timeout`, default 300 s, or the
@@ -213,6 +215,17 @@ class Communicator:
         if hasattr(model, "buffers") and hasattr(model, "_set_buffers"):
             buffers = self.bcast({k: to_numpy(v) for k, v in model.buffers().items()}, "the buffer broadcast")
             model._set_buffers({k: backend.to_device(v) for k, v in buffers.items()})
+        # Unseeded dropout takes its masks from the model's generator, the same stream on every
+        # rank: the k-th example of every rank's slice would get the same mask. Each rank gets
+        # a stream of its own, derived from the model's (a seeded model stays reproducible).
+        droppers = [layer for layer in getattr(model, "layers", ()) if getattr(layer, "rng", None)]
+        if droppers:
+            with backend:
+                base = to_numpy(droppers[0].rng.uniform((2,), dtype="float64"))
+            words = np.random.SeedSequence([int(b * 2**32) for b in base] + [self.rank]).generate_state(2)
+            rng = backend.generator(int(words[0]) << 32 | int(words[1]))
+            for layer in droppers:
+                layer.rng = rng
         # The data order is a function of rank 0's seed alone: same permutation everywhere.
         solver.rng.bit_generator.state = self.bcast(solver.rng.bit_generator.state, "the seed broadcast")
         if not self.is_writer:
