@@ -7,6 +7,8 @@
 Measured: the time of one training step (forward, backward, all-reduce, Adam update) on
 random MNIST-shaped data, median of --steps steps after 3 warm-up steps, with
   - strong scaling: the global batch B fixed, each of K ranks takes B/K;
+  - control: the same B/K examples per process in K independent processes (no all-reduce):
+    how fast K busy processes run on this machine, whatever xpnn does;
   - weak scaling: each rank takes B, the global batch is K*B;
 and the all-reduce's bytes and share of the step. Every rank runs with one BLAS thread
 (OPENBLAS_NUM_THREADS=1 and friends), so K ranks use K cores.
@@ -37,7 +39,7 @@ def worker(args):
     from xpnn.solver import Solver
 
     comm = distributed.communicator()
-    global_batch = args.batch if args.mode == "strong" else args.batch * comm.size
+    global_batch = args.batch if args.mode in ("strong", "control") else args.batch * comm.size
     shape = (1, 28, 28) if args.model in ("mnist-cnn", "fc") else (3, 32, 32)
     rng = np.random.default_rng(0)
     n = global_batch * 4
@@ -45,26 +47,45 @@ def worker(args):
             "y_train": rng.integers(0, 10, n), "X_val": np.zeros((1, *shape), np.float32),
             "y_val": np.zeros(1, np.int64)}
     model = build_model(args.model, shape, 10, [100], 0.0, "he", 0, comm.device)
+    # control: the same per-rank work, B/K examples, in K independent processes (no
+    # communication): what the machine allows K busy processes, whatever xpnn does.
+    control = args.mode == "control"
     solver = Solver(model, data, update_rule="adam", batch_size=global_batch, seed=0,
-                    verbose=False, comm=comm)
+                    verbose=False, comm=None if control else comm)
+    if control:
+        comm.transport = distributed.MpiTransport(comm)
     times = []
     for step in range(3 + args.steps):
         if step == 3:
             comm.allreduce_seconds = 0.0
         idx = solver.rng.permutation(n)[:global_batch]
+        if control:
+            idx, _ = comm.shard(idx)
         comm.mpi.Barrier()                   # every rank starts the step together
         start = time.perf_counter()
         solver._step(idx)
         model.backend.synchronize()
         if step >= 3:
             times.append(time.perf_counter() - start)
+    # The all-reduce alone, ranks released together: the transport's cost without the wait
+    # for a slower rank that the in-step figure includes.
+    buf = np.zeros(sum(int(v.size) for v in model.params.values()) + 1, dtype=np.float32)
+    alone = []
+    for _ in range(100):
+        comm.mpi.Barrier()
+        start = time.perf_counter()
+        comm.transport.allreduce(buf, "the benchmark's all-reduce")
+        alone.append(time.perf_counter() - start)
     # The step's time is the slowest rank's (the next all-reduce waits for it).
-    slowest = comm.mpi.allreduce(statistics.median(times), op=__import__("mpi4py").MPI.MAX)
+    from mpi4py import MPI
+    slowest = comm.mpi.allreduce(statistics.median(times), op=MPI.MAX)
+    alone = comm.mpi.allreduce(statistics.median(alone), op=MPI.MAX)
     if comm.is_writer:
         print(json.dumps({"ranks": comm.size, "mode": args.mode, "model": args.model,
                           "global_batch": global_batch, "step_ms": 1e3 * slowest,
                           "images_per_s": global_batch / slowest,
                           "allreduce_ms": 1e3 * comm.allreduce_seconds / args.steps,
+                          "allreduce_alone_ms": 1e3 * alone,
                           "allreduce_bytes": comm.summary()["allreduce_bytes_per_step"],
                           "params": sum(int(v.size) for v in model.params.values())}))
 
@@ -75,7 +96,7 @@ def measure(args):
         sys.exit("mpiexec not found: pip install 'xpnn[mpi]'")
     env = {**os.environ, **ONE_THREAD}
     rows = []
-    for mode in ("strong", "weak"):
+    for mode in ("strong", "control", "weak"):
         for k in args.ranks:
             command = [mpiexec, "-n", str(k), sys.executable, __file__, "--worker", "--mode", mode,
                        "--model", args.model, "--batch", str(args.batch), "--steps", str(args.steps)]
@@ -90,15 +111,15 @@ def measure(args):
           f"runs; 1 BLAS thread per rank; {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} when done (other programs share them)\n")
     print("| scaling | ranks | global batch | step ms | images/s | speed-up | efficiency | "
-          "all-reduce ms | all-reduce bytes/step |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for mode in ("strong", "weak"):
+          "all-reduce in step ms | all-reduce alone ms | all-reduce bytes/step |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for mode in ("strong", "control", "weak"):
         base = next(r for r in rows if r["mode"] == mode and r["ranks"] == args.ranks[0])
         for r in (r for r in rows if r["mode"] == mode):
             speedup = r["images_per_s"] / base["images_per_s"]
             print(f"| {mode} | {r['ranks']} | {r['global_batch']} | {r['step_ms']:.2f} | "
                   f"{r['images_per_s']:.0f} | {speedup:.2f}x | {speedup / r['ranks'] * base['ranks']:.0%} | "
-                  f"{r['allreduce_ms']:.3f} | {r['allreduce_bytes']:,} |")
+                  f"{r['allreduce_ms']:.3f} | {r['allreduce_alone_ms']:.3f} | {r['allreduce_bytes']:,} |")
 
 
 def paper(args):
@@ -134,7 +155,8 @@ def paper(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=("strong", "weak"), default="strong", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("strong", "control", "weak"), default="strong",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--model", default="mnist-cnn", choices=("mnist-cnn", "fc", "threelayer-cnn"))
     parser.add_argument("--batch", type=int, default=100, help="global batch (strong), per rank (weak)")
     parser.add_argument("--steps", type=int, default=30)
