@@ -291,6 +291,20 @@ class OneRank(distributed.Communicator):
     def bcast(self, obj, what):
         return obj
 
+    def allreduce_host(self, array, what):       # the sum over one rank
+        return np.array(array, copy=True)
+
+
+class Finished:
+    """A CUDA event whose work is done (the double runs work when it is issued)."""
+    done = True
+
+    def __init__(self, **kwargs):
+        pass
+
+    def record(self, stream=None):
+        pass
+
 
 @pytest.mark.gpu
 def test_nccl_transport_reduces_the_device_buffer_in_place_on_the_ranks_gpu(monkeypatch):
@@ -305,14 +319,6 @@ def test_nccl_transport_reduces_the_device_buffer_in_place_on_the_ranks_gpu(monk
     comm.transport = distributed.NcclTransport(comm, backend, nccl=nccl)
     assert nccl.calls == [("init", 1, (42,) * 128, 0, 1)]          # joined on its own GPU
 
-    class Finished:                                                 # the event NCCL's work records
-        done = True
-
-        def __init__(self, **kwargs):
-            pass
-
-        def record(self, stream=None):
-            pass
     monkeypatch.setattr(cupy.cuda, "Event", Finished)
     with backend:
         grads = {"W1": cupy.ones((3, 4), dtype=cupy.float32), "b1": cupy.full((4,), 2.0, dtype=cupy.float32)}
@@ -354,3 +360,34 @@ def test_nccl_that_never_finishes_is_aborted_after_the_timeout(monkeypatch):
         with pytest.raises(distributed.DistributedError, match="gradient all-reduce got no answer"):
             comm.allreduce_mean(0.5, grads, 1.0)
     assert nccl.calls[-1] == ("abort",)      # the stuck NCCL kernel is released
+
+
+@pytest.mark.gpu
+def test_a_gpu_solver_trains_through_the_nccl_path_as_without_it(monkeypatch):
+    """The whole data-parallel step on cuda:1 (shard of a device index array, the packed
+    all-reduce, the update rules on the reduced gradients, batchnorm averaging), one rank:
+    the same weights, bit for bit, as the Solver without a communicator."""
+    import cupy
+    from xpnn.backend import get_backend, to_numpy
+    from xpnn.data import get_data
+    from xpnn.models import FullyConnectedNet
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs (the CuPy test double has two)")
+    monkeypatch.setattr(cupy.cuda, "Event", Finished)
+    data = get_data("digits", num_training=200)
+
+    def train(comm):
+        model = FullyConnectedNet([16], input_dim=64, num_classes=10, dtype="float64", seed=5,
+                                  normalization="batchnorm", device="cuda:1")
+        solver = Solver(model, data, comm=comm, **{**SETTINGS, "num_epochs": 1})
+        solver.train()
+        return solver
+    nccl, comm = FakeNccl(), OneRank()
+    comm.transport = distributed.NcclTransport(comm, get_backend("cuda:1"), nccl=nccl)
+    together, alone = train(comm), train(None)
+    reductions = [call for call in nccl.calls if call[0] == "allReduce"]
+    assert len(reductions) == together.t and {call[-1] for call in reductions} == {1}
+    for name, value in alone.model.params.items():
+        np.testing.assert_array_equal(to_numpy(together.model.params[name]), to_numpy(value), err_msg=name)
+    assert together.loss_history == alone.loss_history
