@@ -50,7 +50,8 @@ import time
 
 import numpy as np
 
-from .backend import CpuBackend, CudaBackend, get_backend, namespace_of, parse_device, to_numpy
+from .backend import CpuBackend, CudaBackend, namespace_of, parse_device, to_numpy
+from .nn import Model
 
 TIMEOUT_ENV = "XPNN_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
@@ -198,8 +199,8 @@ class Communicator:
 
     def prepare(self, solver) -> None:
         """Make a Solver data parallel (all ranks call it, from Solver.__init__): check that
-        every rank trains the same model, give every rank rank 0's weights and random state,
-        choose the transport, and leave the printing to rank 0."""
+        every rank trains the same model, give every rank rank 0's weights and data order and
+        a dropout stream of its own, choose the transport, and leave the printing to rank 0."""
         backend = solver.backend
         if not isinstance(backend, (CpuBackend, CudaBackend)):
             raise DistributedError(f"distributed training runs on the CPU (NumPy) or CUDA (CuPy) "
@@ -208,7 +209,18 @@ class Communicator:
         if smallest < self.size:
             raise ValueError(f"a batch of {smallest} examples cannot be shared by {self.size} "
                              "ranks: every rank needs at least one; use a larger batch_size")
-        model = solver.model
+        self._check_same_model(solver.model, backend)
+        self._take_rank0_state(solver.model, backend)
+        # The data order is a function of rank 0's seed alone: same permutation everywhere.
+        solver.rng.bit_generator.state = self.bcast(solver.rng.bit_generator.state, "the seed broadcast")
+        self._own_dropout_stream(solver.model, backend)
+        if not self.is_writer:
+            solver.verbose = False
+        if self.transport is None:
+            self.transport = NcclTransport(self, backend) if isinstance(backend, CudaBackend) \
+                else MpiTransport(self)
+
+    def _check_same_model(self, model, backend) -> None:
         layout = [(name, tuple(v.shape), str(v.dtype)) for name, v in model.params.items()]
         first, kind = self.bcast((layout, type(backend).__name__), "the model check")
         if first != layout:
@@ -217,30 +229,29 @@ class Communicator:
         if kind != type(backend).__name__:
             raise DistributedError(f"rank {self.rank} trains on a {type(backend).__name__}, rank 0 "
                                    f"on a {kind}: all ranks need the same kind of device")
-        # DDP's rule: rank 0's weights (and buffers) are everyone's at the start.
+
+    def _take_rank0_state(self, model, backend) -> None:
+        """DDP's rule: rank 0's weights (and batchnorm buffers) are everyone's at the start
+        (once, through the host)."""
         params = self.bcast({k: to_numpy(v) for k, v in model.params.items()}, "the weight broadcast")
         model.params = {k: backend.to_device(v) for k, v in params.items()}
-        if hasattr(model, "buffers") and hasattr(model, "_set_buffers"):
+        if isinstance(model, Model):
             buffers = self.bcast({k: to_numpy(v) for k, v in model.buffers().items()}, "the buffer broadcast")
             model._set_buffers({k: backend.to_device(v) for k, v in buffers.items()})
-        # Unseeded dropout takes its masks from the model's generator, the same stream on every
-        # rank: the k-th example of every rank's slice would get the same mask. Each rank gets
-        # a stream of its own, derived from the model's (a seeded model stays reproducible).
+
+    def _own_dropout_stream(self, model, backend) -> None:
+        """Unseeded dropout takes its masks from the model's generator, the same stream on every
+        rank: the k-th example of every rank's slice would get the same mask. Each rank gets a
+        stream of its own, derived from the model's (so a seeded model stays reproducible)."""
         droppers = [layer for layer in getattr(model, "layers", ()) if getattr(layer, "rng", None)]
-        if droppers:
-            with backend:
-                base = to_numpy(droppers[0].rng.uniform((2,), dtype="float64"))
-            words = np.random.SeedSequence([int(b * 2**32) for b in base] + [self.rank]).generate_state(2)
-            rng = backend.generator(int(words[0]) << 32 | int(words[1]))
-            for layer in droppers:
-                layer.rng = rng
-        # The data order is a function of rank 0's seed alone: same permutation everywhere.
-        solver.rng.bit_generator.state = self.bcast(solver.rng.bit_generator.state, "the seed broadcast")
-        if not self.is_writer:
-            solver.verbose = False
-        if self.transport is None:
-            self.transport = NcclTransport(self, backend) if isinstance(backend, CudaBackend) \
-                else MpiTransport(self)
+        if not droppers:
+            return
+        with backend:
+            base = to_numpy(droppers[0].rng.uniform((2,), dtype="float64"))
+        words = np.random.SeedSequence([int(b * 2**32) for b in base] + [self.rank]).generate_state(2)
+        rng = backend.generator(int(words[0]) << 32 | int(words[1]))
+        for layer in droppers:
+            layer.rng = rng
 
     def allreduce_mean(self, loss: float, grads: dict, share: float):
         """(loss, grads) of the global batch from this rank's, weighted by its share: one
@@ -266,7 +277,7 @@ class Communicator:
     def average_buffers(self, model) -> None:
         """Batchnorm running averages: each rank's replaced by the mean over the ranks (a small
         host all-reduce, once per accuracy check)."""
-        buffers = model.buffers() if hasattr(model, "buffers") else {}
+        buffers = model.buffers() if isinstance(model, Model) else {}
         if not buffers:
             return
         names = sorted(buffers)
@@ -299,7 +310,7 @@ class Communicator:
         """fn(item) for this rank's items (items[rank::size]); on rank 0 every result in the
         order of `items` (None on the others). An exception becomes a `Failed` result, so
         that one bad setting never loses the rest."""
-        mine = [(i, _call_recording_failure(fn, item)) for i, item in enumerate(items)
+        mine = [(i, _call_recording_failure(fn, item, self.rank)) for i, item in enumerate(items)
                 if i % self.size == self.rank]
         gathered = self.mpi.gather(mine, root=0)   # no deadline: a setting may train for hours
         if not self.is_writer:
@@ -318,23 +329,17 @@ class Failed:
         return f"Failed({self.message!r}, rank={self.rank})"
 
 
-def _call_recording_failure(fn, item, rank=None):
+def _call_recording_failure(fn, item, rank: int):
     try:
         return fn(item)
     except Exception as e:       # noqa: BLE001 - recorded, reported, and the sweep goes on
-        return Failed(f"{type(e).__name__}: {e}", rank if rank is not None else _world_rank())
-
-
-def _world_rank() -> int:
-    if "mpi4py.MPI" in sys.modules:
-        return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_rank()
-    return 0
+        return Failed(f"{type(e).__name__}: {e}", rank)
 
 
 def map_settings(comm, fn, items):
     """`comm.map_round_robin(fn, items)`, or the same in this one process when comm is None."""
     if comm is None:
-        return [_call_recording_failure(fn, item, rank=0) for item in items]
+        return [_call_recording_failure(fn, item, 0) for item in items]
     return comm.map_round_robin(fn, items)
 
 
