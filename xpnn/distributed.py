@@ -377,6 +377,10 @@ class NcclTransport:
         import cupy
         if nccl is None:
             from cupy.cuda import nccl
+        if not getattr(nccl, "available", True):
+            raise RuntimeError("distributed GPU training needs NCCL, which CuPy cannot load here; "
+                               "install it (pip install nvidia-nccl-cu12, or -cu13 for CUDA 13, "
+                               "as CuPy's installation guide says) or train on device cpu")
         self.comm, self.backend, self.nccl, self.cupy = comm, backend, nccl, cupy
         self.dtypes = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}
         uid = nccl.get_unique_id() if comm.is_writer else None
