@@ -226,6 +226,15 @@ def test_cli_trains_on_two_ranks_writes_once_and_resumes(tmp_path):
     assert "resuming from" in done.stdout
     for name, value in params_of(out / "model.npz").items():
         np.testing.assert_array_equal(params_of(resumed / "model.npz")[name], value, err_msg=name)
+    # ... or in one process: the data order does not depend on the number of ranks.
+    single = tmp_path / "resumed-alone"
+    single.mkdir()
+    for name in ("run.json", "checkpoint_epoch_1.npz"):
+        shutil.copy(out / name, single / name)
+    assert cli_main(["train", "--resume", str(single), "--quiet"]) == 0
+    for name, value in params_of(out / "model.npz").items():
+        np.testing.assert_allclose(params_of(single / "model.npz")[name], value, rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
 
 
 def test_cli_error_on_one_rank_stops_every_rank(tmp_path):
