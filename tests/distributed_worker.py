@@ -1,6 +1,7 @@
 """Programs that tests/test_distributed.py runs under `mpiexec -n K` (one per rank).
 
     python tests/distributed_worker.py train OUT [--bn] [--fail-at T] [--hang-at T] [--kill-at T]
+                                                 [--timeout SECONDS]
     python tests/distributed_worker.py average OUT
     python tests/distributed_worker.py dropout OUT
     python tests/distributed_worker.py cli ARGS...        # xpnn's main(ARGS), with faults below
@@ -8,7 +9,8 @@
 `train` trains a small float64 network on the digits with the Solver's Python API and a
 communicator; rank r saves its final parameters (and batchnorm buffers) to OUT/rank{r}.npz, and
 rank 0 its loss history and all-reduce figures to OUT/result.json. The --*-at T options make
-rank 1 raise, hang or die (SIGKILL) at iteration T.
+rank 1 raise, hang or die (SIGKILL) at iteration T; --timeout sets the collectives' deadline
+once the Solver is set up (the set-up keeps the default, however slowly the ranks start).
 `average` gives rank r batchnorm running means (r + 1) * [0, 1, ...] and writes the averaged ones.
 `dropout` writes 8 numbers from each rank's dropout generator after the Solver's set-up.
 `cli` runs the command line; XPNN_TEST_FAIL_STEP=T makes rank 1 raise at training iteration T,
@@ -46,6 +48,8 @@ def train(args):
     data, model = small_problem(args.bn)
     solver = Solver(model, data, comm=comm, checkpoint_name=str(Path(args.out) / "checkpoint"),
                     **SETTINGS)
+    if args.timeout:
+        comm.timeout = args.timeout
     if args.fail_at or args.hang_at or args.kill_at:
         step = solver._step
 
@@ -124,6 +128,7 @@ if __name__ == "__main__":
     t.add_argument("--bn", action="store_true")
     t.add_argument("--fail-at", type=int, default=0)
     t.add_argument("--hang-at", type=int, default=0)
+    t.add_argument("--timeout", type=float, default=0)
     t.add_argument("--kill-at", type=int, default=0)
     sub.add_parser("average").add_argument("out")
     sub.add_parser("dropout").add_argument("out")

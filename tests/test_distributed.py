@@ -178,10 +178,21 @@ def test_a_rank_that_raises_stops_the_job(tmp_path):
 
 def test_a_rank_that_hangs_is_noticed_within_the_timeout(tmp_path):
     done, seconds = run_ranks(2, "-m", "mpi4py", str(WORKER), "train", str(tmp_path), "--hang-at", "5",
-                              env={distributed.TIMEOUT_ENV: "2"}, timeout=60)
+                              "--timeout", "2", timeout=60)
     assert done.returncode != 0
     assert "rank 0 of 2: the gradient all-reduce got no answer from the other ranks within 2 s" in done.stderr
     assert seconds < 30
+
+
+def test_the_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed._timeout_from_environment() == distributed.DEFAULT_TIMEOUT
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7.5")
+    assert distributed._timeout_from_environment() == 7.5
+    for bad in ("0", "-1", "soon"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=f"{distributed.TIMEOUT_ENV} must be a number of seconds > 0, got '{bad}'"):
+            distributed._timeout_from_environment()
 
 
 def test_a_killed_rank_takes_the_job_down(tmp_path):
