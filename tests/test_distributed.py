@@ -9,7 +9,6 @@ real GPUs can show that NCCL itself sums correctly and how fast.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,11 +23,11 @@ from xpnn.cli import main as cli_main
 from xpnn.io import load_npz
 from xpnn.solver import Solver
 
+from .distributed_worker import SETTINGS, small_problem
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "distributed_worker.py"
 REPO = Path(xpnn.__file__).resolve().parents[1]      # the xpnn that this test imports
-sys.path.insert(0, str(HERE))
-from distributed_worker import SETTINGS, small_problem  # noqa: E402
 
 
 def mpiexec() -> str:
