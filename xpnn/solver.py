@@ -29,6 +29,26 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Solver:
+    """Trains a classification model with minibatch gradient descent (CS231n's Solver).
+
+    The model contract (what any model, xpnn's or hand-written, must provide):
+    - `model.params`: a dict name -> array (NumPy, or arrays of one device); the Solver
+      replaces its entries with updated arrays after every step, and restores the best ones
+      at the end of `train()`;
+    - `model.loss(X, y=None)`: with y, `(loss, grads)`, loss a Python float and grads a dict
+      keyed like params; without y, class scores (N, C) for the test-mode forward pass.
+    An xpnn model also brings its `backend` (the device the data are moved to, and the
+    context every step runs in) and its buffers and preprocessing, saved in checkpoints.
+
+    Keyword arguments (all optional): update_rule ("sgd", or any name/callable of
+    xpnn.optim), optim_config (the rule's config, copied per parameter), lr_decay (1.0, per
+    epoch), batch_size (100), num_epochs (10), num_train_samples (1000: the train-accuracy
+    sample), num_val_samples (None: all), checkpoint_name (None: no checkpoints),
+    print_every (10), verbose (True), seed (None: one draw from NumPy's global generator),
+    on_nonfinite ("stop" or "continue"), comm (None, or an xpnn.distributed communicator for
+    data-parallel training). Unknown keywords are an error.
+    """
+
     def __init__(self, model, data, **kwargs):
         self.model = model
         self.update_rule_name = kwargs.pop("update_rule", "sgd")
