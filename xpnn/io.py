@@ -2,7 +2,8 @@
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk, then
 renamed over the target: a crash or a full disk leaves the previous file intact, never a
-half-written one.
+half-written one. The file gets the permissions any new file would (0666 less the umask),
+and errors name the file asked for, never the temporary one.
 """
 from __future__ import annotations
 
@@ -26,16 +27,28 @@ def atomic_open(path, mode="wb"):
     `path`, on any failure remove it. Readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; open() would have made this
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:   # disk full, permissions...
+            raise type(e)(e.errno, e.strerror, str(path)) from None   # name path, never tmp
         raise
+
+
+def _umask():
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def atomic_savez(path, arrays: dict, meta: dict | None = None) -> Path:
@@ -63,6 +76,9 @@ def load_npz(path) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):     # before np.load, which would offer to unpickle it
+        raise CheckpointError(f"checkpoint {path} is not an .npz archive: corrupt, truncated, "
+                              "or another kind of file")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}

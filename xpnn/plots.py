@@ -1,5 +1,5 @@
-"""The pictures people look at after training: learning curves, a sweep table, first-layer
-weights, a confusion matrix."""
+"""The pictures people look at after training: learning curves, a sweep, first-layer weights,
+a confusion matrix."""
 from __future__ import annotations
 
 import math
@@ -62,33 +62,42 @@ def learning_curves(loss_history, train_acc_history, val_acc_history, path, titl
     _save(fig, path, dpi=120)
 
 
-def sweep_table(rows, columns, path, title="Hyperparameter sweep"):
-    """A table of settings and validation accuracy, best first, the best row highlighted."""
-    rows = sorted(rows, key=lambda r: -r["val_acc"])
-    cells = [[_fmt(r[c]) for c in columns] for r in rows]
-    fig_h = 1.2 + 0.32 * (len(rows) + 1)
-    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 1, fig_h))
-    ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=columns, loc="center", cellLoc="center")
-    table.auto_set_font_size(False)
-    table.set_fontsize(10)
-    table.scale(1, 1.3)
-    for j in range(len(columns)):
-        table[0, j].set_facecolor("#dddddd")
-        table[0, j].set_text_props(weight="bold")
-        if rows:
-            table[1, j].set_facecolor("#cfeecf")
-    ax.set_title(title)
-    _save(fig, path, dpi=120, bbox_inches="tight")
-
-
-def _fmt(v):
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def sweep_scatter(rows, path, title=""):
+    """CS231n's picture of a sweep: each setting a point at (learning rate, regularisation),
+    both on log axes, coloured by its validation accuracy; the best one ringed."""
+    rows = sorted(rows, key=lambda r: r["val_acc"])       # the best drawn last, on top
+    lr = np.array([r["lr"] for r in rows], dtype=float)
+    reg = np.array([r["reg"] for r in rows], dtype=float)
+    acc = np.array([r["val_acc"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 5.5), constrained_layout=True)
+    dots = ax.scatter(lr, reg, c=acc, s=120, cmap="viridis", edgecolors="black", linewidths=0.5)
+    fig.colorbar(dots, ax=ax, label="validation accuracy")
+    ax.scatter(lr[-1:], reg[-1:], s=420, facecolors="none", edgecolors="red", linewidths=2,
+               label=f"best: val acc {acc[-1]:.4f}")
+    ax.set_xscale("log")
+    if reg.min() > 0:
+        ax.set_yscale("log")
+    elif reg.max() > 0:   # reg 0 has no logarithm: linear near 0, logarithmic above
+        linthresh = reg[reg > 0].min()
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.set_ylim(-0.5 * linthresh, 2 * reg.max())
+    else:                 # no regularisation anywhere: one row of points
+        ax.set_yticks([0.0])
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("regularisation strength")
+    shared = len(rows) - len(set(zip(lr, reg)))
+    note = f" ({shared} points hide behind better settings)" if shared else ""
+    ax.set_title(f"{title}\n{len(rows)} settings{note}" if title else f"{len(rows)} settings{note}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    _save(fig, path, dpi=120)
 
 
 def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
-    """A grid of the first layer's filters: conv W (F, C, kh, kw) or affine W (D, M) whose
-    columns are reshaped to input images of `input_shape` (C, H, W)."""
+    """The first layer's filters tiled into one image, as CS231n's visualize_grid does: conv W
+    (F, C, kh, kw), or affine W (D, M) whose columns are reshaped to input images of
+    `input_shape` (C, H, W). At most 64 filters, each scaled to its own range, so that its
+    pattern shows whatever its magnitude; RGB when C is 3, grey (the first channel) otherwise."""
     W = np.asarray(W, dtype=np.float64)
     if W.ndim == 4:
         images = W
@@ -98,23 +107,21 @@ def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
         raise ValueError(f"cannot show weights of shape {W.shape} as images")
     total = len(images)
     images = images[:64]
-    n = len(images)
+    images = images if images.shape[1] == 3 else images[:, :1]
+    n, channels, h, w = images.shape
+    lo = images.min(axis=(1, 2, 3), keepdims=True)
+    hi = images.max(axis=(1, 2, 3), keepdims=True)
+    images = (images - lo) / (hi - lo + 1e-12)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.5, 1.3 * rows + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, channels))   # white 1-pixel gaps
     for i, img in enumerate(images):
-        # Each filter scaled to its own range, so its pattern shows whatever its magnitude.
-        lo, hi = img.min(), img.max()
-        img = (img - lo) / (hi - lo + 1e-12)
-        ax = axes.flat[i]
-        if img.shape[0] == 3:
-            ax.imshow(np.transpose(img, (1, 2, 0)), interpolation="nearest")
-        else:
-            ax.imshow(img[0], cmap="gray", interpolation="nearest")
-        ax.set_title(str(i + 1), fontsize=8)
-    fig.suptitle(f"{title} ({n} of {total})" if n < total else f"{title} ({n})")
+        y, x = (i // cols) * (h + 1), (i % cols) * (w + 1)
+        grid[y:y + h, x:x + w] = np.transpose(img, (1, 2, 0))
+    fig, ax = plt.subplots(figsize=(0.8 * cols + 1, 0.8 * rows + 0.8))
+    ax.imshow(grid if channels == 3 else grid[:, :, 0], cmap="gray", interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"{title} ({n} of {total})" if n < total else f"{title} ({n})")
     _save(fig, path, dpi=120, bbox_inches="tight")
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import autonotebook, std
 from tqdm.auto import tqdm
 
 from . import optim
@@ -25,7 +28,13 @@ from .nn import Model, checked_params
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite during training."""
+    """The loss became NaN or infinite during training. `what` says where; the message adds
+    a remedy, which a caller may word in its own terms (the CLI names its flag)."""
+
+    def __init__(self, what, remedy="Lower the learning rate, or pass on_nonfinite='continue' "
+                                    "to skip such steps"):
+        super().__init__(f"{what}. {remedy}")
+        self.what = what
 
 
 class Solver:
@@ -176,10 +185,8 @@ class Solver:
             last = f"{finite[-1]:.6g}" if finite else "none"
             if self.on_nonfinite == "stop":
                 kept = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else ""
-                raise NonFiniteLossError(
-                    f"loss became {loss} at iteration {self.t + 1} (epoch {self.epoch + 1}); "
-                    f"the last finite loss was {last}{kept}. Lower the learning rate, or pass "
-                    "on_nonfinite='continue' to skip such steps")
+                raise NonFiniteLossError(f"loss became {loss} at iteration {self.t + 1} (epoch "
+                                         f"{self.epoch + 1}); the last finite loss was {last}{kept}")
             self.loss_history.append(loss)
             return        # skip the update: the gradients are not usable
         self.loss_history.append(loss)
@@ -222,39 +229,70 @@ class Solver:
         return train_acc, val_acc
 
     def train(self):
-        """Run the remaining epochs, then restore the parameters with the best validation accuracy."""
+        """Run the remaining epochs, then restore the parameters with the best validation accuracy.
+
+        With verbose, a terminal (or notebook) shows a progress bar; any other output (a log
+        file, a pipe) gets a plain line every print_every iterations instead. Either way each
+        epoch ends with one line: its mean loss, the accuracies, the learning rate and its time.
+        """
         N = self.X_train.shape[0]
         per_epoch = max(N // self.batch_size, 1)
         total = self.num_epochs * per_epoch
-        bar = tqdm(total=total, initial=min(self.t, total), disable=not self.verbose,
-                   unit="it", dynamic_ncols=True)
-        try:
-            while self.epoch < self.num_epochs:
-                bar.set_description(f"epoch {self.epoch + 1}/{self.num_epochs}")
-                order = self.rng.permutation(N)
-                if self.backend.owns(self.X_train):   # one host->device copy per epoch
-                    order = self.backend.to_device(order)
-                for i in range(per_epoch):
-                    self._step(order[i * self.batch_size:(i + 1) * self.batch_size])
-                    self.t += 1
-                    bar.update(1)
-                    if self.t % self.print_every == 0:
-                        bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
-                    if self.t == 1:   # the assignments record accuracy before any epoch ends
-                        self._end_of_epoch_check()
-                self.epoch += 1
-                for config in self.optim_configs.values():
-                    config["learning_rate"] = config.get("learning_rate", 1e-2) * self.lr_decay
-                train_acc, val_acc = self._end_of_epoch_check()
-                if self.verbose:
-                    bar.write(f"(Epoch {self.epoch} / {self.num_epochs}) loss: {self.loss_history[-1]:.4f}  "
-                              f"train acc: {train_acc:.4f}; val_acc: {val_acc:.4f}")
-                if self.checkpoint_name is not None:
-                    self.checkpoint_path = self.save_checkpoint(f"{self.checkpoint_name}_epoch_{self.epoch}.npz")
-        finally:
-            bar.close()
+        notebook = autonotebook.tqdm is not std.tqdm      # tqdm.auto chose its Jupyter widget
+        live = self.verbose and (sys.stderr.isatty() or notebook)
+        bar = tqdm(total=total, initial=min(self.t, total), disable=not live, unit="it",
+                   dynamic_ncols=True)
+        # A NaN or inf loss is reported below, once, with its iteration; NumPy's warnings
+        # about the overflow behind it would only repeat that, a line per operation.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            try:
+                while self.epoch < self.num_epochs:
+                    self._train_epoch(N, per_epoch, total, bar)
+            finally:
+                bar.close()
         if self.best_params:
             self.model.params = dict(self.best_params)
+
+    def _train_epoch(self, N, per_epoch, total, bar):
+        start = time.perf_counter()
+        bar.set_description(f"epoch {self.epoch + 1}/{self.num_epochs}")
+        order = self.rng.permutation(N)
+        if self.backend.owns(self.X_train):   # one host->device copy per epoch
+            order = self.backend.to_device(order)
+        for i in range(per_epoch):
+            self._step(order[i * self.batch_size:(i + 1) * self.batch_size])
+            self.t += 1
+            bar.update(1)
+            if self.t % self.print_every == 0:
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
+                elif self.verbose:
+                    print(f"(Iteration {self.t} / {total}) loss: {self.loss_history[-1]:.4f}", flush=True)
+            if self.t == 1:   # the assignments record accuracy before any epoch ends
+                self._end_of_epoch_check()
+        self.epoch += 1
+        learning_rate = next(iter(self.optim_configs.values())).get("learning_rate")  # this epoch's
+        for config in self.optim_configs.values():
+            config["learning_rate"] = config.get("learning_rate", 1e-2) * self.lr_decay
+        train_acc, val_acc = self._end_of_epoch_check()
+        if self.verbose:
+            losses = [l for l in self.loss_history[-per_epoch:] if math.isfinite(l)]
+            mean_loss = f"{sum(losses) / len(losses):.5g}" if losses else "not finite"
+            skipped = (f"  skipped {per_epoch - len(losses)} non-finite steps"
+                       if len(losses) < per_epoch else "")
+            sample = ("" if self.num_train_samples is None or self.num_train_samples >= N
+                      else f" (on {self.num_train_samples:,} images)")
+            rate = f"  lr {learning_rate:.2e}" if learning_rate is not None else ""
+            bar.write(f"(Epoch {self.epoch} / {self.num_epochs}) mean loss {mean_loss}  "
+                      f"train acc{sample} {train_acc:.4f}  val acc {val_acc:.4f}{rate}  "
+                      f"{time.perf_counter() - start:.3g} s{skipped}")
+        if self.checkpoint_name is not None:
+            self.checkpoint_path = self.save_checkpoint(f"{self.checkpoint_name}_epoch_{self.epoch}.npz")
+
+    @property
+    def skipped_steps(self):
+        """How many steps on_nonfinite='continue' skipped (their loss is in loss_history)."""
+        return sum(not math.isfinite(l) for l in self.loss_history)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -1,0 +1,332 @@
+"""A command line that guides: help, refused options, resume and extend, interruptions,
+sweeps that keep what they finished, NaN runs that still report, files a user can read."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from xpnn import cli
+from xpnn.cli import main, make_parser
+from xpnn.data import get_data
+from xpnn.io import load_npz
+from xpnn.models import load
+from xpnn.solver import Solver
+
+QUICK = ["--dataset", "digits", "--quiet", "--seed", "0"]
+FC = ["--model", "fc", "--hidden", "32"]
+
+
+def xpnn(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "xpnn.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def interrupted_after(steps):
+    """A Solver whose training is interrupted (as by Ctrl-C) after `steps` steps."""
+    class Interrupted(Solver):
+        def _step(self, idx):
+            if self.t == steps:
+                raise KeyboardInterrupt
+            super()._step(idx)
+    return Interrupted
+
+
+# ---------------------------------------------------------------------------- help
+
+def test_bare_xpnn_prints_help_and_trains_nothing(tmp_path):
+    start = time.perf_counter()
+    result = xpnn(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: xpnn") and "examples:" in result.stdout
+    assert "xpnn train --help" in result.stdout
+    assert list(tmp_path.iterdir()) == []                  # no run started
+    assert time.perf_counter() - start < 30
+
+
+def test_every_option_has_help_and_every_command_examples():
+    parser, commands = make_parser()
+    for name, p in [("xpnn", parser), *commands.items()]:
+        undocumented = [a.option_strings for a in p._actions if a.option_strings and not a.help]
+        assert not undocumented, f"{name}: options without help: {undocumented}"
+        text = p.format_help()
+        examples = text[text.index("examples:"):].splitlines()
+        command = "xpnn" if name == "xpnn" else f"xpnn {name}"
+        # RawDescriptionHelpFormatter keeps one example per line, as written.
+        assert sum(line.startswith(f"  {command} ") for line in examples) >= 2, text
+
+
+# ---------------------------------------------------------------------------- refused options
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--model", "softmax", "--hidden", "64"], "--hidden does not apply to --model softmax"),
+    (["train", "--model", "mnist-cnn", "--hidden", "64"], "--hidden does not apply to --model mnist-cnn"),
+    (["train", "--model", "twolayer", "--hidden", "64,32"], "--model twolayer has one hidden layer"),
+    (["train", "--model", "threelayer-cnn", "--hidden", "64,32"], "one hidden layer"),
+    (["train", "--data-dir", "/tmp"], "--data-dir does not apply to --dataset digits"),
+    (["train", "--model", "mnist-cnn", "--normalization", "batchnorm"],
+     "--normalization applies only to --model fc"),
+    (["train", "--model", "twolayer", "--dropout", "0.5"], "--dropout applies only to --model fc"),
+    (["sweep", "--model", "softmax", "--hidden", "16,32"], "--hidden does not apply to --model softmax"),
+])
+def test_options_that_do_not_apply_are_refused(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, *QUICK]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []                  # refused before anything is written
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "x"])
+def test_dropout_is_a_keep_probability(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "fc", "--dropout", value, *QUICK])
+    assert "--dropout" in capsys.readouterr().err
+
+
+def test_normalization_and_dropout_reach_the_model(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *FC, "--normalization", "layernorm", "--dropout", "0.8", "--epochs", "1",
+                 "--out", str(out), *QUICK]) == 0
+    _, meta = load_npz(out / "model.npz")
+    assert meta["config"]["normalization"] == "layernorm"
+    assert meta["config"]["dropout_keep_ratio"] == 0.8
+    assert {"gamma1", "beta1"} <= set(load(out / "model.npz").params)
+
+
+# ---------------------------------------------------------------------------- resume
+
+def test_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch, capsys):
+    args = ["train", *FC, "--epochs", "2", *QUICK]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "run"
+    monkeypatch.setattr(cli, "Solver", interrupted_after(steps=5))     # in epoch 1 of 2
+    assert main([*args, "--out", str(out)]) == 130
+    assert f"interrupted; continue with: xpnn train --resume {out}\n" in capsys.readouterr().err
+    assert not list(out.glob("checkpoint_*"))
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert "starting it again from the beginning" in capsys.readouterr().out
+    ref, run = load_npz(tmp_path / "ref" / "model.npz")[0], load_npz(out / "model.npz")[0]
+    for key in ref:
+        np.testing.assert_array_equal(run[key], ref[key], err_msg=key)
+
+
+def test_sigint_names_the_command_that_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "mnist-cnn", "--epochs", "40", "--batch-size", "10", "--num-train",
+            "400", "--out", str(out), *QUICK]
+    proc = subprocess.Popen([sys.executable, "-m", "xpnn.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "run.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().endswith(f"xpnn train: interrupted; continue with: xpnn train --resume {out}")
+    assert "Traceback" not in err
+    done = len(list(out.glob("checkpoint_epoch_*.npz")))
+    resumed = xpnn("train", "--resume", str(out), "--epochs", str(done + 1))   # the command, shortened
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == done + 1
+
+
+def test_resume_extends_a_run_and_keeps_a_finished_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FC, "--epochs", "2", "--out", str(out), *QUICK]) == 0
+    before = {name: (out / name).read_bytes() for name in ("metrics.json", "model.npz", "curves.png")}
+    capsys.readouterr()
+
+    assert main(["train", "--resume", str(out)]) == 0            # finished: nothing to do
+    said = capsys.readouterr().out
+    assert "has finished its 2 epochs" in said and f"xpnn train --resume {out} --epochs N" in said
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+    assert main(["train", "--resume", str(out), "--epochs", "1"]) == 2     # fewer: refused
+    assert "--epochs must be at least 2" in capsys.readouterr().err
+
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    first = json.loads(before["metrics.json"])
+    assert metrics["epochs"] == 4 and len(metrics["val_acc_history"]) == 5
+    assert metrics["val_acc_history"][:3] == first["val_acc_history"]         # appended
+    assert [s["epochs"] for s in metrics["sessions"]] == [[1, 2], [3, 4]]
+    assert metrics["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in metrics["sessions"]))
+
+    # Extending keeps the run's learning-rate schedule: the same as one 4-epoch run with it.
+    decay = json.loads((out / "run.json").read_text())["lr_decay"]
+    assert decay == pytest.approx(0.03 ** (1 / 2))
+    ref = tmp_path / "ref"
+    assert main(["train", *FC, "--epochs", "4", "--lr-decay", repr(decay), "--out", str(ref), *QUICK]) == 0
+    assert json.loads((ref / "metrics.json").read_text())["val_acc_history"] == metrics["val_acc_history"]
+    ref_arrays, run_arrays = load_npz(ref / "model.npz")[0], load_npz(out / "model.npz")[0]
+    for key in ref_arrays:
+        np.testing.assert_array_equal(run_arrays[key], ref_arrays[key], err_msg=key)
+
+
+def test_an_interrupted_extension_continues_with_the_same_command(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FC, "--epochs", "1", "--out", str(out), *QUICK]) == 0
+    monkeypatch.setattr(cli, "Solver", interrupted_after(steps=30))     # in epoch 2 of 3
+    assert main(["train", "--resume", str(out), "--epochs", "3"]) == 130
+    assert capsys.readouterr().err.endswith(f"continue with: xpnn train --resume {out}\n")
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out)]) == 0                    # no --epochs needed
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+    assert (out / "checkpoint_epoch_3.npz").is_file()
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FC, "--epochs", "1", "--out", str(out), *QUICK]) == 0
+    before = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--lr", "0.1", "--model", "twolayer"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr (the run's: 0.005, given: 0.1)" in err and "--model (the run's: fc, given: twolayer)" in err
+    assert "Only --epochs" in err
+    # The run's own values, and the options that may change, are accepted.
+    assert main(["train", "--resume", str(out), "--lr", "0.005", "--device", "cpu", "--quiet",
+                 "--on-nonfinite", "continue"]) == 0
+    assert (out / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("content", ["[]", "{", "\"fc\"", "\xff"])
+def test_corrupt_run_json_is_named(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_bytes(content.encode("latin-1"))
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'run.json'} is corrupt" in err and "Traceback" not in err
+
+
+def test_interrupted_eval_does_not_suggest_resume(monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "load_npz", interrupt, raising=False)
+    monkeypatch.setattr(cli, "get_data", interrupt)
+    assert main(["eval", "--checkpoint", "model.npz", "--dataset", "digits"]) == 130
+    assert capsys.readouterr().err == "\nxpnn eval: interrupted\n"
+
+
+# ---------------------------------------------------------------------------- sweep
+
+def test_interrupted_sweep_keeps_its_finished_settings(tmp_path, monkeypatch, capsys):
+    trained = []
+
+    class ThirdSettingInterrupted(Solver):
+        def train(self):
+            trained.append(self)
+            if len(trained) == 3:
+                raise KeyboardInterrupt
+            super().train()
+    monkeypatch.setattr(cli, "Solver", ThirdSettingInterrupted)
+    out = tmp_path / "sweep"
+    assert main(["sweep", *FC[:2], "--epochs", "1", "--lr", "1e-3,1e-2", "--reg", "0,1e-4", "--hidden", "16",
+                 "--out", str(out), *QUICK]) == 130
+    err = capsys.readouterr().err
+    assert "the 2 finished settings are in" in err and "--resume" not in err
+    result = json.loads((out / "sweep.json").read_text())
+    assert len(result["rows"]) == 2 and result["settings"] == 4
+    assert (result["model"], result["dataset"], result["epochs"]) == ("fc", "digits", 1)
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "sweep.txt").read_text().splitlines()) == 2 + 2
+
+
+def test_sweep_header_eta_and_best_model(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *FC[:2], "--epochs", "1", "--lr", "1e-3,1e-2", "--reg", "0", "--hidden", "16,32",
+                 "--out", str(out), *QUICK]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("sweep: 4 settings of fc on digits") and "ETA" in lines[1]
+    assert [line.split()[0] for line in lines[2:6]] == ["1/4", "2/4", "3/4", "4/4"]
+    result = json.loads((out / "sweep.json").read_text())
+    best = result["best"]
+    assert best == max(result["rows"], key=lambda r: r["val_acc"])
+    # model.npz is the best setting's model: it scores the best validation accuracy.
+    model, data = load(out / "model.npz"), get_data("digits")
+    assert model.params["W1"].shape[1] == best["hidden"]
+    predicted = np.argmax(model.loss(data["X_val"]), axis=1)
+    assert np.mean(predicted == data["y_val"]) == pytest.approx(best["val_acc"])
+
+
+# ---------------------------------------------------------------------------- NaN
+
+DIVERGES = ["train", *FC, "--update-rule", "sgd", "--lr", "1000", "--epochs", "2", *QUICK]
+
+
+def strict_json(path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}: not strict JSON")
+    metrics = json.loads(path.read_text(), parse_constant=refuse)
+    json.dumps(metrics, allow_nan=False)
+    return metrics
+
+
+def test_nan_run_names_the_flag_and_still_reports(tmp_path, capsys, recwarn):
+    out = tmp_path / "run"
+    assert main([*DIVERGES, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and "--on-nonfinite continue" in err and "on_nonfinite=" not in err
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["status"].startswith("stopped: loss became nan") and metrics["test_acc"] is None
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "model.npz").exists()
+
+
+def test_nan_steps_skipped_are_counted(tmp_path, capsys, recwarn):
+    out = tmp_path / "run"
+    assert main([*DIVERGES, "--out", str(out), "--on-nonfinite", "continue"]) == 0
+    metrics = strict_json(out / "metrics.json")
+    checkpoint = load_npz(out / "checkpoint_epoch_2.npz")[1]["solver"]["loss_history"]
+    skipped = sum(not math.isfinite(loss) for loss in checkpoint)
+    assert skipped > 0 and metrics["skipped_steps"] == skipped
+    assert f"skipped {skipped} of {metrics['iterations']} steps" in capsys.readouterr().out
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+# ---------------------------------------------------------------------------- output
+
+def test_log_output_has_plain_lines_not_a_progress_bar(tmp_path):
+    result = xpnn("train", *FC, "--epochs", "2", "--dataset", "digits", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("(Epoch ")]
+    assert len(epochs) == 2 and "train acc (on 1,000 images)" in epochs[0]
+    assert "lr 5.00e-03" in epochs[0] and epochs[0].endswith(" s")
+    assert 5 <= sum(line.startswith("(Iteration ") for line in lines) <= 12
+
+
+def test_epoch_line_shows_the_mean_loss_of_the_epoch(rng, capsys):
+    from xpnn.models import FullyConnectedNet
+    X = rng.standard_normal((60, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    data = {"X_train": X[:40], "y_train": y[:40], "X_val": X[40:], "y_val": y[40:]}
+    solver = Solver(FullyConnectedNet([8], input_dim=6, num_classes=3, seed=0), data, num_epochs=2,
+                    batch_size=10, optim_config={"learning_rate": 0.1}, lr_decay=0.5, seed=0)
+    solver.train()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("(Epoch")]
+    for k, line in enumerate(lines):
+        mean = np.mean(solver.loss_history[4 * k:4 * (k + 1)])
+        assert f"mean loss {mean:.5g} " in line, line
+        assert f"lr {0.1 * 0.5 ** k:.2e}" in line
+    assert "train acc 0." in lines[0]       # all 40 images: no sample to mention
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert main(["train", "--model", "softmax", "--epochs", "1", "--out", str(tmp_path / "run"),
+                     *QUICK]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    assert modes and set(modes.values()) == {0o640}, modes
