@@ -186,7 +186,7 @@ def make_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"xpnn {__version__}",
                         help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", title="commands")
+    sub = parser.add_subparsers(dest="command", title="commands", required=True)
 
     train = command("train", "train a model and write metrics, plots and a checkpoint")
     add_training_args(train, sweep=False)
@@ -283,9 +283,6 @@ def main(argv=None):
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
-    if args.command is None:             # options only, e.g. `xpnn --quiet`
-        parser.print_help()
-        return 0
     keep_freed_memory_for_reuse()      # the command owns its process (see the function)
     try:
         if args.command == "train":
