@@ -330,3 +330,14 @@ def test_outputs_honour_the_umask(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
     assert modes and set(modes.values()) == {0o640}, modes
+
+
+def test_accuracy_of_a_diverged_model_warns_nothing(rng, recwarn):
+    from xpnn.models import FullyConnectedNet
+    X = rng.standard_normal((30, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    model = FullyConnectedNet([8], input_dim=6, num_classes=3, seed=0)
+    model.params = {k: v * np.float32(1e30) for k, v in model.params.items()}   # scores overflow
+    solver = Solver(model, {"X_train": X, "y_train": y, "X_val": X, "y_val": y}, verbose=False)
+    assert 0 <= solver.check_accuracy(X, y) <= 1
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -195,8 +195,9 @@ class Solver:
             self.model.params[p] = next_w
 
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
-        """Fraction of X classified as y, in batches; subsampled to num_samples when given."""
-        with self.backend:
+        """Fraction of X classified as y, in batches; subsampled to num_samples when given.
+        (Scores that overflowed, after a diverged run, simply count as wrong, without warnings.)"""
+        with self.backend, np.errstate(over="ignore", invalid="ignore"):
             return self._accuracy(X, y, num_samples, batch_size)
 
     def _accuracy(self, X, y, num_samples, batch_size):
