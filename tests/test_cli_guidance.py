@@ -341,3 +341,15 @@ def test_accuracy_of_a_diverged_model_warns_nothing(rng, recwarn):
     solver = Solver(model, {"X_train": X, "y_train": y, "X_val": X, "y_val": y}, verbose=False)
     assert 0 <= solver.check_accuracy(X, y) <= 1
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_metrics_record_the_cpus_and_blas_threads_of_their_times(tmp_path, threads):
+    import threadpoolctl
+    get_data("digits")     # scikit-learn loads SciPy's own OpenBLAS: let the limit reach it too
+    with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+        assert main(["train", "--model", "softmax", "--epochs", "1", "--out", str(tmp_path / "run"),
+                     *QUICK]) == 0
+    environment = json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]
+    assert environment["cpus"] == os.cpu_count()
+    assert environment["blas_threads"] and set(environment["blas_threads"].values()) == {threads}

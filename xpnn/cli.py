@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import platform
 import shlex
 import sys
@@ -314,9 +315,14 @@ def cmd_selftest(args):
 
 
 def _environment(device):
+    """What a time in metrics.json was measured with: versions, CPUs, BLAS threads, device."""
     import array_api_compat
+    import threadpoolctl
     env = {"xpnn": __version__, "numpy": np.__version__, "array_api_compat": array_api_compat.__version__,
-           "python": platform.python_version(), "machine": platform.machine(), "device": device}
+           "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "blas_threads": {f"{info['internal_api']} {info['version']}": info["num_threads"]
+                            for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"},
+           "device": device}
     if device.startswith("cuda"):
         import cupy
         env["cupy"] = cupy.__version__
