@@ -138,8 +138,8 @@ def device_arg(text):
 
 EXAMPLES = {
     "xpnn": """examples:
-  xpnn train                           train the MNIST CNN on the bundled MNIST (3 epochs, CPU)
-  xpnn train --dataset digits --model softmax     a run of a few seconds on 8x8 digits
+  xpnn train                                   # the MNIST CNN on the bundled MNIST, 3 epochs
+  xpnn train --dataset digits --model softmax  # a run of seconds on 8x8 digits
   xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz
   xpnn info --checkpoint runs/mnist-cnn-mnist/model.npz
   xpnn sweep --model fc --dataset digits --lr 1e-3,1e-2 --reg 0,1e-4
@@ -149,7 +149,7 @@ Each command has its own help, with examples: xpnn train --help, xpnn eval --hel
   xpnn train                                        # MNIST CNN, bundled MNIST, CPU, 3 epochs
   xpnn train --dataset digits --model fc --hidden 64 --epochs 10
   xpnn train --model fc --hidden 256,128 --normalization batchnorm --dropout 0.8
-  xpnn train --device cuda --epochs 10              # on an NVIDIA GPU (pip install ".[cuda12]")
+  xpnn train --device cuda --epochs 10              # on an NVIDIA GPU (see the README)
   xpnn train --resume runs/mnist-cnn-mnist          # finish an interrupted run
   xpnn train --resume runs/mnist-cnn-mnist --epochs 6   # train a run for longer
 
