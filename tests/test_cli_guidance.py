@@ -353,3 +353,16 @@ def test_metrics_record_the_cpus_and_blas_threads_of_their_times(tmp_path, threa
     environment = json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]
     assert environment["cpus"] == os.cpu_count()
     assert environment["blas_threads"] and set(environment["blas_threads"].values()) == {threads}
+
+
+def test_the_loss_plot_of_a_diverged_run_shows_it(tmp_path, monkeypatch):
+    from xpnn import plots
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **kwargs: figures.append(fig))
+    loss = [2.3, 1e4, 1e9, float("nan"), float("inf"), float("nan")]
+    plots.learning_curves(loss, [0.1, 0.1], [0.1, 0.1], tmp_path / "curves.png")
+    ax = figures[0].axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xlim() == (0, 7)
+    assert "first non-finite loss (iteration 4, 3 in all)" in ax.get_legend_handles_labels()[1]
+    plots.learning_curves([2.3, 2.0, 1.7], [0.1, 0.5], [0.1, 0.5], tmp_path / "curves.png")
+    assert figures[1].axes[0].get_yscale() == "linear"

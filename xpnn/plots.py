@@ -31,6 +31,14 @@ def learning_curves(loss_history, train_acc_history, val_acc_history, path, titl
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax_loss.plot(iters[window - 1:], smooth, color="tab:blue", lw=2,
                      label=f"moving average ({window} iterations)")
+    finite = np.isfinite(loss)
+    if not finite.all():    # steps skipped by on_nonfinite="continue"
+        first = int(np.argmin(finite)) + 1
+        ax_loss.axvline(first, color="tab:red", ls="--",
+                        label=f"first non-finite loss (iteration {first}, {np.sum(~finite)} in all)")
+        ax_loss.set_xlim(0, len(loss) + 1)
+    if finite.any() and loss[finite].min() > 0 and loss[finite].max() > 1e3 * loss[finite].min():
+        ax_loss.set_yscale("log")     # a diverging loss spans many orders of magnitude
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss")
     ax_loss.set_title(f"Training loss{' - ' + title if title else ''}")
