@@ -1,4 +1,5 @@
 """The BLAS thread policy, driven by step times the test chooses (no wall-clock asserts)."""
+import numpy as np
 import pytest
 import threadpoolctl
 
@@ -68,3 +69,33 @@ def test_fixed_threads_never_probe_and_restore_after():
 def test_bad_thread_counts_are_refused(bad):
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         ThreadPolicy(threads=bad)
+
+
+def test_solver_measures_threads_on_the_cpu_and_honours_a_fixed_count():
+    from xpnn import Solver
+    from xpnn.data import get_data
+    from xpnn.models import FullyConnectedNet
+    data = get_data("digits")
+    measured = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=2,
+                      batch_size=50, verbose=False, seed=0)
+    measured.train()
+    assert [why for why, _ in measured.thread_policy.history] == ["start", "epoch"]
+    fixed = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=2,
+                   batch_size=50, verbose=False, seed=0, threads=1)
+    fixed.train()
+    assert fixed.thread_policy.history == [("fixed", 1)]
+    # the thread count never changes the numbers: the same run, the same weights
+    for k in fixed.model.params:
+        np.testing.assert_array_equal(fixed.model.params[k], measured.model.params[k])
+
+
+def test_cli_records_and_prints_the_thread_choice(tmp_path, capsys):
+    import json
+    from xpnn.cli import main
+    out = tmp_path / "run"
+    assert main(["train", "--model", "fc", "--hidden", "16", "--dataset", "digits", "--epochs", "1",
+                 "--quiet", "--threads", "1", "--out", str(out)]) == 0
+    assert "BLAS threads: 1 (fixed with --threads)" in capsys.readouterr().out
+    session = json.loads((out / "metrics.json").read_text())["sessions"][0]
+    assert session["threads"] == {"policy": "fixed", "threads": 1, "cores": session["threads"]["cores"],
+                                  "choices": [{"when": "fixed", "threads": 1}]}

@@ -242,6 +242,8 @@ def make_parser():
                        "the CPU, step times (run it after installing on a GPU machine)")
     selftest.add_argument("--device", type=device_arg, default=None,
                           help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
+    for fixed in (ev, selftest):
+        add_threads_arg(fixed)
     return parser, sub.choices
 
 
@@ -275,6 +277,14 @@ def add_training_args(p, sweep):
     p.add_argument("--num-train", type=positive_int, metavar="N",
                    help="use only the first N training images (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p):
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="BLAS threads for the CPU's matrix products (default: measured on the first "
+                        "training steps and re-checked each epoch, so a busy core cannot slow "
+                        "training down many times)")
 
 
 def main(argv=None):
@@ -285,6 +295,9 @@ def main(argv=None):
         return 0
     args = parser.parse_args(argv)
     keep_freed_memory_for_reuse()      # the command owns its process (see the function)
+    if args.command in ("eval", "selftest") and args.threads:
+        import threadpoolctl
+        threadpoolctl.threadpool_limits(args.threads, user_api="blas")    # for the whole command
     try:
         if args.command == "train":
             return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
@@ -390,7 +403,7 @@ def resume_command(out, epochs=None):
 
 # What --resume may change: how long, where and how verbosely a run trains, and what it does
 # on a NaN loss. Everything else is the run's own (run.json); changing it would be a new run.
-RESUMABLE = {"resume", "epochs", "device", "on_nonfinite", "quiet"}
+RESUMABLE = {"resume", "epochs", "device", "on_nonfinite", "quiet", "threads"}
 
 
 def resume_settings(args, given):
@@ -449,7 +462,7 @@ def cmd_train(args, given=frozenset()):
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     num_val_samples=None, print_every=max(per_epoch // 5, 1), verbose=not args.quiet,
                     checkpoint_name=str(out / "checkpoint"), on_nonfinite=args.on_nonfinite,
-                    comm=comm)
+                    comm=comm, threads=args.threads)
     if resume_from is not None:
         solver.load_checkpoint(resume_from)
         if solver.epoch > args.epochs:
@@ -487,6 +500,8 @@ def train_and_report(args, out, data, model, solver, previous, comm=None):
     if stopped is None:
         print(f"test accuracy: {test_acc:.4f}   best val accuracy: {solver.best_val_acc:.4f}   "
               f"training time: {wall:.1f} s")
+    if solver.thread_policy is not None:
+        print(f"BLAS threads: {solver.thread_policy.describe()}")
     if solver.skipped_steps:
         print(f"skipped {solver.skipped_steps} of {solver.t} steps whose loss was not finite "
               "(--on-nonfinite continue)")
@@ -511,6 +526,8 @@ def train_and_report(args, out, data, model, solver, previous, comm=None):
         written.append("model.npz")
     session = {"epochs": [first_epoch, solver.epoch], "train_seconds": wall,
                "environment": _environment(model.device)}
+    if solver.thread_policy is not None:
+        session["threads"] = solver.thread_policy.record_of_choices()
     sessions = previous.get("sessions", []) + [session]   # an extended run keeps its history
     metrics = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
                "status": "finished" if stopped is None else f"stopped: {stopped.what}",
@@ -676,7 +693,7 @@ def cmd_sweep(args):
         solver = Solver(model, data, update_rule=args.update_rule,
                         optim_config={"learning_rate": lr}, lr_decay=lr_decay(args),
                         num_epochs=args.epochs, batch_size=batch, seed=args.seed, verbose=False,
-                        on_nonfinite="continue")
+                        on_nonfinite="continue", threads=args.threads)
         start = time.perf_counter()
         solver.train()
         row = {"lr": lr, "reg": reg, "hidden": hidden, "batch_size": batch,

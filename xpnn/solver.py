@@ -22,9 +22,10 @@ from tqdm import autonotebook, std
 from tqdm.auto import tqdm
 
 from . import optim
-from .backend import backend_of, draw_seed, namespace_of, to_numpy
+from .backend import CpuBackend, backend_of, draw_seed, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
 from .nn import Model, checked_params
+from .threads import ThreadPolicy
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,7 +56,8 @@ class Solver:
     sample), num_val_samples (None: all), checkpoint_name (None: no checkpoints),
     print_every (10), verbose (True), seed (None: one draw from NumPy's global generator),
     on_nonfinite ("stop" or "continue"), comm (None, or an xpnn.distributed communicator for
-    data-parallel training). Unknown keywords are an error.
+    data-parallel training), threads (None: the BLAS thread count is measured on the first
+    steps of a CPU model and re-checked each epoch; N: fixed). Unknown keywords are an error.
     """
 
     def __init__(self, model, data, **kwargs):
@@ -73,6 +75,9 @@ class Solver:
         self.seed = kwargs.pop("seed", None)
         # "stop" raises NonFiniteLossError; "continue" skips the step's update and goes on.
         self.on_nonfinite = kwargs.pop("on_nonfinite", "stop")
+        # BLAS threads of the steps: None measures the best count on the steps themselves
+        # (CPU models; see xpnn.threads), an int fixes it.
+        self.threads = kwargs.pop("threads", None)
         # Data parallel over MPI ranks: an xpnn.distributed.Communicator (see that module).
         self.comm = kwargs.pop("comm", None)
         if kwargs:
@@ -92,6 +97,9 @@ class Solver:
         first = next(iter(model.params.values()))
         self.backend = getattr(model, "backend", None) or backend_of(first)
         self.dtype = self.backend.dtype_name(first.dtype)
+        # Measured only where BLAS does the work and one process owns the cores.
+        measure = isinstance(self.backend, CpuBackend) and self.comm is None
+        self.thread_policy = ThreadPolicy(self.threads) if self.threads or measure else None
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
         # get_data's dict holds the mean image it subtracted: a model that records no
@@ -245,12 +253,21 @@ class Solver:
                    dynamic_ncols=True)
         # A NaN or inf loss is reported below, once, with its iteration; NumPy's warnings
         # about the overflow behind it would only repeat that, a line per operation.
+        policy = self.thread_policy
+        if policy is not None:
+            policy.start()                # a measured policy probes on the first steps
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
+                first = True
                 while self.epoch < self.num_epochs:
+                    if policy is not None and not first:
+                        policy.probe("epoch")     # the machine's load may have changed
                     self._train_epoch(N, per_epoch, total, bar)
+                    first = False
             finally:
                 bar.close()
+                if policy is not None:
+                    policy.finish()
         if self.best_params:
             self.model.params = dict(self.best_params)
 
@@ -261,7 +278,11 @@ class Solver:
         if self.backend.owns(self.X_train):   # one host->device copy per epoch
             order = self.backend.to_device(order)
         for i in range(per_epoch):
-            self._step(order[i * self.batch_size:(i + 1) * self.batch_size])
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.thread_policy is None:
+                self._step(idx)
+            else:
+                self.thread_policy.timed(lambda: self._step(idx))
             self.t += 1
             bar.update(1)
             if self.t % self.print_every == 0:

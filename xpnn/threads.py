@@ -55,6 +55,19 @@ class ThreadPolicy:
     def choice(self) -> str:
         return f"{self.threads} (fixed)" if self.fixed else f"{self.threads} (measured)"
 
+    def describe(self) -> str:
+        """One line for the user: the count now, and each choice with what caused it."""
+        if self.fixed:
+            return f"{self.fixed} (fixed with --threads)"
+        steps = ", ".join(f"{n} ({why})" for why, n in self.history)
+        return f"{self.threads} of {self.max_threads} cores, chosen by timing the steps: {steps}"
+
+    def record_of_choices(self) -> dict:
+        """For metrics.json: the policy and each choice it made."""
+        return {"policy": "fixed" if self.fixed else "measured", "threads": self.threads,
+                "cores": self.max_threads,
+                "choices": [{"when": why, "threads": n} for why, n in self.history]}
+
     def start(self):
         """Before training: apply the fixed count, or plan the first probe."""
         self._original = self._controller.limit(limits=self.threads, user_api="blas")
