@@ -105,3 +105,31 @@ def test_numpy_global_seed_reproduces_models_and_solvers():
         inits.append(FullyConnectedNet([8], input_dim=6, num_classes=3).params["W1"])
     np.testing.assert_array_equal(inits[0], inits[1])
     assert not np.array_equal(inits[0], inits[2])
+
+
+def test_library_calls_leave_the_process_alone(tmp_path):
+    """No process-wide side effects from a library call: building backends and models, and
+    drawing xpnn's pictures, neither change glibc's allocator (the xpnn command does, for the
+    process it owns) nor load pyplot / choose a matplotlib backend (a notebook keeps its
+    inline plots)."""
+    import subprocess
+    import sys
+    script = f"""
+import ctypes, sys
+calls = []
+real = ctypes.CDLL
+ctypes.CDLL = lambda *a, **k: calls.append(a) or real(*a, **k)
+import numpy as np
+import xpnn
+from xpnn import plots
+from xpnn.backend import get_backend
+from xpnn.models import mnist_cnn
+get_backend("cpu"); mnist_cnn(seed=0)
+plots.learning_curves([2.0, 1.0, 0.5], [0.5], [0.4], {str(tmp_path / 'c.png')!r})
+assert not any("libc" in str(a[0]) for a in calls), calls
+assert "matplotlib.pyplot" not in sys.modules
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")          # files only: works on machines with no screen
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .io import atomic_open
 
-from .io import atomic_open  # noqa: E402
+
+def _subplots(nrows=1, ncols=1, **figure_kwargs):
+    """A figure and its axes made without pyplot: no backend is chosen and no global figure
+    list is touched, so importing xpnn leaves a notebook's inline plots (or a GUI) alone, and
+    PNGs are written on machines with no screen."""
+    fig = Figure(**figure_kwargs)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def _save(fig, path, **kwargs):
     """Save a figure atomically: a crash never leaves half a PNG over a good one."""
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", **kwargs)
-    plt.close(fig)
 
 
 def learning_curves(loss_history, train_acc_history, val_acc_history, path, title=""):
     """Loss per iteration (with a moving average) and train/val accuracy per epoch."""
-    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(8, 7), constrained_layout=True)
+    fig, (ax_loss, ax_acc) = _subplots(2, 1, figsize=(8, 7), constrained_layout=True)
     loss = np.asarray(loss_history, dtype=float)
     iters = np.arange(1, len(loss) + 1)
     ax_loss.plot(iters, loss, ".", ms=2, alpha=0.35, color="tab:blue", label="minibatch loss")
@@ -77,7 +81,7 @@ def sweep_scatter(rows, path, title=""):
     lr = np.array([r["lr"] for r in rows], dtype=float)
     reg = np.array([r["reg"] for r in rows], dtype=float)
     acc = np.array([r["val_acc"] for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(7, 5.5), constrained_layout=True)
+    fig, ax = _subplots(figsize=(7, 5.5), constrained_layout=True)
     dots = ax.scatter(lr, reg, c=acc, s=120, cmap="viridis", edgecolors="black", linewidths=0.5)
     fig.colorbar(dots, ax=ax, label="validation accuracy")
     ax.scatter(lr[-1:], reg[-1:], s=420, facecolors="none", edgecolors="red", linewidths=2,
@@ -126,7 +130,7 @@ def first_layer_weights(W, path, input_shape=None, title="First-layer weights"):
     for i, img in enumerate(images):
         y, x = (i // cols) * (h + 1), (i % cols) * (w + 1)
         grid[y:y + h, x:x + w] = np.transpose(img, (1, 2, 0))
-    fig, ax = plt.subplots(figsize=(0.8 * cols + 1, 0.8 * rows + 0.8))
+    fig, ax = _subplots(figsize=(0.8 * cols + 1, 0.8 * rows + 0.8))
     ax.imshow(grid if channels == 3 else grid[:, :, 0], cmap="gray", interpolation="nearest")
     ax.axis("off")
     ax.set_title(f"{title} ({n} of {total})" if n < total else f"{title} ({n})")
@@ -142,7 +146,7 @@ def confusion_matrix(counts, class_names, path, title="Confusion matrix"):
     totals = counts.sum(axis=1, keepdims=True)
     fractions = counts / np.maximum(totals, 1)
     size = max(4.5, 0.55 * C + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig, ax = _subplots(figsize=(size + 1.5, size))
     image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
     if C <= 30:   # beyond that the numbers would not fit their cells
