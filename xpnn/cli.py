@@ -19,49 +19,60 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import __version__, distributed
 from .backend import get_backend, keep_freed_memory_for_reuse, to_numpy
-from .data import CLASS_NAMES, DATASETS, DataError, get_data
+from .data import DATASETS, DataError, get_data
 from .io import CheckpointError, atomic_write_text, load_npz
 from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, mnist_cnn
 from .nn import Affine, model_from_arrays
 from .optim import UPDATE_RULES
 from .solver import NonFiniteLossError, Solver, latest_checkpoint
 
-# How many hidden-layer sizes each model takes (None: any number); --hidden for a model
-# with none, or two sizes for a model with one, is refused rather than ignored.
-HIDDEN_LAYERS = {"softmax": 0, "twolayer": 1, "fc": None, "mnist-cnn": 0, "threelayer-cnn": 1}
-MODELS = tuple(HIDDEN_LAYERS)
 DEFAULT_HIDDEN = 200
+
+
+@dataclass(frozen=True)
+class CliModel:
+    """One entry of MODELS: adding a model to the command line is adding one of these."""
+    hidden_layers: int | None      # how many --hidden sizes it takes (None: any number)
+    build: Callable                # (args, input_shape, num_classes, hidden, common) -> model
+
+
+MODELS = {
+    "softmax": CliModel(0, lambda args, shape, classes, hidden, common:
+                        Sequential([Affine(classes)], (math.prod(shape),), **common)),
+    "twolayer": CliModel(1, lambda args, shape, classes, hidden, common:
+                         TwoLayerNet(input_dim=math.prod(shape), hidden_dim=hidden[0],
+                                     num_classes=classes, **common)),
+    "fc": CliModel(None, lambda args, shape, classes, hidden, common:
+                   FullyConnectedNet(hidden, input_dim=math.prod(shape), num_classes=classes,
+                                     normalization=args.normalization,
+                                     dropout_keep_ratio=args.dropout or 1, **common)),
+    "mnist-cnn": CliModel(0, lambda args, shape, classes, hidden, common:
+                          mnist_cnn(input_shape=shape, num_classes=classes, **common)),
+    "threelayer-cnn": CliModel(1, lambda args, shape, classes, hidden, common:
+                               ThreeLayerConvNet(input_dim=shape, num_classes=classes,
+                                                 hidden_dim=hidden[0], **common)),
+}
 
 
 def build_model(args, input_shape, num_classes, hidden=None, reg=None):
     """The model args name, sized for the data set's images; hidden and reg override args'."""
     hidden = hidden or args.hidden or [DEFAULT_HIDDEN]
-    flat = math.prod(input_shape)
     common = dict(reg=args.reg if reg is None else reg, seed=args.seed, device=args.device,
                   init=args.init, weight_scale=1e-2)
-    if args.model == "softmax":
-        return Sequential([Affine(num_classes)], (flat,), **common)
-    if args.model == "twolayer":
-        return TwoLayerNet(input_dim=flat, hidden_dim=hidden[0], num_classes=num_classes, **common)
-    if args.model == "fc":
-        return FullyConnectedNet(hidden, input_dim=flat, num_classes=num_classes,
-                                 normalization=args.normalization,
-                                 dropout_keep_ratio=args.dropout or 1, **common)
-    if args.model == "mnist-cnn":
-        return mnist_cnn(input_shape=input_shape, num_classes=num_classes, **common)
-    return ThreeLayerConvNet(input_dim=input_shape, num_classes=num_classes, hidden_dim=hidden[0],
-                             **common)
+    return MODELS[args.model].build(args, tuple(input_shape), num_classes, hidden, common)
 
 
 def check_applicable(args):
     """Refuse the options that the chosen model or data set would silently ignore."""
-    hidden_layers = HIDDEN_LAYERS[args.model]
+    hidden_layers = MODELS[args.model].hidden_layers
     if args.hidden is not None and hidden_layers == 0:
         raise ValueError(f"--hidden does not apply to --model {args.model}: its layers are fixed "
                          "(--model twolayer, fc or threelayer-cnn take --hidden)")
@@ -71,8 +82,8 @@ def check_applicable(args):
     for option, value in (("--normalization", args.normalization), ("--dropout", args.dropout)):
         if value is not None and args.model != "fc":
             raise ValueError(f"{option} applies only to --model fc, not to --model {args.model}")
-    if args.data_dir is not None and args.dataset == "digits":
-        raise ValueError("--data-dir does not apply to --dataset digits: it comes with scikit-learn")
+    if args.data_dir is not None and not DATASETS[args.dataset].takes_data_dir:
+        raise ValueError(f"--data-dir does not apply to --dataset {args.dataset}: it comes with a package")
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -614,7 +625,7 @@ def confusion_counts(y, predictions, num_classes):
 
 
 def class_names(dataset, num_classes):
-    names = CLASS_NAMES.get(dataset, ())
+    names = DATASETS[dataset].class_names if dataset in DATASETS else ()
     return list(names) if len(names) == num_classes else [str(c) for c in range(num_classes)]
 
 
@@ -646,7 +657,7 @@ def cmd_info(args):
 
 def sweep_settings(args):
     """(lr, reg, hidden, batch_size) to try: the grid of the given values, or --random K draws."""
-    hidden = args.hidden or ([100] if HIDDEN_LAYERS[args.model] != 0 else [None])
+    hidden = args.hidden or ([100] if MODELS[args.model].hidden_layers != 0 else [None])
     if not args.random:
         return list(itertools.product(args.lr, args.reg, hidden, args.batch_size))
     rng = np.random.default_rng(args.seed)

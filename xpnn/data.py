@@ -16,16 +16,16 @@ from __future__ import annotations
 import gzip
 import pickle
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
-CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "fashion-mnist": FASHION_MNIST_CLASSES}   # others: digits
 
 
 class DataError(ValueError):
@@ -197,6 +197,33 @@ def load_digits():
     return X[:1500], y[:1500], X[1500:], y[1500:]
 
 
+# ---------------------------------------------------------------------------- the data sets
+
+@dataclass(frozen=True)
+class DataSet:
+    """One entry of DATASETS: adding a data set is adding one of these (the CLI reads it too)."""
+    load: Callable          # data_dir or None -> (X_train, y_train, X_test, y_test), uint8 images
+    num_validation: int     # the training images held out for validation (at most a fifth)
+    class_names: tuple = ()      # for reports; empty: the labels are the names
+    takes_data_dir: bool = True  # False: it comes with a package, --data-dir does not apply
+
+
+def _cifar10_from(data_dir):
+    if data_dir is None:
+        raise DataError("CIFAR-10 is not bundled: pass data_dir (--data-dir) pointing at "
+                        "cifar-10-batches-py")
+    return load_cifar10(data_dir)
+
+
+DATASETS = {
+    "mnist": DataSet(load_mnist, 5000),
+    "fashion-mnist": DataSet(lambda d: load_fashion_mnist(d or FASHION_MNIST_DIR), 5000,
+                             FASHION_MNIST_CLASSES),
+    "cifar10": DataSet(_cifar10_from, 1000, CIFAR10_CLASSES),
+    "digits": DataSet(lambda d: load_digits(), 300, takes_data_dir=False),
+}
+
+
 # ---------------------------------------------------------------------------- splits
 
 def get_data(name="mnist", num_validation=None, subtract_mean=True, data_dir=None, num_training=None):
@@ -209,20 +236,10 @@ def get_data(name="mnist", num_validation=None, subtract_mean=True, data_dir=Non
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    if name == "mnist":
-        X_train, y_train, X_test, y_test = load_mnist(data_dir)
-    elif name == "fashion-mnist":
-        X_train, y_train, X_test, y_test = load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
-    elif name == "cifar10":
-        if data_dir is None:
-            raise DataError("CIFAR-10 is not bundled: pass data_dir (--data-dir) pointing at "
-                            "cifar-10-batches-py")
-        X_train, y_train, X_test, y_test = load_cifar10(data_dir)
-    else:
-        X_train, y_train, X_test, y_test = load_digits()
+    dataset = DATASETS[name]
+    X_train, y_train, X_test, y_test = dataset.load(data_dir)
     if num_validation is None:   # the assignments' sizes; a fifth of a smaller set
-        num_validation = min({"cifar10": 1000, "digits": 300}.get(name, 5000),
-                             max(1, len(X_train) // 5))
+        num_validation = min(dataset.num_validation, max(1, len(X_train) // 5))
     if not 0 < num_validation < len(X_train):
         raise ValueError(f"num_validation must be in [1, {len(X_train) - 1}], got {num_validation}")
     end = len(X_train) - num_validation
