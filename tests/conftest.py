@@ -64,6 +64,17 @@ def xp(request):
 
 
 @pytest.fixture
+def no_cupy(monkeypatch):
+    """This process as a laptop without CuPy sees it (the double, or a real CuPy, hidden):
+    `import cupy` fails and no CUDA backend is cached, so the no-GPU messages are tested on
+    every machine."""
+    import functools
+    from xpnn import backend
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(backend, "_get_backend", functools.cache(backend._get_backend.__wrapped__))
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(231)
 

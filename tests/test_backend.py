@@ -29,10 +29,10 @@ def test_cpu_backend():
     assert be.memory_free() is None
 
 
-def test_cuda_without_a_gpu_names_the_problem():
-    if cuda_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(RuntimeError, match=r"CuPy.*pip install 'xpnn\[cuda13\]'.*'xpnn\[cuda12\]'|sees no"):
+def test_cuda_without_a_gpu_names_the_problem(no_cupy):
+    assert not cuda_available()
+    with pytest.raises(RuntimeError, match=r"needs CuPy.*only on a machine with an NVIDIA GPU.*"
+                                           r"pip install '\.\[cuda13\]'.*'\.\[cuda12\]'.*--device cpu"):
         get_backend("cuda")
 
 

@@ -93,10 +93,7 @@ def test_invalid_cli_values(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_cuda_without_gpu_says_how_to_install(capsys):
-    from xpnn.backend import cuda_available
-    if cuda_available():
-        pytest.skip("this machine has a GPU")
+def test_cuda_without_gpu_says_how_to_install(capsys, no_cupy):
     assert main(["train", "--device", "cuda", *QUICK]) == 2
     err = capsys.readouterr().err
     assert "cuda" in err and "pip install" in err
@@ -309,3 +306,34 @@ def test_eval_into_an_unwritable_directory_names_it_and_keeps_the_predictions(tr
     err = capsys.readouterr().err
     assert str(blocker / "pics" / "model_confusion_digits.png") in err and "--out" in err
     assert len(csv_path.read_text().splitlines()) == 298
+
+
+def test_selftest_fails_when_the_gpu_asked_for_is_missing(capsys, no_cupy):
+    assert main(["selftest", "--device", "cuda"]) == 1
+    out = capsys.readouterr().out
+    assert "GPU available" in out and "FAIL" in out and "needs CuPy" in out
+    assert main(["selftest"]) == 0                   # no device named: the CPU checks, GPU skipped
+    assert "SKIP" in capsys.readouterr().out
+
+
+def test_paths_of_the_wrong_kind_are_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.npz").write_bytes(b"")
+    assert main(["eval", "--checkpoint", str(run), "--dataset", "digits"]) == 2
+    assert f"is a directory; pass {run / 'model.npz'}" in capsys.readouterr().err
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(afile), "--quiet"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    np.savez(tmp_path / "plain.npz", a=np.zeros(2))
+    assert main(["eval", "--checkpoint", str(tmp_path / "plain.npz"), "--dataset", "digits"]) == 2
+    assert "is not an xpnn model file (no model description)" in capsys.readouterr().err
+
+
+def test_a_misspelt_option_is_answered_by_its_command_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--modle", "fc"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: xpnn train" in err and "unrecognized arguments: --modle fc (did you mean --model?)" in err

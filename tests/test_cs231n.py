@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import xpnn.cs231n
-from xpnn.backend import cuda_available, to_numpy
+from xpnn.backend import to_numpy
 from xpnn.data import DataError, write_cifar_batch
 from xpnn.gradient_check import eval_numerical_gradient_array, rel_error
 from xpnn.layers import (conv_relu_pool_backward, conv_relu_pool_forward,
@@ -97,8 +97,7 @@ def test_models_saved_from_the_layout_load_as_xpnn_models(tmp_path):
     assert type(loaded) is XpnnFullyConnectedNet and loaded.config == model.config
 
 
-@pytest.mark.skipif(cuda_available(), reason="checks the message a machine without a GPU gets")
-def test_use_device_cuda_fails_early_without_a_gpu():
+def test_use_device_cuda_fails_early_without_a_gpu(no_cupy):
     with pytest.raises(RuntimeError, match="cuda"):
         xpnn.cs231n.use_device("cuda")
     assert xpnn.cs231n.default_device() == "cpu"

@@ -365,9 +365,10 @@ def parse_device(device) -> tuple[str, int]:
     raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
 
 
-_INSTALL_HINT = ("install the CuPy extra that matches your NVIDIA driver: pip install 'xpnn[cuda13]' "
-                 "(driver >= 580, Turing or newer) or 'xpnn[cuda12]' (driver >= 525, also Volta); "
-                 "see the README's GPU install section")
+_INSTALL_HINT = ("only on a machine with an NVIDIA GPU, install the CuPy extra that matches its "
+                 "driver, from the xpnn checkout: pip install '.[cuda13]' (driver >= 580, Turing "
+                 "or newer) or pip install '.[cuda12]' (driver >= 525, also Volta); see the "
+                 "README's GPU install section. Without a GPU, use --device cpu (device='cpu')")
 
 
 def cuda_available() -> bool:

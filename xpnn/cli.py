@@ -263,6 +263,16 @@ DATA_DIR_HELP = ("directory of the data set's files: IDX files for mnist and fas
                  "Debian's /usr/share/datasets/fashion-mnist)")
 
 
+def unrecognized(unknown, command_parser) -> str:
+    """'unrecognized arguments: --modle fc (did you mean --model?)'."""
+    import difflib
+    known = [o for action in command_parser._actions for o in action.option_strings]
+    guesses = [g for u in unknown if u.startswith("-")
+               for g in difflib.get_close_matches(u.split("=")[0], known, n=1)]
+    return (f"unrecognized arguments: {' '.join(unknown)}"
+            + (f" (did you mean {', '.join(guesses)}?)" if guesses else ""))
+
+
 def add_training_args(p, sweep):
     default_dataset = "digits" if sweep else "mnist"
     p.add_argument("--model", choices=MODELS, default="mnist-cnn",
@@ -304,7 +314,9 @@ def main(argv=None):
     if not argv:                         # bare `xpnn`: say what it can do, start nothing
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:        # said by the command's own parser, with its usage and a suggestion
+        commands[args.command].error(unrecognized(unknown, commands[args.command]))
     keep_freed_memory_for_reuse()      # the command owns its process (see the function)
     if args.command in ("eval", "selftest") and args.threads:
         import threadpoolctl

@@ -70,11 +70,15 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataError(f"{directory} has no {stem}[.gz]")
 
 
+def _not_a_directory(path) -> str:
+    return "is a file, not a directory" if Path(path).exists() else "does not exist"
+
+
 def load_idx_dir(directory):
     """(X_train, y_train, X_test, y_test) from the four standard IDX files in `directory`."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"data directory {directory} does not exist")
+        raise DataError(f"data directory {directory} " + _not_a_directory(directory))
     parts = []
     for split in ("train", "t10k"):
         X = read_idx(_find(directory, f"{split}-images-idx3-ubyte"))
@@ -113,7 +117,7 @@ def load_mnist(directory=None):
 def load_fashion_mnist(directory=FASHION_MNIST_DIR):
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"Fashion-MNIST directory {directory} does not exist; install the Debian "
+        raise DataError(f"Fashion-MNIST directory {directory} {_not_a_directory(directory)}; install the Debian "
                         "package dataset-fashion-mnist or pass --data-dir with its IDX files")
     return load_idx_dir(directory)
 
@@ -163,7 +167,7 @@ def load_cifar10(directory):
     """(X_train, y_train, X_test, y_test) from cifar-10-batches-py/ (data_batch_1..5, test_batch)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"CIFAR-10 directory {directory} does not exist (download the python "
+        raise DataError(f"CIFAR-10 directory {directory} {_not_a_directory(directory)} (download the python "
                         "version, cifar-10-python.tar.gz, and extract it)")
     parts = [read_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)]
     X_test, y_test = read_cifar_batch(directory / "test_batch")
@@ -210,8 +214,9 @@ class DataSet:
 
 def _cifar10_from(data_dir):
     if data_dir is None:
-        raise DataError("CIFAR-10 is not bundled: pass data_dir (--data-dir) pointing at "
-                        "cifar-10-batches-py")
+        raise DataError("CIFAR-10 is not bundled: download the python version "
+                        "(cifar-10-python.tar.gz from the CIFAR-10 page), extract it, and pass "
+                        "--data-dir (data_dir= in Python) pointing at its cifar-10-batches-py")
     return load_cifar10(data_dir)
 
 

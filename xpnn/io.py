@@ -74,6 +74,12 @@ def atomic_write_text(path, text: str) -> Path:
 def load_npz(path) -> tuple[dict, dict]:
     """Read an .npz written by `atomic_savez` -> (arrays, meta); clear errors when it is not one."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.npz"))
+        hint = f"; pass one of its files, e.g. {path / found[-1]}" if found else "; it holds no .npz file"
+        if (path / "model.npz").is_file():
+            hint = f"; pass {path / 'model.npz'}"
+        raise CheckpointError(f"checkpoint {path} is a directory{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):     # before np.load, which would offer to unpickle it

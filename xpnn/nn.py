@@ -665,7 +665,9 @@ def model_from_arrays(arrays: dict, meta: dict, device="cpu", source="checkpoint
     """The model described by a checkpoint's `meta`, with its arrays, on `device`."""
     kind = meta.get("model")
     if kind not in MODEL_TYPES:
-        raise CheckpointError(f"{source} does not describe an xpnn model (model type {kind!r})")
+        what = "no model description" if kind is None else f"unknown model type {kind!r}"
+        raise CheckpointError(f"{source} is not an xpnn model file ({what}); xpnn reads the .npz "
+                              "files that model.save, xpnn train and the Solver's checkpoints write")
     try:
         model = MODEL_TYPES[kind](**meta.get("config", {}), device=device)
     except TypeError as e:

@@ -34,6 +34,10 @@ class Skip(Exception):
     """A check that cannot run here; its message says why."""
 
 
+class Unavailable(Exception):
+    """What was asked for is not on this machine: a failure, but no traceback to show."""
+
+
 def _kernels_compile(backend):
     names = cuda.kernel_names()
     with backend:
@@ -174,7 +178,8 @@ def run(device=None, out=print) -> bool:
         try:
             gpu = get_backend(device)
         except RuntimeError as e:
-            checks.append(("GPU available", _raise(Skip(str(e))), None))
+            # A GPU asked for by name that cannot be used fails the test (`&& echo ok` is false).
+            checks.append(("GPU available", _raise(Unavailable(str(e))), None))
     else:
         why = "no GPU requested" if cuda_available() else "no GPU on this machine (CuPy sees none, or is not installed)"
         checks.append(("GPU kernels / parity / timing", _raise(Skip(why + "; run `xpnn selftest --device cuda` on a GPU machine")), None))
@@ -189,6 +194,8 @@ def run(device=None, out=print) -> bool:
             verdict, detail = "PASS", check(get_backend("cpu") if backend == "cpu" else backend)
         except Skip as e:
             verdict, detail = "SKIP", str(e)
+        except Unavailable as e:
+            verdict, detail, failed = "FAIL", str(e), True
         except Exception as e:   # a check that breaks is a failure to report, not a crash
             verdict, detail, failed = "FAIL", f"{type(e).__name__}: {e}", True
             traceback.print_exc()
