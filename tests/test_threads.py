@@ -1,4 +1,4 @@
-"""The BLAS thread policy, driven by step times the test chooses (no wall-clock asserts)."""
+"""The BLAS thread policy, driven by a clock the test controls (no wall-clock asserts)."""
 import numpy as np
 import pytest
 import threadpoolctl
@@ -14,55 +14,76 @@ def blas_threads():
     return counts.pop()
 
 
-def drive(policy, seconds_for):
-    """Feed the policy one step time per call, as the Solver does after each step."""
-    policy.record(seconds_for(policy.threads))
+class Machine:
+    """A fake clock and a probe whose duration depends on the policy's thread count now."""
+
+    def __init__(self, seconds_for):
+        self.now, self.seconds_for, self.policy = 0.0, seconds_for, None
+        self.threads_seen = set()
+
+    def clock(self):
+        return self.now
+
+    def probe(self):
+        assert blas_threads() == self.policy.threads          # the limit is really applied
+        self.threads_seen.add(self.policy.threads)
+        self.now += self.seconds_for[self.policy.threads]
+
+    def step(self, seconds_for=None):
+        self.policy.timed(lambda: setattr(self, "now", self.now + (seconds_for or self.seconds_for)[self.policy.threads]))
+        if self.policy.slowed:
+            self.policy.recheck(self.probe, "slowdown")
 
 
-def test_probe_picks_one_thread_when_more_collapse():
-    policy = ThreadPolicy(max_threads=2)
-    policy.start()
-    seen = set()
-    for _ in range(2 * (policy.TRIALS + 1)):
-        seen.add(policy.threads)
-        assert blas_threads() == policy.threads          # the limit is really applied
-        drive(policy, {1: 0.010, 2: 0.300}.get)          # 2 threads 30x slower: a busy core
+def policy_on(machine, **kwargs):
+    machine.policy = ThreadPolicy(max_threads=2, clock=machine.clock, **kwargs)
+    return machine.policy
+
+
+def test_one_thread_when_more_collapse():
+    machine = Machine({1: 0.010, 2: 0.300})              # a busy core: 2 threads 30x slower
+    policy = policy_on(machine)
+    policy.start(machine.probe)
     policy.finish()
-    assert seen == {1, 2} and policy.threads == 1 and policy.history == [("start", 1)]
+    assert machine.threads_seen == {1, 2} and policy.threads == 1 and policy.history == [("start", 1)]
 
 
-def test_more_threads_only_when_clearly_faster():
-    for two_threads, expected in [(0.0095, 1), (0.006, 2)]:
-        policy = ThreadPolicy(max_threads=2)
-        policy.start()
-        for _ in range(2 * (policy.TRIALS + 1)):
-            drive(policy, {1: 0.010, 2: two_threads}.get)
-        policy.finish()
+def test_more_threads_only_when_clearly_faster_and_no_flip_flop():
+    for two_threads, expected in [(0.0085, 1), (0.006, 2)]:
+        machine = Machine({1: 0.010, 2: two_threads})
+        policy = policy_on(machine)
+        policy.start(machine.probe)
         assert policy.threads == expected
+        for _ in range(3):                                  # epochs on a steady machine
+            policy.recheck(machine.probe, "epoch")
+        policy.finish()
+        assert [n for _, n in policy.history] == [expected] * 4
 
 
-def test_a_slowdown_triggers_a_new_probe():
-    policy = ThreadPolicy(max_threads=2)
-    policy.start()
-    for _ in range(2 * (policy.TRIALS + 1)):
-        drive(policy, {1: 0.010, 2: 0.006}.get)          # idle machine: 2 threads win
-    assert policy.threads == 2
-    drive(policy, {1: 0.010, 2: 0.300}.get)              # then another program starts
-    for _ in range(2 * (policy.TRIALS + 1)):
-        drive(policy, {1: 0.010, 2: 0.300}.get)
+def test_a_slowdown_triggers_a_new_choice():
+    machine = Machine({1: 0.010, 2: 0.006})               # idle: 2 threads win
+    policy = policy_on(machine)
+    policy.start(machine.probe)
+    for _ in range(5):
+        machine.step()
+    assert policy.threads == 2 and not policy.slowed
+    machine.seconds_for = {1: 0.010, 2: 0.300}            # then another program starts
+    machine.step()
     policy.finish()
     assert policy.threads == 1 and policy.history == [("start", 2), ("slowdown", 1)]
 
 
 def test_fixed_threads_never_probe_and_restore_after():
     before = blas_threads()
-    policy = ThreadPolicy(threads=1, max_threads=2)
-    policy.start()
+    machine = Machine({1: 1.0, 2: 0.001})
+    policy = policy_on(machine, threads=1)
+    policy.start(machine.probe)
     for _ in range(10):
-        drive(policy, lambda n: 1.0)
+        machine.step()
         assert policy.threads == 1 and blas_threads() == 1
     policy.finish()
-    assert blas_threads() == before and policy.choice == "1 (fixed)"
+    assert blas_threads() == before and machine.threads_seen == set()
+    assert policy.history == [("fixed", 1)]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
@@ -71,22 +92,28 @@ def test_bad_thread_counts_are_refused(bad):
         ThreadPolicy(threads=bad)
 
 
-def test_solver_measures_threads_on_the_cpu_and_honours_a_fixed_count():
+def test_solver_measures_threads_on_the_cpu_without_changing_the_run():
+    """Probing runs forward passes only: a measured run and a run fixed at the count it chose
+    end with the same weights (the thread count is the only thing that could differ)."""
     from xpnn import Solver
     from xpnn.data import get_data
     from xpnn.models import FullyConnectedNet
     data = get_data("digits")
-    measured = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=2,
-                      batch_size=50, verbose=False, seed=0)
-    measured.train()
-    assert [why for why, _ in measured.thread_policy.history] == ["start", "epoch"]
-    fixed = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=2,
-                   batch_size=50, verbose=False, seed=0, threads=1)
-    fixed.train()
-    assert fixed.thread_policy.history == [("fixed", 1)]
-    # the thread count never changes the numbers: the same run, the same weights
-    for k in fixed.model.params:
-        np.testing.assert_array_equal(fixed.model.params[k], measured.model.params[k])
+
+    def run(threads=None):
+        solver = Solver(FullyConnectedNet([16], input_dim=64, normalization="batchnorm",
+                                          dropout_keep_ratio=0.8, seed=0), data, num_epochs=2,
+                        batch_size=50, verbose=False, seed=0, threads=threads)
+        solver.train()
+        return solver
+
+    measured = run()
+    assert [why for why, _ in measured.thread_policy.history][:2] == ["start", "epoch"]
+    if len({n for _, n in measured.thread_policy.history}) == 1:      # one count all along
+        fixed = run(measured.thread_policy.threads)
+        assert fixed.thread_policy.history == [("fixed", measured.thread_policy.threads)]
+        for k in fixed.model.params:
+            np.testing.assert_array_equal(fixed.model.params[k], measured.model.params[k])
 
 
 def test_cli_records_and_prints_the_thread_choice(tmp_path, capsys):
@@ -99,3 +126,18 @@ def test_cli_records_and_prints_the_thread_choice(tmp_path, capsys):
     session = json.loads((out / "metrics.json").read_text())["sessions"][0]
     assert session["threads"] == {"policy": "fixed", "threads": 1, "cores": session["threads"]["cores"],
                                   "choices": [{"when": "fixed", "threads": 1}]}
+
+
+def test_a_resumed_run_starts_from_the_checkpoints_thread_count(tmp_path):
+    from xpnn import Solver
+    from xpnn.data import get_data
+    from xpnn.models import FullyConnectedNet
+    data = get_data("digits")
+    solver = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=1, batch_size=50,
+                    verbose=False, seed=0, checkpoint_name=str(tmp_path / "ck"))
+    solver.train()
+    solver.thread_policy.threads = 2                   # as if the machine had chosen 2
+    solver.save_checkpoint(tmp_path / "two.npz")
+    resumed = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=1, verbose=False)
+    resumed.load_checkpoint(tmp_path / "two.npz")
+    assert resumed.thread_policy.threads == 2

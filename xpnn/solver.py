@@ -175,17 +175,21 @@ class Solver:
         with self.backend:    # the model's device: its layers, and the update rules' state
             self._forward_backward_update(idx)
 
+    def _model_loss(self, X, y=None):
+        """model.loss(X, y), with running out of device memory reported with the batch size."""
+        try:
+            return self.model.loss(X, y)
+        except Exception as e:
+            if self.backend.is_out_of_memory(e):
+                raise MemoryError(f"{self.backend.label} ran out of memory at iteration {self.t + 1} "
+                                  f"with batch_size={len(X)} ({e}); try a smaller batch_size") from e
+            raise
+
     def _forward_backward_update(self, idx):
         if self.comm is not None:     # this rank's slice of the global batch
             idx, share = self.comm.shard(idx)
         X_batch, y_batch = self._batch(self.X_train, self.y_train, idx)
-        try:
-            loss, grads = self.model.loss(X_batch, y_batch)
-        except Exception as e:
-            if self.backend.is_out_of_memory(e):
-                raise MemoryError(f"{self.backend.label} ran out of memory at iteration {self.t + 1} "
-                                  f"with batch_size={len(idx)} ({e}); try a smaller batch_size") from e
-            raise
+        loss, grads = self._model_loss(X_batch, y_batch)
         if self.comm is not None:     # the global batch's mean loss and gradients, on every rank
             loss, grads = self.comm.allreduce_mean(loss, grads, share)
         if not math.isfinite(loss):
@@ -255,13 +259,13 @@ class Solver:
         # about the overflow behind it would only repeat that, a line per operation.
         policy = self.thread_policy
         if policy is not None:
-            policy.start()                # a measured policy probes on the first steps
+            policy.start(self._probe_forward())
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 first = True
                 while self.epoch < self.num_epochs:
                     if policy is not None and not first:
-                        policy.probe("epoch")     # the machine's load may have changed
+                        policy.recheck(self._probe, "epoch")    # the load may have changed
                     self._train_epoch(N, per_epoch, total, bar)
                     first = False
             finally:
@@ -270,6 +274,17 @@ class Solver:
                     policy.finish()
         if self.best_params:
             self.model.params = dict(self.best_params)
+
+    def _probe_forward(self):
+        """What the thread policy times: the test-mode forward pass of one training batch,
+        which moves no parameter, batchnorm average or random stream."""
+        X, _ = self._batch(self.X_train, self.y_train, np.arange(min(self.batch_size, len(self.X_train))))
+
+        def forward():
+            with self.backend:
+                self._model_loss(X)
+        self._probe = forward
+        return forward
 
     def _train_epoch(self, N, per_epoch, total, bar):
         start = time.perf_counter()
@@ -283,6 +298,8 @@ class Solver:
                 self._step(idx)
             else:
                 self.thread_policy.timed(lambda: self._step(idx))
+                if self.thread_policy.slowed:
+                    self.thread_policy.recheck(self._probe, "slowdown")
             self.t += 1
             bar.update(1)
             if self.t % self.print_every == 0:
@@ -347,6 +364,8 @@ class Solver:
             "train_acc_history": self.train_acc_history, "val_acc_history": self.val_acc_history,
             "best_val_acc": self.best_val_acc, "optim_configs": optim_meta,
             "rng": self.rng.bit_generator.state,
+            # the BLAS thread count in use: the results depend on it in the last bits
+            "threads": self.thread_policy.threads if self.thread_policy else None,
         }
         return atomic_savez(path, arrays, meta)
 
@@ -382,6 +401,8 @@ class Solver:
         self.best_val_acc = float(state["best_val_acc"])
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
+        if self.thread_policy is not None and not self.thread_policy.fixed and state.get("threads"):
+            self.thread_policy.threads = int(state["threads"])    # a resumed run starts from it
         self.checkpoint_path = Path(path)
         return self
 
