@@ -178,7 +178,7 @@ class Backend:
         return to_numpy(x)
 
     def synchronize(self) -> None:
-        """Wait for queued device work (timing, benchmarks); the host never waits."""
+        """Wait for queued device work (timing, benchmarks); host backends have none."""
 
     def owns(self, x) -> bool:
         """Whether `x` lives on this backend's library and device."""
@@ -220,10 +220,6 @@ class ArrayApiBackend(Backend):
         self.device = array_api_compat.device(like)
         self.label = f"{self.xp.__name__}:{self.device}"
         self.rng = GlobalGenerator(self)
-
-    def to_device(self, x, dtype=None):
-        out = self.xp.asarray(np.asarray(x), device=self.device)
-        return out if dtype is None else self.xp.astype(out, self.dtype(dtype))
 
 
 class CudaGenerator(Generator):
