@@ -2,8 +2,11 @@
 
     python bench/thread_policy.py        # idle; then again with another program busy on a core
 """
-import statistics, sys, time
+import statistics
+import time
+
 import numpy as np
+
 from xpnn import Solver
 from xpnn.models import ThreeLayerConvNet, mnist_cnn
 
@@ -16,11 +19,14 @@ def run(build, N, shape, threads):
                     seed=0, threads=threads, num_train_samples=N)
     times = []
     real = solver._step
-    def timed(idx):
+
+    def timed(idx):            # every step, as the Solver runs it (policy and all)
         t = time.perf_counter(); real(idx); times.append(time.perf_counter() - t)
     solver._step = timed
     solver.train()
     return statistics.median(times[10:]), solver.thread_policy.threads
+
+
 
 for label, build, N, shape in [("MNIST CNN N=100", mnist_cnn, 100, (1, 28, 28)),
                                ("CIFAR 3-layer N=50", ThreeLayerConvNet, 50, (3, 32, 32)),
