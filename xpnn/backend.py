@@ -437,7 +437,7 @@ def backend_of(x) -> Backend:
     if isinstance(x, np.ndarray):
         return get_backend("cpu")
     if array_api_compat.is_cupy_array(x):
-        return get_backend(f"cuda:{x.device.id}")
+        return _get_backend("cuda", x.device.id)     # asked on every GPU layer call: no parsing
     key = (array_api_compat.array_namespace(x).__name__, repr(array_api_compat.device(x)))
     if key not in _ARRAY_API_BACKENDS:
         _ARRAY_API_BACKENDS[key] = ArrayApiBackend(x)

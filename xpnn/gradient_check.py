@@ -17,17 +17,22 @@ def _indices(shape):
     return itertools.product(*(range(n) for n in shape))
 
 
+def central_difference(f, x, ix, h=1e-5):
+    """(f(x+h) - f(x-h)) / 2h for element ix of x, perturbed in place and then restored."""
+    old = float(x[ix])
+    x[ix] = old + h
+    fxph = float(f(x))
+    x[ix] = old - h
+    fxmh = float(f(x))
+    x[ix] = old
+    return (fxph - fxmh) / (2 * h)
+
+
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of the scalar function f at x by central differences: (f(x+h) - f(x-h)) / 2h."""
     grad = np.zeros(tuple(x.shape), dtype=np.float64)
     for ix in _indices(x.shape):
-        old = float(x[ix])
-        x[ix] = old + h
-        fxph = float(f(x))
-        x[ix] = old - h
-        fxmh = float(f(x))
-        x[ix] = old
-        grad[ix] = (fxph - fxmh) / (2 * h)
+        grad[ix] = central_difference(f, x, ix, h)
         if verbose:
             print(ix, grad[ix])
     return backend_of(x).to_device(grad, dtype=x.dtype)

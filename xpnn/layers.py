@@ -348,6 +348,15 @@ def conv_relu_pool_backward(dout, cache):
 
 # ---------------------------------------------------------------------------- pooling
 
+def _pool_window(name, x, pool_param):
+    """(pool_height, pool_width, stride) of a pool_param (2, 2, 2 by default), after checking
+    x is a float (N, C, H, W) array and pool_param holds no unknown key."""
+    _check_rank(f"{name} input x", x, 4, "(N, C, H, W)")
+    _check_float(f"{name} input x", x)
+    _check_keys("pool_param", pool_param, POOL_KEYS)
+    return pool_param.get("pool_height", 2), pool_param.get("pool_width", 2), pool_param.get("stride", 2)
+
+
 @on_input_device
 def max_pool_forward(x, pool_param):
     """Max pooling: the maximum of each (pool_height, pool_width) window.
@@ -363,11 +372,7 @@ def max_pool_forward(x, pool_param):
       the row-major position i * pool_width + j of each window's FIRST maximum, so tied
       maxima pass the gradient once, as in PyTorch
     """
-    _check_rank("max-pool input x", x, 4, "(N, C, H, W)")
-    _check_float("max-pool input x", x)
-    _check_keys("pool_param", pool_param, POOL_KEYS)
-    ph, pw = pool_param.get("pool_height", 2), pool_param.get("pool_width", 2)
-    stride = pool_param.get("stride", 2)
+    ph, pw, stride = _pool_window("max-pool", x, pool_param)
     out, argmax = ops.max_pool_forward(x, ph, pw, stride)
     return out, (x.shape, argmax, ph, pw, stride)
 
@@ -392,11 +397,7 @@ def avg_pool_forward(x, pool_param):
     - out: (N, C, HO, WO), HO = 1 + (H - pool_height) // stride, WO likewise
     - cache: (x.shape, pool_height, pool_width, stride): the mean needs no input values
     """
-    _check_rank("avg-pool input x", x, 4, "(N, C, H, W)")
-    _check_float("avg-pool input x", x)
-    _check_keys("pool_param", pool_param, POOL_KEYS)
-    ph, pw = pool_param.get("pool_height", 2), pool_param.get("pool_width", 2)
-    stride = pool_param.get("stride", 2)
+    ph, pw, stride = _pool_window("avg-pool", x, pool_param)
     return ops.avg_pool_forward(x, ph, pw, stride), (x.shape, ph, pw, stride)
 
 

@@ -98,15 +98,18 @@ def _training_batches(steps, batch=16, shape=(1, 14, 14), seed=0):
     return [(rng.standard_normal((batch, *shape)), rng.integers(0, 10, batch)) for _ in range(steps)]
 
 
+def _sgd_step(model, X, y, lr):
+    """One plain SGD step on arrays already on the model's device; returns the loss."""
+    loss, grads = model.loss(X, y)
+    with model.backend:
+        model.params = {k: w - lr * grads[k] for k, w in model.params.items()}
+    return loss
+
+
 def _train_losses(model, batches, lr=0.05):
-    """Plain SGD on the given batches: the per-step losses."""
-    be, losses = model.backend, []
-    for X, y in batches:
-        loss, grads = model.loss(be.to_device(X), be.to_device(y))
-        losses.append(loss)
-        with be:
-            model.params = {k: w - lr * grads[k] for k, w in model.params.items()}
-    return losses
+    """Plain SGD on the given host batches: the per-step losses."""
+    be = model.backend
+    return [_sgd_step(model, be.to_device(X), be.to_device(y), lr) for X, y in batches]
 
 
 def _gpu_matches_cpu(backend, steps=5):
@@ -154,17 +157,10 @@ def time_step(backend, batch=100, repeats=5):
     for _ in range(repeats + 1):                    # the first is warm-up (kernel builds, caches)
         backend.synchronize()
         start = time.perf_counter()
-        _train_losses_on_device(model, X, y)
+        _sgd_step(model, X, y, lr=0.01)
         backend.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times[1:]))
-
-
-def _train_losses_on_device(model, X, y, lr=0.01):
-    loss, grads = model.loss(X, y)
-    with model.backend:
-        model.params = {k: w - lr * grads[k] for k, w in model.params.items()}
-    return loss
 
 
 def run(device=None, out=print) -> bool:

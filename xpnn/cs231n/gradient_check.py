@@ -9,7 +9,8 @@ from random import randrange
 
 import numpy as np
 
-from ..gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
+from ..gradient_check import (central_difference, eval_numerical_gradient,
+                              eval_numerical_gradient_array, rel_error)
 
 __all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array",
            "eval_numerical_gradient_blobs", "eval_numerical_gradient_net", "grad_check_sparse",
@@ -50,13 +51,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5):
     elements of x (Python's `random`, as in the assignment), printing one line per element."""
     for _ in range(num_checks):
         ix = tuple(randrange(n) for n in x.shape)
-        old = float(x[ix])
-        x[ix] = old + h
-        fxph = float(f(x))
-        x[ix] = old - h
-        fxmh = float(f(x))
-        x[ix] = old
-        numerical = (fxph - fxmh) / (2 * h)
+        numerical = central_difference(f, x, ix, h)
         analytic = float(analytic_grad[ix])
         error = abs(numerical - analytic) / max(1e-300, abs(numerical) + abs(analytic))
         print(f"numerical: {numerical:f} analytic: {analytic:f}, relative error: {error:e}")
