@@ -55,6 +55,7 @@ from .nn import Model
 
 TIMEOUT_ENV = "XPNN_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
+ABORT_GRACE_SECONDS = 0.5          # see Communicator.abort
 # Variables that MPI launchers set in every process they start (MPICH/Hydra, Open MPI, PMIx).
 _LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -302,6 +303,10 @@ class Communicator:
         """Stop every rank of the job now (MPI_Abort): what a rank does when it cannot go on."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Abort tears down the launcher's output forwarding without draining it (MPICH's
+        # mpiexec lost the error message about one run in seven): give it a moment to pass
+        # on what this rank just printed, or the user sees the job die without a reason.
+        time.sleep(ABORT_GRACE_SECONDS)
         self.mpi.Abort(code)
 
     # ------------------------------------------------------------------ sweeps
