@@ -118,7 +118,9 @@ def test_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path, monk
 
 def test_sigint_names_the_command_that_resumes(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--model", "mnist-cnn", "--epochs", "40", "--batch-size", "10", "--num-train",
+    # Far more epochs than it will train: the interrupt must land mid-run however fast (or
+    # slowed by other programs) the machine is; a lost interrupt times out below.
+    args = ["train", "--model", "mnist-cnn", "--epochs", "2000", "--batch-size", "10", "--num-train",
             "400", "--out", str(out), *QUICK]
     proc = subprocess.Popen([sys.executable, "-m", "xpnn.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -126,7 +128,10 @@ def test_sigint_names_the_command_that_resumes(tmp_path):
     while not (out / "run.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 130, err
     assert err.strip().endswith(f"xpnn train: interrupted; continue with: xpnn train --resume {out}")
     assert "Traceback" not in err
