@@ -122,8 +122,11 @@ def test_sigint_names_the_command_that_resumes(tmp_path):
     # slowed by other programs) the machine is; a lost interrupt times out below.
     args = ["train", "--model", "mnist-cnn", "--epochs", "2000", "--batch-size", "10", "--num-train",
             "400", "--out", str(out), *QUICK]
+    # Ctrl-C's default action, as in a terminal: a shell starts a background job (pytest run
+    # with `&`, say) with SIGINT ignored, and its children would inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "xpnn.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "run.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
