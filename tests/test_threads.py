@@ -122,9 +122,10 @@ def test_cli_records_and_prints_the_thread_choice(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--model", "fc", "--hidden", "16", "--dataset", "digits", "--epochs", "1",
                  "--quiet", "--threads", "1", "--out", str(out)]) == 0
-    assert "BLAS threads: 1 (fixed with --threads)" in capsys.readouterr().out
+    assert "threads: 1 (batch shards; fixed with --threads)" in capsys.readouterr().out
     session = json.loads((out / "metrics.json").read_text())["sessions"][0]
-    assert session["threads"] == {"policy": "fixed", "threads": 1, "cores": session["threads"]["cores"],
+    assert session["threads"] == {"policy": "fixed", "threads": 1, "kind": "batch shards",
+                                  "cores": session["threads"]["cores"],
                                   "choices": [{"when": "fixed", "threads": 1}]}
 
 
@@ -141,3 +142,124 @@ def test_a_resumed_run_starts_from_the_checkpoints_thread_count(tmp_path):
     resumed = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=1, verbose=False)
     resumed.load_checkpoint(tmp_path / "two.npz")
     assert resumed.thread_policy.threads == 2
+
+
+# ---------------------------------------------------------------------------- batch shards
+
+@pytest.fixture
+def cpu():
+    """The CPU backend, its thread count put back after the test."""
+    from xpnn.backend import get_backend
+    backend = get_backend("cpu")
+    before = backend.threads
+    yield backend
+    backend.threads = before
+
+
+def counting_shards(model):
+    """Record the batch size of every shard the model's training step and test pass run."""
+    sizes = {"train": [], "test": []}
+    data_loss, test_forward = model._data_loss, model._test_forward
+    model._data_loss = lambda batch: (sizes["train"].append(batch[0].shape[0]), data_loss(batch))[1]
+    model._test_forward = lambda X: (sizes["test"].append(X.shape[0]), test_forward(X))[1]
+    # (shards finish in any order: compare sorted sizes)
+    return sizes
+
+
+def small_models():
+    from xpnn.models import FullyConnectedNet, Sequential, mnist_cnn
+    from xpnn.nn import Affine, Tanh
+    return [mnist_cnn(input_shape=(1, 8, 8), dtype="float64", seed=0, reg=0.1),
+            FullyConnectedNet([16, 12], input_dim=64, normalization="layernorm", dtype="float64",
+                              seed=0),
+            Sequential([Affine(12), Tanh(), Affine(10)], (64,), loss="svm", dtype="float64", seed=0),
+            Sequential([Affine(10)], (64,), loss="mse", dtype="float64", seed=0)]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_a_step_split_over_threads_matches_one_thread(cpu, index):
+    model = small_models()[index]
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, *model.input_shape))
+    y = rng.standard_normal((10, 10)) if model.loss_name == "mse" else rng.integers(0, 10, 10)
+    loss, grads = model.loss(X, y)
+    scores = model.loss(X)
+    cpu.threads = 3
+    sizes = counting_shards(model)
+    split_loss, split_grads = model.loss(X, y)
+    split_scores = model.loss(X)
+    assert {k: sorted(v) for k, v in sizes.items()} == {"train": [3, 3, 4], "test": [3, 3, 4]}
+    assert split_loss == pytest.approx(loss, rel=1e-12)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(split_grads[name], grad, rtol=1e-10, atol=1e-13, err_msg=name)
+    np.testing.assert_allclose(split_scores, scores, rtol=1e-12)
+    again = model.loss(X, y)                     # the same shards, the same sums: bit for bit
+    assert again[0] == split_loss
+    for name in grads:
+        np.testing.assert_array_equal(again[1][name], split_grads[name])
+
+
+def test_batchnorm_and_dropout_models_keep_their_training_batch_whole(cpu):
+    from xpnn.models import FullyConnectedNet
+    X, y = np.random.default_rng(0).standard_normal((10, 64)), np.arange(10)
+    for model in [FullyConnectedNet([16], input_dim=64, normalization="batchnorm", seed=0),
+                  FullyConnectedNet([16], input_dim=64, dropout_keep_ratio=0.5, seed=0)]:
+        assert not model.splits_steps
+        cpu.threads = 2
+        sizes = counting_shards(model)
+        model.loss(X, y)
+        model.loss(X)                            # test mode: per sample, so it splits
+        assert sizes == {"train": [10], "test": [5, 5]}
+
+
+def test_label_errors_are_found_in_any_shard(cpu):
+    from xpnn.models import mnist_cnn
+    model = mnist_cnn(input_shape=(1, 8, 8), seed=0)
+    X = np.zeros((9, 1, 8, 8), np.float32)
+    cpu.threads = 3
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\].*from 0 to 10"):
+        model.loss(X, np.array([0, 1, 2, 3, 4, 5, 6, 7, 10]))      # only the last shard is wrong
+    with pytest.raises(ValueError, match=r"labels y must have shape \(9,\)"):
+        model.loss(X, np.zeros(12, dtype=int))                     # not cut to fit the shards
+
+
+def test_worker_threads_keep_numpys_error_settings():
+    from xpnn.threads import map_in_threads
+    with np.errstate(over="ignore", divide="raise"):
+        seen = map_in_threads(lambda _: np.geterr(), [0, 1, 2])
+    assert [(s["over"], s["divide"]) for s in seen] == [("ignore", "raise")] * 3
+
+
+def test_policy_splits_batches_with_one_blas_thread_each():
+    before = blas_threads()
+
+    class Backend:
+        threads = 1
+    backend = Backend()
+    machine = Machine({1: 0.010, 2: 0.006})
+
+    def probe():
+        assert blas_threads() == 1 and backend.threads == machine.policy.threads
+        machine.now += machine.seconds_for[backend.threads]
+    policy = policy_on(machine, shards_on=backend)
+    policy.start(probe)
+    assert policy.threads == backend.threads == 2 and policy.kind == "batch shards"
+    policy.finish()
+    assert backend.threads == 1 and blas_threads() == before
+
+
+def test_a_split_training_run_is_reproducible(cpu):
+    from xpnn import Solver
+    from xpnn.data import get_data
+    from xpnn.models import mnist_cnn
+    data = get_data("digits", num_training=300)
+
+    def run():
+        solver = Solver(mnist_cnn(input_shape=(1, 8, 8), seed=0), data, num_epochs=1, batch_size=50,
+                        verbose=False, seed=0, threads=2)
+        solver.train()
+        assert solver.thread_policy.kind == "batch shards" and cpu.threads == 1   # put back
+        return solver.model.params
+    first, second = run(), run()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)

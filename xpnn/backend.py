@@ -135,6 +135,10 @@ class Backend:
     # chunking to cache size lost more to that rebuild than it gained, so the limit is about
     # memory, not speed. Set it per backend: get_backend("cpu").workspace_bytes = 64 << 20.
     workspace_bytes = 256 << 20
+    # How many threads a model's step runs on, as that many shards of its batch (see
+    # Sequential._shards). The Solver's ThreadPolicy sets it on the CPU; a GPU parallelises
+    # each kernel itself, so there it stays 1.
+    threads = 1
     # The accelerated ops, by the names in ACCELERATED_OPS; empty means "the portable code".
     ops: dict = {}
 

@@ -303,9 +303,10 @@ def add_training_args(p, sweep):
 
 def add_threads_arg(p):
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="BLAS threads for the CPU's matrix products (default: measured on the first "
-                        "training steps and re-checked each epoch, so a busy core cannot slow "
-                        "training down many times)")
+                   help="CPU threads: in training, each batch split over N threads (BLAS threads for "
+                        "models with batchnorm or dropout); elsewhere, BLAS threads (default: "
+                        "measured on the first training steps and re-checked each epoch, so a "
+                        "busy core cannot slow training down many times)")
 
 
 def main(argv=None):
@@ -524,7 +525,7 @@ def train_and_report(args, out, data, model, solver, previous, comm=None):
         print(f"test accuracy: {test_acc:.4f}   best val accuracy: {solver.best_val_acc:.4f}   "
               f"training time: {wall:.1f} s")
     if solver.thread_policy is not None:
-        print(f"BLAS threads: {solver.thread_policy.describe()}")
+        print(f"threads: {solver.thread_policy.describe()}")
     if solver.skipped_steps:
         print(f"skipped {solver.skipped_steps} of {solver.t} steps whose loss was not finite "
               "(--on-nonfinite continue)")

@@ -16,6 +16,7 @@ from . import layers as L
 from . import ops
 from .backend import DeviceError, draw_seed, get_backend, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
+from .threads import map_in_threads
 
 INITS = ("gaussian", "xavier", "he")
 LOSSES = {"softmax": L.softmax_loss_terms, "svm": L.svm_loss_terms, "mse": L.mse_loss_terms}
@@ -43,6 +44,10 @@ class Layer:
     names starting with "_" are helpers, not layers.
     """
     has_weights = False   # Affine and Conv: they are numbered 1, 2, ... and name W{k}, b{k}
+    # Whether a training forward pass ties a batch's samples together (batchnorm's batch
+    # statistics, dropout's random stream): a model with such a layer never splits its
+    # training steps over threads (see Sequential.device_loss).
+    mixes_samples = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -200,6 +205,7 @@ class LeakyReLU(Layer):
 
 class BatchNorm(Layer):
     """Batchnorm after weight layer k (gamma{k}, beta{k}); spatial for (C, H, W) inputs."""
+    mixes_samples = True
 
     def __init__(self, momentum: float = 0.9, eps: float = 1e-5):
         self.momentum, self.eps = float(momentum), float(eps)
@@ -261,6 +267,7 @@ class LayerNorm(Layer):
 class Dropout(Layer):
     """Inverted dropout keeping each unit with probability `keep`. With `seed` the mask is the
     same on every call (CS231n's convention, which gradient checks rely on)."""
+    mixes_samples = True      # one mask for the batch, drawn in order from one stream
 
     def __init__(self, keep: float = 0.5, seed: int | None = None):
         self.keep, self.seed = float(keep), seed
@@ -555,13 +562,31 @@ class Sequential(Model):
         # (gradient checks), and params a user replaced by float64 arrays are honoured.
         return xp.astype(X, self.params[next(iter(self.params))].dtype, copy=False)
 
+    @property
+    def splits_steps(self) -> bool:
+        """Whether a training step may run as shards of its batch on the backend's threads:
+        true unless a layer ties the batch's samples together (batchnorm, dropout)."""
+        return not any(layer.mixes_samples for layer in self.layers)
+
+    def _shards(self, N: int, train: bool) -> list[slice]:
+        """The batch's shards, one per thread of the backend (`backend.threads`, which the
+        Solver's ThreadPolicy sets on the CPU): each runs the whole net on its slice, BLAS,
+        copies and elementwise work alike, so every core works for the whole step."""
+        count = max(1, min(self.backend.threads, N)) if self.splits_steps or not train else 1
+        bounds = [N * i // count for i in range(count + 1)]
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
     def scores(self, X):
         """Class scores for X in test mode (no caches kept)."""
         with self.backend:
-            out = self._check_input(X)
-            for layer in self.layers:
-                out, _ = layer.forward(out, self.params, False)
-            return out
+            X = self._check_input(X)
+            outs = map_in_threads(self._test_forward, [X[rows] for rows in self._shards(X.shape[0], False)])
+            return outs[0] if len(outs) == 1 else namespace_of(X).concat(outs, axis=0)
+
+    def _test_forward(self, out):
+        for layer in self.layers:
+            out, _ = layer.forward(out, self.params, False)
+        return out
 
     def loss(self, X, y=None):
         if y is None:
@@ -574,24 +599,45 @@ class Sequential(Model):
     def device_loss(self, X, y):
         """(loss, grads, label_range) left on the device: a training step with no host sync.
         Call it inside `with model.backend:`; `loss` wraps it and brings the loss home."""
-        out = self._check_input(X)
+        X = self._check_input(X)
+        xp, N = namespace_of(X), X.shape[0]
+        # Labels (MSE: targets) that do not match X go whole to the loss, which says what is wrong.
+        fits = tuple(getattr(y, "shape", ())) == ((N, *self.output_shape) if self.loss_name == "mse" else (N,))
+        shards = self._shards(N, True) if fits else [slice(None)]
+        if len(shards) == 1:
+            loss, grads, label_range = self._data_loss((X, y))
+        else:
+            parts = map_in_threads(self._data_loss, [(X[rows], y[rows]) for rows in shards])
+            # Each shard's loss and gradients are means over its own samples: weighted by its
+            # share of the batch, and summed in shard order (the same sum on every run).
+            shares = [(rows.stop - rows.start) / N for rows in shards]
+            loss = sum(share * part[0] for share, part in zip(shares, parts))
+            grads = {name: sum(share * part[1][name] for share, part in zip(shares, parts))
+                     for name in parts[0][1]}
+            label_range = None
+            if parts[0][2] is not None:         # [lowest, highest] label over all shards
+                ranges = xp.stack([part[2] for part in parts])
+                label_range = xp.stack([xp.min(ranges[:, 0]), xp.max(ranges[:, 1])])
+        if self.reg:
+            for name, w in self.params.items():
+                if name.startswith("W"):
+                    loss = loss + 0.5 * self.reg * xp.sum(w * w)
+                    grads[name] = grads[name] + self.reg * w
+        return loss, grads, label_range
+
+    def _data_loss(self, batch):
+        """The data loss of one (X, y) batch or shard, and its gradients: forward, loss, backward."""
+        out, y = batch
         caches = []
         for i, layer in enumerate(self.layers):
             # Nothing needs the gradient of the input data: the first layer may skip it.
             out, cache = layer.forward(out, self.params, True, needs_dx=i > 0)
             caches.append(cache)
         loss, dout, label_range = LOSSES[self.loss_name](out, y)
-
         grads = {}
         for layer, cache in zip(reversed(self.layers), reversed(caches)):
             dout, layer_grads = layer.backward(dout, cache)
             grads.update(layer_grads)
-        if self.reg:
-            xp = namespace_of(out)
-            for name, w in self.params.items():
-                if name.startswith("W"):
-                    loss = loss + 0.5 * self.reg * xp.sum(w * w)
-                    grads[name] = grads[name] + self.reg * w
         return loss, grads, label_range
 
     def buffers(self):

@@ -56,8 +56,9 @@ class Solver:
     sample), num_val_samples (None: all), checkpoint_name (None: no checkpoints),
     print_every (10), verbose (True), seed (None: one draw from NumPy's global generator),
     on_nonfinite ("stop" or "continue"), comm (None, or an xpnn.distributed communicator for
-    data-parallel training), threads (None: the BLAS thread count is measured on the first
-    steps of a CPU model and re-checked each epoch; N: fixed). Unknown keywords are an error.
+    data-parallel training), threads (None: the thread count is measured on the first steps
+    of a CPU model and re-checked each epoch; N: fixed; see xpnn.threads). Unknown keywords
+    are an error.
     """
 
     def __init__(self, model, data, **kwargs):
@@ -75,8 +76,8 @@ class Solver:
         self.seed = kwargs.pop("seed", None)
         # "stop" raises NonFiniteLossError; "continue" skips the step's update and goes on.
         self.on_nonfinite = kwargs.pop("on_nonfinite", "stop")
-        # BLAS threads of the steps: None measures the best count on the steps themselves
-        # (CPU models; see xpnn.threads), an int fixes it.
+        # Threads of the steps: None measures the best count on the steps themselves (CPU
+        # models; see xpnn.threads), an int fixes it.
         self.threads = kwargs.pop("threads", None)
         # Data parallel over MPI ranks: an xpnn.distributed.Communicator (see that module).
         self.comm = kwargs.pop("comm", None)
@@ -99,7 +100,11 @@ class Solver:
         self.dtype = self.backend.dtype_name(first.dtype)
         # Measured only where BLAS does the work and one process owns the cores.
         measure = isinstance(self.backend, CpuBackend) and self.comm is None
-        self.thread_policy = ThreadPolicy(self.threads) if self.threads or measure else None
+        # A CPU model that can (no batchnorm or dropout) splits each batch over the threads.
+        shards_on = (self.backend if isinstance(self.backend, CpuBackend)
+                     and getattr(model, "splits_steps", False) else None)
+        self.thread_policy = (ThreadPolicy(self.threads, shards_on=shards_on)
+                              if self.threads or measure else None)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
         # get_data's dict holds the mean image it subtracted: a model that records no
@@ -364,7 +369,7 @@ class Solver:
             "train_acc_history": self.train_acc_history, "val_acc_history": self.val_acc_history,
             "best_val_acc": self.best_val_acc, "optim_configs": optim_meta,
             "rng": self.rng.bit_generator.state,
-            # the BLAS thread count in use: the results depend on it in the last bits
+            # the thread count in use: the results depend on it in the last bits
             "threads": self.thread_policy.threads if self.thread_policy else None,
         }
         return atomic_savez(path, arrays, meta)
