@@ -8,9 +8,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from xpnn.backend import cuda_available, keep_freed_memory_for_reuse  # noqa: E402
+from xpnn.backend import cuda_available  # noqa: E402
 
-keep_freed_memory_for_reuse()     # as the xpnn command does: benchmarks measure what users get
 
 try:
     import torch

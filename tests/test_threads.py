@@ -230,22 +230,24 @@ def test_worker_threads_keep_numpys_error_settings():
     assert [(s["over"], s["divide"]) for s in seen] == [("ignore", "raise")] * 3
 
 
-def test_policy_splits_batches_with_one_blas_thread_each():
+@pytest.mark.parametrize("split", [True, False])
+def test_policy_gives_the_cores_to_batch_shards_or_to_blas(split):
     before = blas_threads()
 
     class Backend:
-        threads = 1
+        threads = 5                              # whatever the user had: put back after
     backend = Backend()
     machine = Machine({1: 0.010, 2: 0.006})
 
     def probe():
-        assert blas_threads() == 1 and backend.threads == machine.policy.threads
-        machine.now += machine.seconds_for[backend.threads]
-    policy = policy_on(machine, shards_on=backend)
+        shards, blas = (machine.policy.threads, 1) if split else (1, machine.policy.threads)
+        assert backend.threads == shards and blas_threads() == blas
+        machine.now += machine.seconds_for[machine.policy.threads]
+    policy = policy_on(machine, backend=backend, split_batches=split)
     policy.start(probe)
-    assert policy.threads == backend.threads == 2 and policy.kind == "batch shards"
+    assert policy.threads == 2 and policy.kind == ("batch shards" if split else "BLAS")
     policy.finish()
-    assert backend.threads == 1 and blas_threads() == before
+    assert backend.threads == 5 and blas_threads() == before
 
 
 def test_a_split_training_run_is_reproducible(cpu):
@@ -254,11 +256,13 @@ def test_a_split_training_run_is_reproducible(cpu):
     from xpnn.models import mnist_cnn
     data = get_data("digits", num_training=300)
 
+    cpu.threads = 3
+
     def run():
         solver = Solver(mnist_cnn(input_shape=(1, 8, 8), seed=0), data, num_epochs=1, batch_size=50,
                         verbose=False, seed=0, threads=2)
         solver.train()
-        assert solver.thread_policy.kind == "batch shards" and cpu.threads == 1   # put back
+        assert solver.thread_policy.kind == "batch shards" and cpu.threads == 3   # put back
         return solver.model.params
     first, second = run(), run()
     for name in first:

@@ -30,6 +30,8 @@ import sys
 import array_api_compat
 import numpy as np
 
+from .threads import default_threads
+
 
 _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
 
@@ -136,8 +138,8 @@ class Backend:
     # memory, not speed. Set it per backend: get_backend("cpu").workspace_bytes = 64 << 20.
     workspace_bytes = 256 << 20
     # How many threads a model's step runs on, as that many shards of its batch (see
-    # Sequential._shards). The Solver's ThreadPolicy sets it on the CPU; a GPU parallelises
-    # each kernel itself, so there it stays 1.
+    # Sequential._shards and xpnn.threads). On the CPU it starts as BLAS's thread count and
+    # the Solver's ThreadPolicy measures it; a GPU parallelises each kernel itself: 1.
     threads = 1
     # The accelerated ops, by the names in ACCELERATED_OPS; empty means "the portable code".
     ops: dict = {}
@@ -206,6 +208,8 @@ class CpuBackend(Backend):
 
     def __init__(self):
         self.rng = GlobalGenerator(self)
+        self.threads = default_threads()
+        keep_freed_memory_for_reuse()       # a step's multi-MB intermediates, without page faults
 
     def to_device(self, x, dtype=None):
         out = np.asarray(x)
@@ -389,9 +393,10 @@ def keep_freed_memory_for_reuse() -> None:
     made a 0.2 ms matrix product take 2.7 ms and cost a third of the MNIST CNN's training step.
     PyTorch's CPU allocator avoids the same cost by caching.
 
-    This changes the allocator of the whole process, so a library call never does it: the
-    `xpnn` command calls it (it owns its process), and so can a script or notebook that wants
-    the speed. No effect off glibc.
+    The CPU backend calls it when it is first made (a script, a notebook or the `xpnn`
+    command computing on the CPU), as PyTorch's allocators keep memory: it changes the
+    allocator of the whole process, which then holds on to the memory its largest steps
+    needed. No effect off glibc.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, distributed
-from .backend import get_backend, keep_freed_memory_for_reuse, to_numpy
+from .backend import get_backend, to_numpy
 from .data import DATASETS, DataError, get_data
 from .io import CheckpointError, atomic_write_text, load_npz
 from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, mnist_cnn
@@ -318,7 +318,6 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     if unknown:        # said by the command's own parser, with its usage and a suggestion
         commands[args.command].error(unrecognized(unknown, commands[args.command]))
-    keep_freed_memory_for_reuse()      # the command owns its process (see the function)
     if args.command in ("eval", "selftest") and args.threads:
         import threadpoolctl
         threadpoolctl.threadpool_limits(args.threads, user_api="blas")    # for the whole command

@@ -101,9 +101,9 @@ class Solver:
         # Measured only where BLAS does the work and one process owns the cores.
         measure = isinstance(self.backend, CpuBackend) and self.comm is None
         # A CPU model that can (no batchnorm or dropout) splits each batch over the threads.
-        shards_on = (self.backend if isinstance(self.backend, CpuBackend)
-                     and getattr(model, "splits_steps", False) else None)
-        self.thread_policy = (ThreadPolicy(self.threads, shards_on=shards_on)
+        cpu = self.backend if isinstance(self.backend, CpuBackend) else None
+        self.thread_policy = (ThreadPolicy(self.threads, backend=cpu, split_batches=bool(
+                                  cpu and getattr(model, "splits_steps", False)))
                               if self.threads or measure else None)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
