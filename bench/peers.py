@@ -28,10 +28,14 @@ that ratio. The frameworks may live in different interpreters (Chainer 7 needs N
 --python runs xpnn and PyTorch, --python-chainer runs Chainer. A framework that cannot be
 imported is reported and left out. The driver itself needs only the standard library.
 
-By default every framework runs with glibc's malloc settings, as a plain script gets them;
---keep-freed-memory gives every worker those of `xpnn.backend.keep_freed_memory_for_reuse`
-(which the xpnn command sets for itself): NumPy-based frameworks then stop page-faulting their
-large temporaries in afresh at every step.
+Each worker gets its thread count as a user sets it, in OPENBLAS_NUM_THREADS /
+OMP_NUM_THREADS / MKL_NUM_THREADS (and torch.set_num_threads): xpnn's CPU backend takes it
+as its own thread count (see xpnn.threads), PyTorch and Chainer as their BLAS/OpenMP threads.
+
+Setting up the peers (PyTorch from this machine's local CPU build; Chainer in a venv of its own):
+    pip install torch==2.13.0
+    python3 -m venv /work/chainer-venv && /work/chainer-venv/bin/pip install "setuptools<70" wheel
+    /work/chainer-venv/bin/pip install --no-build-isolation chainer==7.8.1 "numpy<2" threadpoolctl
 """
 import argparse
 import contextlib
@@ -52,9 +56,6 @@ NETS = {"mnist": ("MNIST CNN, N=100", 100, (1, 28, 28)),
 FRAMEWORKS = ["xpnn", "torch", "chainer"]
 LOADS = {"idle": "idle", "busy": "1 core busy"}
 THREAD_VARIABLES = ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"]
-# --keep-freed-memory: glibc's settings that xpnn.backend.keep_freed_memory_for_reuse makes (the
-# xpnn command calls it), given through the environment so that they reach every framework.
-KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 LEARNING_RATE = 1e-3
 WARMUP_STEPS = 5
 CHAINER_VENV_PYTHON = "/work/chainer-venv/bin/python"
@@ -73,7 +74,8 @@ def build_step(framework, net, threads):
         import xpnn
         from xpnn import optim
         from xpnn.models import ThreeLayerConvNet, mnist_cnn
-        # Built directly, without a Solver: its thread policy would pick its own thread count.
+        # Built directly, without a Solver (whose thread policy would pick its own count):
+        # the CPU backend splits each batch over the threads the environment gave BLAS.
         model = mnist_cnn(seed=0) if net == "mnist" else ThreeLayerConvNet(seed=0)
         configs = {name: {"learning_rate": LEARNING_RATE} for name in model.params}
 
@@ -177,9 +179,8 @@ def die_with_parent():
 
 
 class Worker:
-    def __init__(self, python, framework, net, threads, steps, keep_freed_memory):
-        env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES},
-                   **(KEEP_FREED_MEMORY if keep_freed_memory else {}))
+    def __init__(self, python, framework, net, threads, steps):
+        env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
         command = [python, os.path.abspath(__file__), "--worker", framework, net, str(threads),
                    "--steps", str(steps)]
         # A session of its own: Ctrl-C reaches only the driver, which then closes the workers.
@@ -212,7 +213,7 @@ class Worker:
 def start_worker(python, framework, net, threads, args):
     """(the worker, its hello), or (None, {"error": why}) when the framework cannot run."""
     try:
-        worker = Worker(python, framework, net, threads, args.steps, args.keep_freed_memory)
+        worker = Worker(python, framework, net, threads, args.steps)
     except (OSError, RuntimeError) as error:       # no such interpreter, or it crashed
         return None, {"error": str(error)}
     if "error" in worker.hello:
@@ -296,8 +297,7 @@ def machine_header(args):
     return [f"Machine: {cpu}, {os.cpu_count()} cores; driver Python {platform.python_version()}",
             f"Method: {args.rounds} rounds x {args.steps} timed steps (median) per framework, "
             f"order shuffled per round (seed {args.seed}); {WARMUP_STEPS} warm-up steps; "
-            f"SGD lr {LEARNING_RATE}, float32; glibc malloc "
-            + ("keeps freed memory (--keep-freed-memory)" if args.keep_freed_memory else "defaults")]
+            f"SGD lr {LEARNING_RATE}, float32"]
 
 
 def drive(args):
@@ -348,9 +348,6 @@ def main():
     parser.add_argument("--python", default=sys.executable, help="interpreter for xpnn and torch")
     parser.add_argument("--python-chainer", help="interpreter for chainer (default: "
                         f"{CHAINER_VENV_PYTHON} if it exists, else --python)")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="have glibc keep freed memory for reuse in every worker, as the xpnn "
-                        "command does (default: glibc's defaults, as a plain script gets)")
     parser.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "NET", "THREADS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
