@@ -108,7 +108,9 @@ def test_solver_measures_threads_on_the_cpu_without_changing_the_run():
         return solver
 
     measured = run()
-    assert [why for why, _ in measured.thread_policy.history][:2] == ["start", "epoch"]
+    whys = [why for why, _ in measured.thread_policy.history]
+    # (a busy machine may add a re-check on a sudden slowdown anywhere)
+    assert whys[0] == "start" and "epoch" in whys and set(whys) <= {"start", "epoch", "slowdown"}
     if len({n for _, n in measured.thread_policy.history}) == 1:      # one count all along
         fixed = run(measured.thread_policy.threads)
         assert fixed.thread_policy.history == [("fixed", measured.thread_policy.threads)]

@@ -580,7 +580,7 @@ class Sequential(Model):
         """Class scores for X in test mode (no caches kept)."""
         with self.backend:
             X = self._check_input(X)
-            outs = map_in_threads(self._test_forward, [X[rows] for rows in self._shards(X.shape[0], False)])
+            outs = map_in_threads(self._test_forward, [X[rows, ...] for rows in self._shards(X.shape[0], False)])
             return outs[0] if len(outs) == 1 else namespace_of(X).concat(outs, axis=0)
 
     def _test_forward(self, out):
@@ -607,7 +607,7 @@ class Sequential(Model):
         if len(shards) == 1:
             loss, grads, label_range = self._data_loss((X, y))
         else:
-            parts = map_in_threads(self._data_loss, [(X[rows], y[rows]) for rows in shards])
+            parts = map_in_threads(self._data_loss, [(X[rows, ...], y[rows, ...]) for rows in shards])
             # Each shard's loss and gradients are means over its own samples: weighted by its
             # share of the batch, and summed in shard order (the same sum on every run).
             shares = [(rows.stop - rows.start) / N for rows in shards]
