@@ -270,7 +270,8 @@ def conv_forward(x, w, b, conv_param):
         col = ops.im2col(x[rows, ...], HH, WW, stride, pad)    # (C, HH, WW, n, HO, WO)
         n = col.shape[3]
         col = xp.reshape(col, (K, n * HO * WO))
-        out_mat = w_mat @ col + b[:, None]                      # (F, n*HO*WO)
+        out_mat = w_mat @ col                                   # (F, n*HO*WO)
+        out_mat += b[:, None]                                   # in place: no second buffer
         outs.append(xp.permute_dims(xp.reshape(out_mat, (F, n, HO, WO)), (1, 0, 2, 3)))
     # concat copies into (N, F, HO, WO) order, which keeps every later elementwise op contiguous.
     out = xp.concat(outs, axis=0)
