@@ -60,9 +60,13 @@ def test_affine_relu(xp, rng):
     check_layer(xp, rng, affine_relu_forward, affine_relu_backward, [x, w, b])
 
 
-@pytest.mark.parametrize("stride,pad,kernel", [(1, 1, (3, 3)), (2, 0, (3, 2)), (3, 2, (1, 4))])
-def test_conv(xp, rng, stride, pad, kernel):
-    x, w, b = arrays(xp, rng, (2, 3, 7, 6), (4, 3, *kernel), (4,))
+# With stride 1, a square kernel, pad <= kernel - 1 and no more filters than channels, the
+# input gradient is computed as a convolution (see conv_backward); the other cases use col2im.
+@pytest.mark.parametrize("stride,pad,kernel,filters", [
+    (1, 1, (3, 3), 2), (1, 2, (3, 3), 3), (1, 0, (2, 2), 1),     # dx as a convolution
+    (1, 1, (3, 3), 4), (1, 3, (3, 3), 2), (2, 0, (3, 2), 4), (3, 2, (1, 4), 4)])
+def test_conv(xp, rng, stride, pad, kernel, filters):
+    x, w, b = arrays(xp, rng, (2, 3, 7, 6), (filters, 3, *kernel), (filters,))
     def fwd(x, w, b):
         return conv_forward(x, w, b, {"stride": stride, "pad": pad})
     check_layer(xp, rng, fwd, conv_backward, [x, w, b])
