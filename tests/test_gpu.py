@@ -22,7 +22,7 @@ from xpnn.models import FullyConnectedNet, load, mnist_cnn
 from xpnn.optim import UPDATE_RULES
 
 from .conftest import cupy_double_env
-from .test_kernels import GEOMETRIES, POOLS
+from .test_kernels import GEOMETRIES, POOLS, SOFTMAX_SHAPES, assert_softmax_close, portable_softmax_loss
 
 pytestmark = pytest.mark.gpu
 
@@ -114,6 +114,18 @@ def test_max_pool_kernels_on_gpu_with_ties_and_nan(gpu, rng, dtype, N, C, H, W, 
     np.testing.assert_array_equal(
         gpu.ops["max_pool_backward"](gpu.to_device(dout), argmax, H, W, ph, pw, stride).get(),
         ops.max_pool_backward(dout, argmax_ref, H, W, ph, pw, stride))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C", SOFTMAX_SHAPES + [(3000, 10)])
+def test_softmax_loss_kernel_on_gpu(gpu, rng, dtype, N, C):
+    x = (3 * rng.standard_normal((N, C))).astype(dtype)
+    y = rng.integers(0, C, N)
+    y[::7] = -1                                    # no target term, as in the portable code
+    loss, dx = gpu.ops["softmax_loss"](gpu.to_device(x), gpu.to_device(y))
+    loss_ref, dx_ref = portable_softmax_loss(x, y)
+    assert_softmax_close(to_numpy(loss), loss_ref, dtype)
+    assert_softmax_close(to_numpy(dx), dx_ref, dtype)
 
 
 def test_kernels_take_noncontiguous_gpu_arrays(gpu, rng):
