@@ -22,7 +22,7 @@ from xpnn.models import FullyConnectedNet, load, mnist_cnn
 from xpnn.optim import UPDATE_RULES
 
 from .conftest import cupy_double_env
-from .test_kernels import GEOMETRIES, POOLS
+from .test_kernels import GEOMETRIES, POOLS, SOFTMAX_SHAPES, assert_softmax_close, portable_softmax_loss
 
 pytestmark = pytest.mark.gpu
 
@@ -87,7 +87,8 @@ def test_kernel_launches_per_training_step(gpu, launches):
     y = gpu.to_device(rng.integers(0, 10, 8))
     model.loss(X, y)
     assert launches == ["im2col_f32", "max_pool_forward_f32", "im2col_f32", "max_pool_forward_f32",
-                        "max_pool_backward_f32", "col2im_f32", "max_pool_backward_f32"]
+                        "softmax_loss_f32", "max_pool_backward_f32", "col2im_f32",
+                        "max_pool_backward_f32"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -114,6 +115,35 @@ def test_max_pool_kernels_on_gpu_with_ties_and_nan(gpu, rng, dtype, N, C, H, W, 
     np.testing.assert_array_equal(
         gpu.ops["max_pool_backward"](gpu.to_device(dout), argmax, H, W, ph, pw, stride).get(),
         ops.max_pool_backward(dout, argmax_ref, H, W, ph, pw, stride))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C", SOFTMAX_SHAPES + [(3000, 10)])
+def test_softmax_loss_kernel_on_gpu(gpu, rng, dtype, N, C):
+    x = (3 * rng.standard_normal((N, C))).astype(dtype)
+    y = rng.integers(0, C, N)
+    y[::7] = -1                                    # no target term, as in the portable code
+    loss, dx = gpu.ops["softmax_loss"](gpu.to_device(x), gpu.to_device(y))
+    loss_ref, dx_ref = portable_softmax_loss(x, y)
+    assert_softmax_close(to_numpy(loss), loss_ref, dtype)
+    assert_softmax_close(to_numpy(dx), dx_ref, dtype)
+
+
+def test_softmax_loss_on_cupy_is_the_fused_kernel_and_its_gradient(gpu, rng, launches):
+    """The public loss on CuPy runs the fused kernel alone (no portable fallback), its dx is
+    the numerical gradient of its loss (float64), and bad labels are still refused."""
+    from xpnn.gradient_check import eval_numerical_gradient, rel_error
+    from xpnn.layers import softmax_loss
+    x = gpu.to_device(rng.standard_normal((9, 5)))
+    y = gpu.to_device(rng.integers(0, 5, 9))
+    loss, dx = softmax_loss(x, y)
+    num = eval_numerical_gradient(lambda x: softmax_loss(x, y)[0], x, verbose=False)
+    assert rel_error(dx, num) < 1e-7
+    assert set(launches) == {"softmax_loss_f64"} and len(launches) == 1 + 2 * 9 * 5
+    launches.clear()
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\].* from 0 to 5"):
+        softmax_loss(x, gpu.to_device(np.array([0, 1, 2, 3, 4, 5, 0, 1, 2])))
+    assert launches == ["softmax_loss_f64"]
 
 
 def test_kernels_take_noncontiguous_gpu_arrays(gpu, rng):

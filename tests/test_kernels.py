@@ -1,13 +1,15 @@
 """The CUDA kernels in kernels/*.cu, checked without a GPU:
   1. every kernel compiles with NVRTC for sm_75, sm_80 and sm_90;
   2. the same source, run on the CPU through an emulation of the thread grid (cuda_emu.h),
-     gives exactly the portable implementation's numbers on many geometries.
+     gives exactly the portable implementation's numbers on many geometries (the softmax loss,
+     whose exp, log and row sums are not NumPy's: to within a few units in the last place).
 """
 import numpy as np
 import pytest
 
 from xpnn import cuda, ops
 from xpnn.backend import ACCELERATED_OPS
+from xpnn.layers import softmax_loss_terms
 
 from .emulation import emulator
 
@@ -20,6 +22,9 @@ POOLS = [  # (N, C, H, W, ph, pw, stride)
     (2, 3, 4, 4, 2, 2, 2), (1, 2, 7, 7, 3, 3, 2), (3, 1, 6, 5, 3, 3, 1), (2, 2, 8, 6, 2, 3, 3),
     (1, 1, 5, 9, 1, 1, 1), (2, 3, 9, 9, 4, 2, 1), (3, 3, 11, 13, 7, 7, 2), (1, 2, 28, 28, 2, 2, 2),
 ]
+# (N, C) for the softmax loss: one thread per row, and the emulated grid has 5 x 32 threads,
+# so 37 rows leave a block partly idle and 200 rows send the grid-stride loop round twice.
+SOFTMAX_SHAPES = [(1, 1), (1, 10), (8, 3), (37, 10), (200, 10), (5, 300)]
 
 
 def test_every_kernel_compiles_with_nvrtc():
@@ -177,3 +182,77 @@ def test_fused_update_rules_equal_the_portable_ones(kernel_ops, rng, monkeypatch
     np.testing.assert_array_equal(w_fused, w_ref)
     for key, value in cfg_ref.items():
         np.testing.assert_array_equal(cfg_fused[key], value, err_msg=key)
+
+
+def assert_softmax_close(got, expected, dtype):
+    """The fused softmax loss against the portable one: exp, log and the row sums differ from
+    NumPy's by an ulp or so, so this is tight (relative to the array's largest finite
+    magnitude) but not bitwise; NaN and infinities must be where the portable code has them."""
+    got, expected = np.asarray(got), np.asarray(expected)
+    assert got.dtype == dtype and got.shape == expected.shape
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    scale = np.max(np.abs(expected[np.isfinite(expected)]), initial=0.0)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale, equal_nan=True)
+
+
+def portable_softmax_loss(x, y):
+    with np.errstate(all="ignore"):          # NaN and inf rows: NumPy warns, the kernel cannot
+        loss, dx, _ = softmax_loss_terms(x, y)
+    return loss, dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C", SOFTMAX_SHAPES)
+def test_softmax_loss_kernel(kernel_ops, rng, dtype, N, C):
+    x = (3 * rng.standard_normal((N, C))).astype(dtype)
+    y = rng.integers(0, C, N)
+    launcher = kernel_ops["launcher"]
+    launcher.launches.clear()
+    loss, dx = kernel_ops["softmax_loss"](x, y)
+    assert [name for name, *_ in launcher.launches] == [f"softmax_loss_{'f32' if dtype == np.float32 else 'f64'}"]
+    loss_ref, dx_ref = portable_softmax_loss(x, y)
+    assert loss.shape == ()
+    assert_softmax_close(loss, loss_ref, dtype)
+    assert_softmax_close(dx, dx_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_loss_kernel_with_labels_out_of_range(kernel_ops, rng, dtype):
+    """A label outside [0, C) matches no class, as in the portable one-hot: that row has no
+    target term, and the kernel reads nothing out of bounds (the emulation would show garbage
+    or crash); host_loss then rejects the labels, on every backend."""
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    y = np.array([0, -1, 4, 3, 2**40, -2**62])
+    loss, dx = kernel_ops["softmax_loss"](x, y)
+    loss_ref, dx_ref = portable_softmax_loss(x, y)
+    assert_softmax_close(loss, loss_ref, dtype)
+    assert_softmax_close(dx, dx_ref, dtype)
+    np.testing.assert_array_equal(dx[1] > 0, True)           # the softmax alone, no -1 / N
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_loss_kernel_with_nan_inf_and_huge_scores(kernel_ops, dtype):
+    """NaN, infinities and huge scores give what the portable code gives, row by row."""
+    inf, nan = np.inf, np.nan
+    x = np.array([[1.0, nan, 2.0], [1.0, -inf, 2.0], [1.0, -inf, 2.0], [inf, 0.0, 1.0],
+                  [-inf, -inf, -inf], [1000.0, 0.0, -1000.0], [3e38, -3e38, 0.0]]).astype(dtype)
+    y = np.array([0, 0, 1, 1, 2, 2, 1])
+    for rows in ([0], [1], [2], [3], [4], [5, 6]):
+        loss, dx = kernel_ops["softmax_loss"](x[rows], y[rows])
+        loss_ref, dx_ref = portable_softmax_loss(x[rows], y[rows])
+        assert_softmax_close(loss, loss_ref, dtype)
+        assert_softmax_close(dx, dx_ref, dtype)
+    assert np.isnan(kernel_ops["softmax_loss"](x[[1]], y[[1]])[0])      # 0 * -inf in the one-hot sum
+    assert kernel_ops["softmax_loss"](x[[2]], y[[2]])[0] == inf         # the target's own -inf
+
+
+def test_softmax_loss_kernel_takes_views_and_any_integer_labels(kernel_ops, rng):
+    x = rng.standard_normal((10, 7)).T                        # (7, 10), not contiguous
+    y = rng.integers(0, 10, 7)
+    loss_ref, dx_ref = portable_softmax_loss(x, y)
+    for labels in (y, y.astype(np.int32), y.astype(np.uint8)):
+        loss, dx = kernel_ops["softmax_loss"](x, labels)
+        assert_softmax_close(loss, loss_ref, np.float64)
+        assert_softmax_close(dx, dx_ref, np.float64)
+    with pytest.raises(ValueError, match="at least one class"):
+        kernel_ops["softmax_loss"](np.ones((3, 0)), np.zeros(3, np.int64))

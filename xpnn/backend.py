@@ -41,6 +41,8 @@ _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
 # pool call on CuPy reaches its kernel).
 ACCELERATED_OPS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward",
                    "avg_pool_forward", "avg_pool_backward",
+                   # softmax cross-entropy, forward and backward in one kernel
+                   "softmax_loss",
                    # the update rules of xpnn.optim, each one fused kernel per parameter
                    "sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam")
 

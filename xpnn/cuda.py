@@ -1,5 +1,5 @@
 """CUDA glue: launch the raw kernels of kernels/*.cu (im2col, col2im, max- and avg-pooling,
-the fused update rules).
+the fused softmax loss, the fused update rules).
 
 The functions here allocate outputs, check contiguity and pass the problem sizes; the actual
 launch is done by a *launcher*:
@@ -14,7 +14,8 @@ Floating point: CuPy compiles every kernel with `-ftz=true` (appended after our 
 cannot be turned off), which flushes float32 subnormals (|x| < 1.2e-38) to zero in arithmetic
 and comparisons: col2im's sums and max-pool's comparisons treat them as zero on the GPU, while
 the portable code and the emulation keep them. float64 is unaffected, and for every other
-float32 value the kernels give the portable code's numbers bit for bit.
+float32 value the kernels give the portable code's numbers bit for bit, except the softmax
+loss: its exp and log are the GPU's, not NumPy's, so it agrees to a few units in the last place.
 """
 from __future__ import annotations
 
@@ -150,6 +151,25 @@ def avg_pool_backward(dout, H, W, ph, pw, stride, launch):
     return dx
 
 
+def softmax_loss(x, y, launch):
+    """Softmax cross-entropy of scores x (N, C) for int labels y (N,), forward and backward in
+    one kernel (kernels/softmax_loss.cu): returns (loss as a 0-d array, dx (N, C)).
+
+    The kernel writes each row's loss; their mean (one reduction, sum / N) is the batch loss.
+    """
+    N, C = x.shape
+    if C == 0:
+        raise ValueError(f"softmax_loss needs at least one class, got scores of shape {tuple(x.shape)}")
+    xp = array_namespace(x)
+    suffix = _suffix(x.dtype)
+    x = launch.contiguous(x)
+    y = launch.contiguous(y if y.dtype == xp.int64 else xp.astype(y, xp.int64))
+    row_loss = xp.empty((N,), dtype=x.dtype, device=x.device)
+    dx = xp.empty((N, C), dtype=x.dtype, device=x.device)
+    launch(f"softmax_loss_{suffix}", N, (x, y, row_loss, dx) + _sizes(N, C))
+    return xp.mean(row_loss), dx
+
+
 UPDATE_RULES = ("sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam")
 
 
@@ -216,6 +236,7 @@ def make_ops(launch) -> dict:
         "max_pool_backward": functools.partial(max_pool_backward, launch=launch),
         "avg_pool_forward": functools.partial(avg_pool_forward, launch=launch),
         "avg_pool_backward": functools.partial(avg_pool_backward, launch=launch),
+        "softmax_loss": functools.partial(softmax_loss, launch=launch),
         **{rule: functools.partial(update_rule, rule, launch=launch) for rule in UPDATE_RULES},
     }
 

@@ -11,7 +11,11 @@
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 static dim3 blockIdx, threadIdx, blockDim, gridDim;
 
-using std::sqrt;       // CUDA has sqrt(float) and sqrt(double) overloads; so has <cmath>
+// CUDA has float and double overloads of these; so has <cmath>, in std:: only (the global
+// exp(float) of <math.h> would compute in double).
+using std::exp;
+using std::log;
+using std::sqrt;
 
 #define __global__
 #define __device__ inline
