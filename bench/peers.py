@@ -21,7 +21,8 @@ by another program (`python -c "while True: pass"`, which this script starts and
 How: every framework x net x thread count runs in its own long-lived worker process (this
 script with --worker), which builds the net once and warms it up. Each round, the driver asks
 every framework's worker in turn, in a freshly shuffled order, to time --steps steps and report
-their median; only one worker works at a time. Slow drifts of the machine (clock, other load)
+their median; only one worker works at a time, after a pause that lets the previous worker's
+spinning BLAS/OpenMP threads go to sleep. Slow drifts of the machine (clock, other load)
 then hit all frameworks alike, and the per-round ratio to PyTorch cancels them: the table gives
 each framework's median step time and the median, range and interquartile range over rounds of
 that ratio. The frameworks may live in different interpreters (Chainer 7 needs NumPy < 2):
@@ -58,6 +59,7 @@ LOADS = {"idle": "idle", "busy": "1 core busy"}
 THREAD_VARIABLES = ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"]
 LEARNING_RATE = 1e-3
 WARMUP_STEPS = 5
+PAUSE_SECONDS = 0.5      # between two workers' rounds: see measure()
 CHAINER_VENV_PYTHON = "/work/chainer-venv/bin/python"
 
 
@@ -250,6 +252,9 @@ def measure(workers, rounds, rng, label):
         order = list(workers)
         rng.shuffle(order)
         for framework in order:
+            # The previous worker's BLAS / OpenMP threads spin for a while after its last step
+            # (OpenBLAS up to ~0.1 s) before they sleep: let them, or they take cores from this one.
+            time.sleep(PAUSE_SECONDS)
             times[framework].append(workers[framework].time_round())
         print(f"  {label}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
     return times
