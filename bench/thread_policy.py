@@ -1,4 +1,4 @@
-"""Median training-step time of xpnn's Solver under each BLAS thread setting (synthetic data).
+"""Median training-step time of xpnn's Solver under each thread setting (synthetic data).
 
     python bench/thread_policy.py        # idle; then again with another program busy on a core
 """
@@ -24,7 +24,8 @@ def run(build, N, shape, threads):
         t = time.perf_counter(); real(idx); times.append(time.perf_counter() - t)
     solver._step = timed
     solver.train()
-    return statistics.median(times[10:]), solver.thread_policy.threads
+    choices = ", ".join(f"{why} {n}" for why, n in solver.thread_policy.history)
+    return statistics.median(times[10:]), choices
 
 
 
@@ -34,5 +35,5 @@ for label, build, N, shape in [("MNIST CNN N=100", mnist_cnn, 100, (1, 28, 28)),
     row = [label]
     for threads in (None, 1, 2):
         t, chosen = run(build, N, shape, threads)
-        row.append(f"{t * 1e3:.1f} ms" + (f" (chose {chosen})" if threads is None else ""))
+        row.append(f"{t * 1e3:.1f} ms" + (f" (chose: {chosen})" if threads is None else ""))
     print(" | ".join(row), flush=True)
