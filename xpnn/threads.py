@@ -103,6 +103,8 @@ class ThreadPolicy:
         self.history: list[tuple[str, int]] = []    # (why, count chosen), for the record
         self.slowed = False                  # a step took SLOW x longer: probe before the next
         self._clock = clock
+        # Scanned now, not shared with blas_controller(): every BLAS loaded by the time training
+        # starts (SciPy's too, once scikit-learn loaded it) gets the count.
         self._controller = threadpoolctl.ThreadpoolController()
         self._backend, self.split_batches = backend, split_batches
         self._original = None
