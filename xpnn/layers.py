@@ -314,7 +314,7 @@ def conv_backward(dout, cache):
         n = col.shape[1] // (HO * WO)
         dout_mat = xp.reshape(xp.permute_dims(dout[rows, ...], (1, 0, 2, 3)), (F, n * HO * WO))
         # dw = dout_mat @ col.T, computed as its transpose: OpenBLAS does this long, thin
-        # product 25-40% faster with the long col in front (any BLAS gives the same numbers).
+        # product 25-40% faster with the long col in front (same sums, maybe in another order).
         dw = dw + (col @ dout_mat.T).T
         if dx_as_conv:
             dout_col = xp.reshape(ops.im2col(dout[rows, ...], HH, WW, 1, full_pad), (F * HH * WW, n * H * W))
