@@ -3,7 +3,8 @@
 Each check gives a row of the verdict table: PASS, FAIL (with what differed), or SKIP (with
 what could not be checked here and why). On a GPU it
   1. compiles the CUDA kernels (CuPy + NVRTC) on that GPU,
-  2. compares every kernel with the portable code on several geometries, bit for bit,
+  2. compares every kernel with the portable code on several geometries, bit for bit (the
+     softmax loss, which uses the GPU's exp and log, to a few units in the last place),
   3. trains a few steps on the GPU and on the CPU from identical parameters and compares the
      per-step losses (float64, so any real difference stands far above round-off),
   4. times one float32 training step of the MNIST CNN on each device.
@@ -18,7 +19,7 @@ import traceback
 
 import numpy as np
 
-from . import __version__, cuda, ops, optim
+from . import __version__, cuda, layers, ops, optim
 from .backend import cuda_available, get_backend, to_numpy
 from .gradient_check import eval_numerical_gradient, rel_error
 from .models import mnist_cnn
@@ -28,6 +29,10 @@ CONV_GEOMETRIES = [(2, 3, 7, 6, 3, 3, 1, 1), (3, 2, 9, 7, 3, 2, 2, 0), (2, 2, 8,
                    (4, 8, 28, 28, 3, 3, 1, 1)]
 POOL_GEOMETRIES = [(2, 3, 4, 4, 2, 2, 2), (1, 2, 7, 7, 3, 3, 2), (3, 1, 6, 5, 3, 3, 1),
                    (4, 8, 28, 28, 2, 2, 2)]
+SOFTMAX_SHAPES = [(1, 10), (37, 10), (300, 100)]        # (N, C): one row, a partial block, wide rows
+# The softmax-loss kernel uses the GPU's exp and log: it agrees with NumPy's to a few units in
+# the last place, not bit for bit. Its largest difference may be this much of the largest value.
+SOFTMAX_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 class Skip(Exception):
@@ -75,6 +80,14 @@ def _kernels_match(backend):
             _same(backend.ops["avg_pool_backward"](backend.to_device(dout), H, W, ph, pw, stride),
                   ops.avg_pool_backward(dout, H, W, ph, pw, stride), f"avg_pool_backward {dtype.__name__} {x.shape}")
             checked += 2
+        for N, C in SOFTMAX_SHAPES:
+            x, y = (5 * rng.standard_normal((N, C))).astype(dtype), rng.integers(0, C, N)
+            loss, dx = backend.ops["softmax_loss"](backend.to_device(x), backend.to_device(y))
+            ref_loss, ref_dx, _ = layers.softmax_loss_terms(x, y)        # the portable code
+            what = f"softmax_loss {dtype.__name__} {x.shape}"
+            _close(loss, np.asarray(ref_loss), SOFTMAX_TOLERANCE[dtype], f"{what} loss")
+            _close(dx, ref_dx, SOFTMAX_TOLERANCE[dtype], f"{what} dx")
+            checked += 1
         for name, rule in optim.UPDATE_RULES.items():       # fused on the GPU, portable on the CPU
             w, dws = rng.standard_normal((33, 17)).astype(dtype), rng.standard_normal((3, 33, 17)).astype(dtype)
             cpu_w, gpu_w, cpu_config, gpu_config = w, backend.to_device(w), {}, {}
@@ -83,13 +96,22 @@ def _kernels_match(backend):
                 gpu_w, gpu_config = rule(gpu_w, backend.to_device(dw), gpu_config)
             _same(gpu_w, cpu_w, f"{name} update {dtype.__name__}")
             checked += 3
-    return f"{checked} kernel calls equal the portable code bit for bit (ties, NaN included)"
+    return (f"{checked} kernel calls agree with the portable code: bit for bit (ties, NaN "
+            f"included), the softmax loss within {SOFTMAX_TOLERANCE[np.float32]:g} (float32) / "
+            f"{SOFTMAX_TOLERANCE[np.float64]:g} (float64) of its largest value")
 
 
 def _same(got, expected, what):
     got = to_numpy(got)
     if got.shape != expected.shape or not np.array_equal(got, expected, equal_nan=True):
         worst = np.nanmax(np.abs(got.astype(np.float64) - expected)) if got.shape == expected.shape else None
+        raise AssertionError(f"{what}: differs from the portable code (max |diff| {worst})")
+
+
+def _close(got, expected, tolerance, what):
+    got = to_numpy(got)
+    worst = np.max(np.abs(got.astype(np.float64) - expected)) if got.shape == expected.shape else None
+    if worst is None or not worst <= tolerance * np.max(np.abs(expected)):
         raise AssertionError(f"{what}: differs from the portable code (max |diff| {worst})")
 
 
