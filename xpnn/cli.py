@@ -321,6 +321,7 @@ def main(argv=None):
     if args.command in ("eval", "selftest") and args.threads:
         import threadpoolctl
         threadpoolctl.threadpool_limits(args.threads, user_api="blas")    # for the whole command
+        get_backend("cpu").threads = args.threads        # and as many batch shards
     try:
         if args.command == "train":
             return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))

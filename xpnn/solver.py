@@ -98,12 +98,12 @@ class Solver:
         first = next(iter(model.params.values()))
         self.backend = getattr(model, "backend", None) or backend_of(first)
         self.dtype = self.backend.dtype_name(first.dtype)
-        # Measured only where BLAS does the work and one process owns the cores.
-        measure = isinstance(self.backend, CpuBackend) and self.comm is None
-        # A CPU model that can (no batchnorm or dropout) splits each batch over the threads.
+        # Measured only on the CPU, where one process owns the cores; a model that can (no
+        # batchnorm or dropout) splits each batch over the threads.
         cpu = self.backend if isinstance(self.backend, CpuBackend) else None
-        self.thread_policy = (ThreadPolicy(self.threads, backend=cpu, split_batches=bool(
-                                  cpu and getattr(model, "splits_steps", False)))
+        measure = cpu is not None and self.comm is None
+        self.thread_policy = (ThreadPolicy(self.threads, backend=cpu, split_batches=cpu is not None
+                                           and getattr(model, "splits_steps", False))
                               if self.threads or measure else None)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")

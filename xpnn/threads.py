@@ -48,7 +48,8 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-_workers: ThreadPoolExecutor | None = None
+_workers: ThreadPoolExecutor | None = None      # the shards' threads, made when first needed
+_worker_count = 0
 _blas: threadpoolctl.ThreadpoolController | None = None
 
 
@@ -74,11 +75,12 @@ def map_in_threads(fn, items: list) -> list:
     BLAS threads on top would wait for each other). NumPy lets go of Python's lock in its
     copies, ufuncs and BLAS calls on large arrays, so the items run on separate cores. Each
     worker runs in a copy of this thread's context, where NumPy keeps its error settings."""
-    global _workers
+    global _workers, _worker_count
     if len(items) == 1:
         return [fn(items[0])]
-    if _workers is None or _workers._max_workers < len(items) - 1:
-        _workers = ThreadPoolExecutor(len(items) - 1, thread_name_prefix="xpnn-shard")
+    if _worker_count < len(items) - 1:
+        _worker_count = len(items) - 1
+        _workers = ThreadPoolExecutor(_worker_count, thread_name_prefix="xpnn-shard")
     with blas_controller().limit(limits=1):
         others = [_workers.submit(contextvars.copy_context().run, fn, item) for item in items[1:]]
         first = fn(items[0])
