@@ -97,3 +97,13 @@ def cupy_double():
     control.set_current_device(saved[3])
     control.set_sync_allowed(saved[4])
     control.reset_stats()
+
+
+@pytest.fixture
+def cpu():
+    """The CPU backend, its thread count put back after the test."""
+    from xpnn.backend import get_backend
+    backend = get_backend("cpu")
+    before = backend.threads
+    yield backend
+    backend.threads = before

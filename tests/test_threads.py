@@ -148,23 +148,18 @@ def test_a_resumed_run_starts_from_the_checkpoints_thread_count(tmp_path):
 
 # ---------------------------------------------------------------------------- batch shards
 
-@pytest.fixture
-def cpu():
-    """The CPU backend, its thread count put back after the test."""
-    from xpnn.backend import get_backend
-    backend = get_backend("cpu")
-    before = backend.threads
-    yield backend
-    backend.threads = before
-
 
 def counting_shards(model):
-    """Record the batch size of every shard the model's training step and test pass run."""
+    """Record the batch size of every shard the model's training step and test pass run
+    (as the model cuts them: the shards run on threads or in worker processes)."""
     sizes = {"train": [], "test": []}
-    data_loss, test_forward = model._data_loss, model._test_forward
-    model._data_loss = lambda batch: (sizes["train"].append(batch[0].shape[0]), data_loss(batch))[1]
-    model._test_forward = lambda X: (sizes["test"].append(X.shape[0]), test_forward(X))[1]
-    # (shards finish in any order: compare sorted sizes)
+    shards = model._shards
+
+    def counted(N, train):
+        cut = shards(N, train)
+        sizes["train" if train else "test"].extend(s.stop - s.start for s in cut)
+        return cut
+    model._shards = counted
     return sizes
 
 

@@ -134,11 +134,15 @@ class Backend:
     label: str
     xp = _NUMPY_XP
     device = "cpu"
-    # The most memory one convolution's im2col buffer may take: larger batches are done in
-    # chunks, each rebuilding its buffer in the backward pass. Measured on a 32 MB-L3 CPU,
-    # chunking to cache size lost more to that rebuild than it gained, so the limit is about
-    # memory, not speed. Set it per backend: get_backend("cpu").workspace_bytes = 64 << 20.
+    # The most memory a convolution keeps for its backward pass: its im2col matrices, which
+    # the backward pass rebuilds (chunk by chunk) when the batch's do not fit. Set it per
+    # backend: get_backend("cpu").workspace_bytes = 64 << 20.
     workspace_bytes = 256 << 20
+    # The largest im2col matrix one matrix product of a convolution takes: the batch is split
+    # into chunks that fit. A GPU wants one product; see CpuBackend for the CPU's.
+    product_bytes = 1 << 30
+    # The size (M*N*K) below which this backend's matrix products run faster: 0 for none.
+    small_product_size = 0
     # How many threads a model's step runs on, as that many shards of its batch (see
     # Sequential._shards and xpnn.threads). On the CPU it starts as BLAS's thread count and
     # the Solver's ThreadPolicy measures it; a GPU parallelises each kernel itself: 1.
@@ -207,6 +211,13 @@ class Backend:
 class CpuBackend(Backend):
     """NumPy on the host."""
     label = "cpu"
+    # OpenBLAS ran a conv's product 25% faster with a 4 MB im2col matrix, which stays in the
+    # cache, than with one of 77 MB (CIFAR's 7x7 conv at N=128: the step 7% faster).
+    product_bytes = 4 << 20
+    # OpenBLAS 0.3 multiplies matrices with M*N*K <= 10**6 by its small-matrix kernels, with
+    # no packing: long, thin products (a conv's weight gradient) ran 2-4x faster in blocks
+    # that size (see layers._weight_gradient). On CPUs without those kernels blocks cost ~1%.
+    small_product_size = 10**6
 
     def __init__(self):
         self.rng = GlobalGenerator(self)

@@ -16,7 +16,7 @@ from . import layers as L
 from . import ops
 from .backend import DeviceError, draw_seed, get_backend, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
-from .threads import map_in_threads
+from .workers import map_shards
 
 INITS = ("gaussian", "xavier", "he")
 LOSSES = {"softmax": L.softmax_loss_terms, "svm": L.svm_loss_terms, "mse": L.mse_loss_terms}
@@ -571,7 +571,8 @@ class Sequential(Model):
     def _shards(self, N: int, train: bool) -> list[slice]:
         """The batch's shards, one per thread of the backend (`backend.threads`, which the
         Solver's ThreadPolicy sets on the CPU): each runs the whole net on its slice, BLAS,
-        copies and elementwise work alike, so every core works for the whole step."""
+        copies and elementwise work alike, in a worker process or on a thread (xpnn.workers),
+        so every core works for the whole step."""
         count = max(1, min(self.backend.threads, N)) if self.splits_steps or not train else 1
         bounds = [N * i // count for i in range(count + 1)]
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -580,7 +581,7 @@ class Sequential(Model):
         """Class scores for X in test mode (no caches kept)."""
         with self.backend:
             X = self._check_input(X)
-            outs = map_in_threads(self._test_forward, [X[rows, ...] for rows in self._shards(X.shape[0], False)])
+            outs = map_shards(self, X, None, self._shards(X.shape[0], False))
             return outs[0] if len(outs) == 1 else namespace_of(X).concat(outs, axis=0)
 
     def _test_forward(self, out):
@@ -607,7 +608,7 @@ class Sequential(Model):
         if len(shards) == 1:
             loss, grads, label_range = self._data_loss((X, y))
         else:
-            parts = map_in_threads(self._data_loss, [(X[rows, ...], y[rows, ...]) for rows in shards])
+            parts = map_shards(self, X, y, shards)
             # Each shard's loss and gradients are means over its own samples: weighted by its
             # share of the batch, and summed in shard order (the same sum on every run).
             shares = [(rows.stop - rows.start) / N for rows in shards]

@@ -3,11 +3,14 @@
 A step can use n cores two ways. OpenBLAS can split each matrix product over n threads, but
 the rest of a step (im2col copies, pooling, elementwise work) stays on one core, and small
 products gain little: measured here, a second BLAS thread made the MNIST CNN's step no
-faster. Or the model can split the batch into n shards and run the whole step for each on
-its own thread, with one BLAS thread each (`Sequential._shards`, `map_in_threads`): every
-part of the step then runs in parallel (NumPy lets go of Python's lock in its copies, ufuncs
-and BLAS calls), measured 1.3x (MNIST CNN) to 1.9x (CIFAR nets) faster on two cores. Models
-whose layers tie a batch's samples together (batchnorm, dropout) use BLAS threads instead.
+faster. Or the model can split the batch into n shards and run the whole step for each at
+once, with one BLAS thread each (`Sequential._shards`): every part of the step then runs in
+parallel. The shards run in forked worker processes where they can (`xpnn.workers`: Linux,
+a model whose layers keep no state), else on threads (`map_in_threads`), where they take
+turns with Python's lock between NumPy calls: measured on two cores, the MNIST CNN's step
+took 0.69x of its one-thread time in processes and 0.94x on threads, the CIFAR net's (N=128)
+0.59x and 0.65x. Models whose layers tie a batch's samples together (batchnorm, dropout)
+use BLAS threads instead.
 
 Either way, more threads help only an idle machine: when another program keeps a core busy
 (a browser, an IDE, a second run: a laptop's normal state), threads that wait for each other
