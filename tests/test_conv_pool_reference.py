@@ -135,6 +135,35 @@ def test_conv_in_batch_chunks_matches_one_chunk(xp, rng, monkeypatch):
         np.testing.assert_allclose(to_numpy(got), want, rtol=1e-10, atol=1e-10)
 
 
+def test_conv_in_cache_sized_products_keeps_each_chunks_matrix(xp, rng, monkeypatch):
+    """A product limit smaller than the batch's im2col matrix (the CPU's 4 MB): the batch runs
+    as equal chunks, each chunk's matrix kept for the backward pass, with the same numbers."""
+    from xpnn.backend import backend_of
+    x, w, b = rng.standard_normal((7, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
+    param = {"stride": 1, "pad": 1}
+    per_sample = 3 * 3 * 2 * 6 * 6 * 8            # K * HO * WO float64 bytes
+    monkeypatch.setattr(backend_of(xp.asarray(x)), "product_bytes", 3 * per_sample)
+    out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), param)
+    assert [col.shape[1] // 36 for col in cache[2]] == [2, 2, 3]     # 7 images: chunks of 2, 2, 3
+    np.testing.assert_allclose(to_numpy(out), conv_naive(x, w, b, 1, 1), rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(tuple(out.shape))
+    for got, want in zip(conv_backward(xp.asarray(dout), cache), conv_naive_backward(dout, x, w, 1, 1)):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-10, atol=1e-10)
+
+
+def test_weight_gradient_in_small_product_blocks(xp, rng, monkeypatch):
+    """Where the backend runs small products faster, the weight gradient is a sum over blocks
+    of the long axis (here 3 blocks of 1,024 columns and one of 192): the same gradient."""
+    from xpnn.backend import backend_of
+    x, w, b = rng.standard_normal((4, 2, 24, 34)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    param = {"stride": 1, "pad": 1}
+    out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), param)
+    dout = rng.standard_normal(tuple(out.shape))
+    monkeypatch.setattr(backend_of(xp.asarray(x)), "small_product_size", 18 * 3 * 1024)
+    _, dw, _ = conv_backward(xp.asarray(dout), cache)
+    np.testing.assert_allclose(to_numpy(dw), conv_naive_backward(dout, x, w, 1, 1)[1], rtol=1e-10, atol=1e-10)
+
+
 def test_max_pool_propagates_nan(xp):
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     x[0, 0, 0, 1] = np.nan
