@@ -264,7 +264,9 @@ class Solver:
         # about the overflow behind it would only repeat that, a line per operation.
         policy = self.thread_policy
         if policy is not None:
-            policy.start(self._probe_forward())
+            self._probe_X, _ = self._batch(self.X_train, self.y_train,
+                                           np.arange(min(self.batch_size, len(self.X_train))))
+            policy.start(self._probe)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 first = True
@@ -280,16 +282,13 @@ class Solver:
         if self.best_params:
             self.model.params = dict(self.best_params)
 
-    def _probe_forward(self):
-        """What the thread policy times: the test-mode forward pass of one training batch,
-        which moves no parameter, batchnorm average or random stream."""
-        X, _ = self._batch(self.X_train, self.y_train, np.arange(min(self.batch_size, len(self.X_train))))
-
-        def forward():
-            with self.backend:
-                self._model_loss(X)
-        self._probe = forward
-        return forward
+    def _probe(self):
+        """What the thread policy times: the test-mode forward pass of one training batch
+        (`_probe_X`), which moves no parameter, batchnorm average or random stream. (A method,
+        not a closure kept on self: that cycle kept each sweep's model, and its shard worker
+        processes, alive until the next full garbage collection.)"""
+        with self.backend:
+            self._model_loss(self._probe_X)
 
     def _train_epoch(self, N, per_epoch, total, bar):
         start = time.perf_counter()

@@ -2,25 +2,26 @@
 
 A model splits a CPU batch into shards, one per thread of its backend (`Sequential._shards`).
 Threads of one Python process take turns holding the interpreter's lock between NumPy calls,
-and a thread that finds it taken sleeps until it is handed over: measured on the MNIST CNN
-(~200 NumPy calls per shard, most shorter than 50 us), two threads slept 84 times a step and
-the step ran no faster than one batch on one thread. A process has an interpreter of its own:
-two shards in two processes took 0.80x (MNIST CNN) and 0.55x (CIFAR net, N=128) of the
-one-thread step, against 1.02x and 0.66x on two threads.
+and a thread that finds it taken sleeps until it is handed over: on the MNIST CNN (~200 NumPy
+calls per shard, most shorter than 50 us) two threads slept 84 times a step, and two shards
+took 0.94x of the one-thread step. A process has an interpreter of its own: two shards in two
+processes took 0.69x (MNIST CNN) and 0.59x (CIFAR net, N=128; 0.65x on threads).
 
-How: the first time a model splits a batch into n > 1 shards, it forks n - 1 workers (Linux
-only: elsewhere the shards run on threads, `threads.map_in_threads`). Each worker inherits a
-copy of the model and shares three buffers with the parent: the parameters, its shard of X
-and y, and what it sends back (gradients, or scores in test mode). A step then copies the
-parameters and shards in (they change every step), tells each worker to go (a pipe),
-computes shard 0 in the parent, and takes the workers' replies (loss and label range) and
-gradients, which the model combines in shard order. Each worker runs exactly the code a
-thread would, with one BLAS thread, so the numbers are the same bit for bit.
+How: the first time a model splits a batch into n > 1 shards, it forks n - 1 workers (on
+Linux; elsewhere, and where forking is unsafe, the shards run on threads:
+`threads.map_in_threads`). Each worker is a copy of the process as it was, model included,
+and shares three buffers with the parent: the parameters, its shard of X and y, and what it
+sends back (gradients, or scores in test mode). A step then copies the parameters and the
+shards in (they change every step), tells each worker to go (a pipe), computes shard 0 in
+the parent and takes the workers' replies (loss, label range, warnings) and gradients, which
+the model combines in shard order. A worker runs exactly the code a thread would, with one
+BLAS thread, so the numbers are the same bit for bit.
 
-Only models whose layers keep no state of their own (no batchnorm averages, no dropout
-stream: `Sequential.splits_steps`) use workers: a worker's copy of such state would go stale.
-A worker ignores Ctrl-C (the parent stops training and the workers with it) and exits when
-the parent closes its pipe, or dies.
+A worker's copy of the model does not follow later changes to it other than its parameters,
+so workers serve only models whose layers keep no state (no batchnorm averages, no dropout
+stream: `Sequential.splits_steps`), and a model whose layers, loss or parameter shapes
+changed gets new workers. A worker ignores Ctrl-C (the parent stops, and the workers with
+it) and exits when its pipe closes: when the model is freed, or the parent exits or dies.
 """
 from __future__ import annotations
 
@@ -28,8 +29,13 @@ import math
 import mmap
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
+import threading
+import time
+import traceback
+import warnings
 import weakref
 
 import numpy as np
@@ -38,39 +44,52 @@ import threadpoolctl
 from .threads import blas_controller, map_in_threads
 
 _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # model -> its _Pool
+_busy = threading.Lock()        # one step at a time uses the pools; another thread uses threads
 
 
 def map_shards(model, X, y, shards: list[slice]) -> list:
     """Run `model` on each shard of X (and y) at once, in processes where it can, else on
     threads: with y, each shard's `model._data_loss` (loss, grads, label_range); without,
-    its test-mode scores."""
-    if len(shards) == 1 or not _can_fork(model, X):
-        if y is None:
-            return map_in_threads(model._test_forward, [X[rows, ...] for rows in shards])
-        return map_in_threads(model._data_loss, [(X[rows, ...], y[rows, ...]) for rows in shards])
-    needs = _Needs.of(model, X, y, shards)
-    pool = _pools.get(model)
-    if pool is None or not pool.needs.covers(needs):
-        if pool is not None:
-            pool.close()
-            needs = needs.union(pool.needs)
-        pool = _pools[model] = _Pool(model, needs)
-    try:
-        return pool.run(model, X, y, shards)
-    except BaseException:           # Ctrl-C or an error: the workers' replies would be stale
-        _pools.pop(model, None)
-        pool.close()
-        raise
+    its test-mode scores. Results from workers are views of their buffers, valid until the
+    next call: the model combines them at once."""
+    if len(shards) > 1 and _can_fork(model, X) and _busy.acquire(blocking=False):
+        try:
+            return _pool_for(model, X, y, shards).run(model, X, y, shards)
+        except BaseException:       # Ctrl-C or an error: the workers' replies would be stale
+            pool = _pools.pop(model, None)
+            if pool is not None:
+                pool.close()
+            raise
+        finally:
+            _busy.release()
+    if y is None:
+        return map_in_threads(model._test_forward, [X[rows, ...] for rows in shards])
+    return map_in_threads(model._data_loss, [(X[rows, ...], y[rows, ...]) for rows in shards])
 
 
 def _can_fork(model, X) -> bool:
-    """A NumPy model on Linux whose layers keep no state, in a process that may fork: not an
-    MPI rank (MPI libraries do not survive a fork)."""
+    """A NumPy model on Linux whose layers keep no state and whose parameters share X's dtype,
+    in a process that may fork: not an MPI rank (MPI libraries do not survive a fork)."""
     mpi = sys.modules.get("mpi4py.MPI")
     return (sys.platform.startswith("linux") and type(X) is np.ndarray
-            and all(type(p) is np.ndarray for p in model.params.values())
+            and all(type(p) is np.ndarray and p.dtype == X.dtype for p in model.params.values())
             and getattr(model, "splits_steps", False)
             and not (mpi is not None and mpi.Is_initialized()))
+
+
+def _pool_for(model, X, y, shards) -> _Pool:
+    """The model's pool, made anew (with room for what the old one had) if it cannot serve."""
+    needs = _Needs.of(model, X, y, shards)
+    pool = _pools.get(model)
+    if pool is not None and pool.owner == os.getpid() and pool.needs.covers(needs):
+        return pool
+    if pool is not None:
+        del _pools[model]
+        if pool.owner == os.getpid():           # else a forked child's copy: not its to stop
+            pool.close()
+            needs = needs.union(pool.needs)
+    pool = _pools[model] = _Pool(model, needs)
+    return pool
 
 
 def _shared(shape, dtype) -> np.ndarray:
@@ -81,95 +100,82 @@ def _shared(shape, dtype) -> np.ndarray:
 
 
 class _Needs:
-    """What a pool's buffers hold: the shard count, each parameter's shape and dtype, and
-    room for `rows` samples of X, of y (None: no room yet) and of the scores."""
+    """What a pool was made for: its model's loss, layers and parameters (a worker's copy of
+    the model is as it was then), the shard count, and room for `rows` samples of X, of y
+    (None: no room yet) and of the scores."""
 
-    def __init__(self, count, params, x, y, out, rows):
-        self.count, self.params, self.x, self.y, self.out, self.rows = count, params, x, y, out, rows
+    def __init__(self, model_key, count, x, y, rows):
+        self.model_key, self.count, self.x, self.y, self.rows = model_key, count, x, y, rows
 
     @classmethod
     def of(cls, model, X, y, shards):
         def layout(a):                      # (shape of one sample, dtype)
             return None if a is None else (tuple(a.shape[1:]), a.dtype)
-        params = tuple((name, p.shape, p.dtype) for name, p in model.params.items())
-        out = (tuple(model.output_shape), X.dtype)
-        rows = max(s.stop - s.start for s in shards)
-        return cls(len(shards), params, layout(X), layout(y), out, rows)
+        model_key = (model.loss_name, [layer.spec() for layer in model.layers],
+                     [(name, p.shape, p.dtype) for name, p in model.params.items()],
+                     tuple(model.output_shape))
+        return cls(model_key, len(shards), layout(X), layout(y), max(s.stop - s.start for s in shards))
 
     def covers(self, other) -> bool:
-        return ((self.count, self.params, self.x, self.out) == (other.count, other.params, other.x, other.out)
-                and other.y in (None, self.y) and other.rows <= self.rows)
+        return ((self.model_key, self.x) == (other.model_key, other.x) and self.count >= other.count
+                and other.y in (None, self.y) and self.rows >= other.rows)
 
     def union(self, old):
-        """These needs, with the room for y and rows the old pool had (test-mode batches and
-        training batches then share one pool instead of taking turns making a new one)."""
-        if (self.count, self.params, self.x, self.out) != (old.count, old.params, old.x, old.out):
+        """These needs, keeping the workers, room for y and rows the old pool had: the thread
+        policy's probes (test mode, 1..n shards) and training then share one pool."""
+        if (self.model_key, self.x) != (old.model_key, old.x):
             return self
-        y = self.y if self.y is not None else old.y
-        return _Needs(self.count, self.params, self.x, y, self.out, max(self.rows, old.rows))
-
-
-_forking = None        # (model, pipe, params, buffers, other pipes) for the worker being forked
+        return _Needs(self.model_key, max(self.count, old.count), self.x,
+                      self.y if self.y is not None else old.y, max(self.rows, old.rows))
 
 
 class _Pool:
-    """The worker processes of one model: worker k (1..count-1) runs shard k."""
+    """The worker processes of one model: worker k (1, 2, ...) runs shard k."""
 
     def __init__(self, model, needs: _Needs):
-        global _forking
-        self.needs = needs
-        self.params = {name: _shared(shape, dtype) for name, shape, dtype in needs.params}
-        self.workers = []
+        self.needs, self.owner, self.step = needs, os.getpid(), 0
+        self.params = {name: _shared(shape, dtype) for name, shape, dtype in needs.model_key[2]}
+        self.workers = []          # (pid, pipe, buffers)
+        # `close()` stops the workers; it also runs when the pool is freed.
+        self.close = weakref.finalize(self, _stop, self.workers, self.owner)
         for stream in (sys.stdout, sys.stderr):     # text not yet written must not be written
-            if stream is not None:                  # twice: again by each worker as it exits
+            if stream is not None:                  # twice: again by a worker
                 stream.flush()
-        context = multiprocessing.get_context("fork")
+        (x_shape, x_dtype), out_shape = needs.x, needs.model_key[3]
         for _ in range(needs.count - 1):
-            buffers = {"x": _shared((needs.rows, *needs.x[0]), needs.x[1]),
+            buffers = {"x": _shared((needs.rows, *x_shape), x_dtype),
                        "y": None if needs.y is None else _shared((needs.rows, *needs.y[0]), needs.y[1]),
-                       "out": _shared((needs.rows, *needs.out[0]), needs.out[1]),
-                       "grads": {name: _shared(shape, dtype) for name, shape, dtype in needs.params}}
-            here, there = context.Pipe()
-            # The parent's ends of the pipes (this one's too), which the new worker closes: a
-            # copy left open there would keep a worker from seeing its pipe close.
-            others = [here] + [pipe for pool in [*_pools.values(), self] for _, pipe, _ in pool.workers]
-            # The worker finds its model and buffers in this global, as the fork copied it: as
-            # an argument they would stay referenced by the Process object, and so would the model.
-            _forking = (model, there, self.params, buffers, others)
-            process = context.Process(target=_serve, name="xpnn-shard", daemon=True)
-            try:
-                process.start()
-            finally:
-                _forking = None
+                       "out": _shared((needs.rows, *out_shape), x_dtype),
+                       "grads": {name: _shared(p.shape, p.dtype) for name, p in self.params.items()}}
+            here, there = multiprocessing.Pipe()
+            pid = _fork(lambda: _serve(model, there, self.params, buffers),
+                        close_in_child=[here] + [pipe for pool in [*_pools.values(), self]
+                                                 for _, pipe, _ in pool.workers])
             there.close()
-            self.workers.append((process, here, buffers))
-        self.close = weakref.finalize(self, _stop, list(self.workers), os.getpid())
+            self.workers.append((pid, here, buffers))
 
     def run(self, model, X, y, shards):
         """[shard 0's result (computed here), then each worker's], as map_in_threads gives them."""
         for name, p in self.params.items():
             p[...] = model.params[name]
+        self.step += 1
         errors = np.geterr()           # the caller's floating-point error settings, for the workers
-        for (process, pipe, buffers), rows in zip(self.workers, shards[1:]):
+        working = list(zip(self.workers, shards[1:]))
+        for (pid, pipe, buffers), rows in working:
             n = rows.stop - rows.start
             buffers["x"][:n] = X[rows, ...]
             if y is not None:
                 buffers["y"][:n] = y[rows, ...]
             try:
-                pipe.send((n, y is not None, errors))
-            except OSError:                           # its end of the pipe is closed: it died
-                raise _stopped(process) from None
-        with blas_controller().limit(limits=1):       # one core for each shard, as on threads
+                pipe.send((self.step, n, y is not None, errors))
+            except OSError:                          # its end of the pipe is closed: it died
+                raise _stopped(pid) from None
+        with blas_controller().limit(limits=1):      # one core for each shard, as on threads
             rows = shards[0]
             results = [model._test_forward(X[rows, ...]) if y is None
                        else model._data_loss((X[rows, ...], y[rows, ...]))]
-        for (process, pipe, buffers), rows in zip(self.workers, shards[1:]):
-            try:
-                status, reply = pipe.recv()
-            except EOFError:
-                raise _stopped(process) from None
-            if status == "error":
-                raise reply
+        for (pid, pipe, buffers), rows in working:
+            reply = _reply(pid, pipe, self.step)
             n = rows.stop - rows.start
             if y is None:
                 results.append(buffers["out"][:n])
@@ -179,54 +185,126 @@ class _Pool:
         return results
 
 
-def _stopped(process) -> RuntimeError:
-    process.join(1)
-    return RuntimeError(f"a shard worker process stopped (exit code {process.exitcode}); "
-                        f"the next step starts a new one")
+def _reply(pid, pipe, step):
+    """A worker's reply to this step (one left from an interrupted step is skipped); its
+    warnings are issued here, its error raised here."""
+    while True:
+        try:
+            answer_step, error, caught, reply = pipe.recv()
+        except (EOFError, OSError):
+            raise _stopped(pid) from None
+        if answer_step == step:
+            break
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if error is not None:
+        raise error
+    return reply
 
 
-def _serve():
-    """A worker's life: wait for a shard, run it, reply; exit when the parent's pipe closes."""
-    model, pipe, params, buffers, others = _forking
-    for other in others:
-        other.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is for the parent to handle
+def _fork(work, close_in_child) -> int:
+    """Fork a worker that runs `work()` and exits; returns its pid."""
+    # Ctrl-C is blocked while forking, so that it cannot reach the worker before it ignores it.
+    # (Python >= 3.12 warns that forking a multi-threaded process may deadlock the child: the
+    # threads here are tqdm's monitor and our own, and the child takes none of their locks.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:                                 # the worker
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                for pipe in close_in_child:          # a copy of the parent's end left open here
+                    pipe.close()                     # would keep a worker from seeing it close
+                work()
+            finally:
+                os._exit(0)                          # not the parent's exit handlers
+        return pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _serve(model, pipe, params, buffers):
+    """A worker's life: wait for a shard, run it, reply; return when the parent's pipe closes."""
     threadpoolctl.threadpool_limits(limits=1, user_api="blas")
     model.params = params                            # the parent copies each step's in
     while True:
         try:
-            n, with_labels, errors = pipe.recv()
+            step, n, with_labels, errors = pipe.recv()
         except EOFError:
             return
+        error, reply = None, None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")          # the parent's filters decide, when it re-issues them
+            try:
+                with np.errstate(**errors):
+                    X = buffers["x"][:n]
+                    if with_labels:
+                        loss, grads, label_range = model._data_loss((X, buffers["y"][:n]))
+                        for name, g in grads.items():
+                            buffers["grads"][name][...] = g
+                        reply = (loss, label_range)
+                    else:
+                        buffers["out"][:n] = model._test_forward(X)
+            except Exception as e:
+                error = _picklable(e)
         try:
-            with np.errstate(**errors):
-                X = buffers["x"][:n]
-                if with_labels:
-                    loss, grads, label_range = model._data_loss((X, buffers["y"][:n]))
-                    for name, g in grads.items():
-                        buffers["grads"][name][...] = g
-                    reply = ("ok", (loss, label_range))
-                else:
-                    buffers["out"][:n] = model._test_forward(X)
-                    reply = ("ok", None)
-        except Exception as error:
-            reply = ("error", error)
-        try:
-            pipe.send(reply)
+            pipe.send((step, error, [_picklable_warning(w) for w in caught], reply))
         except OSError:                              # the parent is gone, or gave up the step
             return
-        except Exception:                            # an exception that cannot be pickled
-            pipe.send(("error", RuntimeError(f"in a shard worker: {reply[1]!r}")))
+
+
+def _picklable(error: Exception) -> Exception:
+    """The error with the worker's traceback as a note; a RuntimeError naming it if it cannot
+    travel through the pipe."""
+    where = "in a shard worker process:\n" + traceback.format_exc()
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        error = RuntimeError(f"{type(error).__name__}: {error}")
+    error.add_note(where)
+    return error
+
+
+def _picklable_warning(w):
+    """A recorded warning that can travel through the pipe (its message, category and place)."""
+    try:
+        message = pickle.loads(pickle.dumps(w.message))
+    except Exception:
+        message = w.category(str(w.message))
+    return warnings.WarningMessage(message, w.category, w.filename, w.lineno)
+
+
+def _stopped(pid) -> RuntimeError:
+    return RuntimeError(f"a shard worker process stopped ({_wait(pid, 1.0)}); "
+                        f"the next step starts a new one")
+
+
+def _wait(pid, seconds) -> str | None:
+    """Reap the worker within `seconds`; how it ended, or None if it is still running."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return "already reaped"
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.005)
 
 
 def _stop(workers, owner):
-    """Close each worker's pipe (it exits) and wait for it; kill one that does not exit."""
+    """Close each worker's pipe (it exits) and reap it; kill one that does not exit."""
     if os.getpid() != owner:            # a forked copy of the pool, in a worker: not its own
         return
-    for process, pipe, _ in workers:
+    for _, pipe, _ in workers:
         pipe.close()
-    for process, _, _ in workers:
-        process.join(2)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    for pid, _, _ in workers:
+        if _wait(pid, 2.0) is None:
+            os.kill(pid, signal.SIGKILL)
+            _wait(pid, 2.0)
