@@ -142,9 +142,11 @@ def test_one_pool_serves_training_and_larger_test_batches(cpu):
     cpu.threads = 2
     model = mnist_model()
     X, y = data(N=20)
-    model.loss(X[:10], y[:10])
+    model.loss(X[:10])                                 # test mode (the thread policy's probe)...
     pool = workers._pools[model]
-    model.loss(X)                                      # test mode, twice the rows: a new pool...
+    model.loss(X[:10], y[:10])                         # ...then training: the same workers
+    assert workers._pools[model] is pool
+    model.loss(X)                                      # twice the rows: a new pool...
     bigger = workers._pools[model]
     model.loss(X[:10], y[:10])                         # ...which has room for both from then on
     model.loss(X)

@@ -303,8 +303,9 @@ def add_training_args(p, sweep):
 
 def add_threads_arg(p):
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="CPU threads: each batch split over N threads with one BLAS thread each "
-                        "(training a model with batchnorm or dropout: N BLAS threads instead). "
+                   help="CPU threads: each batch split into N shards run at once (in worker "
+                        "processes on Linux), with one BLAS thread each (training a model with "
+                        "batchnorm or dropout: N BLAS threads instead). "
                         "Default: measured on the first training steps and re-checked each "
                         "epoch, so a busy core cannot slow training down many times")
 

@@ -34,6 +34,7 @@ training; `finish` gives them their original settings back.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import statistics
@@ -64,6 +65,18 @@ def blas_controller() -> threadpoolctl.ThreadpoolController:
     return _blas
 
 
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS limited to one thread inside (the cores are shared out as shards). Where it already
+    is, nothing is called: a fork makes OpenBLAS drop its threads, and a call that sets their
+    count after one starts them again, to spin ~0.1 s for work that never comes."""
+    if all(lib.num_threads == 1 for lib in blas_controller().lib_controllers):
+        yield
+    else:
+        with blas_controller().limit(limits=1):
+            yield
+
+
 def default_threads() -> int:
     """The CPU backend's thread count until told otherwise: as many as BLAS was given
     (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else every core), so that a user's thread
@@ -84,7 +97,7 @@ def map_in_threads(fn, items: list) -> list:
     if _worker_count < len(items) - 1:
         _worker_count = len(items) - 1
         _workers = ThreadPoolExecutor(_worker_count, thread_name_prefix="xpnn-shard")
-    with blas_controller().limit(limits=1):
+    with one_blas_thread():
         others = [_workers.submit(contextvars.copy_context().run, fn, item) for item in items[1:]]
         first = fn(items[0])
         return [first] + [future.result() for future in others]

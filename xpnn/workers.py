@@ -12,9 +12,9 @@ Linux; elsewhere, and where forking is unsafe, the shards run on threads:
 `threads.map_in_threads`). Each worker is a copy of the process as it was, model included,
 and shares three buffers with the parent: the parameters, its shard of X and y, and what it
 sends back (gradients, or scores in test mode). A step then copies the parameters and the
-shards in (they change every step), tells each worker to go (a pipe), computes shard 0 in
-the parent and takes the workers' replies (loss, label range, warnings) and gradients, which
-the model combines in shard order. A worker runs exactly the code a thread would, with one
+shards of X in (they change every step), sends each worker its labels (a pipe: they are
+small), computes shard 0 in the parent and takes the workers' replies (loss, label range,
+warnings) and gradients, which the model combines in shard order. A worker runs exactly the code a thread would, with one
 BLAS thread, so the numbers are the same bit for bit.
 
 A worker's copy of the model does not follow later changes to it other than its parameters,
@@ -39,9 +39,8 @@ import warnings
 import weakref
 
 import numpy as np
-import threadpoolctl
 
-from .threads import blas_controller, map_in_threads
+from .threads import map_in_threads, one_blas_thread
 
 _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # model -> its _Pool
 _busy = threading.Lock()        # one step at a time uses the pools; another thread uses threads
@@ -79,7 +78,7 @@ def _can_fork(model, X) -> bool:
 
 def _pool_for(model, X, y, shards) -> _Pool:
     """The model's pool, made anew (with room for what the old one had) if it cannot serve."""
-    needs = _Needs.of(model, X, y, shards)
+    needs = _Needs.of(model, X, shards)
     pool = _pools.get(model)
     if pool is not None and pool.owner == os.getpid() and pool.needs.covers(needs):
         return pool
@@ -101,32 +100,29 @@ def _shared(shape, dtype) -> np.ndarray:
 
 class _Needs:
     """What a pool was made for: its model's loss, layers and parameters (a worker's copy of
-    the model is as it was then), the shard count, and room for `rows` samples of X, of y
-    (None: no room yet) and of the scores."""
+    the model is as it was then), the shard count, and room for `rows` samples of X and of
+    the scores."""
 
-    def __init__(self, model_key, count, x, y, rows):
-        self.model_key, self.count, self.x, self.y, self.rows = model_key, count, x, y, rows
+    def __init__(self, model_key, count, x, rows):
+        self.model_key, self.count, self.x, self.rows = model_key, count, x, rows
 
     @classmethod
-    def of(cls, model, X, y, shards):
-        def layout(a):                      # (shape of one sample, dtype)
-            return None if a is None else (tuple(a.shape[1:]), a.dtype)
+    def of(cls, model, X, shards):
         model_key = (model.loss_name, [layer.spec() for layer in model.layers],
                      [(name, p.shape, p.dtype) for name, p in model.params.items()],
                      tuple(model.output_shape))
-        return cls(model_key, len(shards), layout(X), layout(y), max(s.stop - s.start for s in shards))
+        return cls(model_key, len(shards), (X.shape[1:], X.dtype), max(s.stop - s.start for s in shards))
 
     def covers(self, other) -> bool:
-        return ((self.model_key, self.x) == (other.model_key, other.x) and self.count >= other.count
-                and other.y in (None, self.y) and self.rows >= other.rows)
+        return ((self.model_key, self.x) == (other.model_key, other.x)
+                and self.count >= other.count and self.rows >= other.rows)
 
     def union(self, old):
-        """These needs, keeping the workers, room for y and rows the old pool had: the thread
-        policy's probes (test mode, 1..n shards) and training then share one pool."""
+        """These needs, keeping the workers and rows the old pool had: the thread policy's
+        probes (1..n shards), training and larger test batches then share one pool."""
         if (self.model_key, self.x) != (old.model_key, old.x):
             return self
-        return _Needs(self.model_key, max(self.count, old.count), self.x,
-                      self.y if self.y is not None else old.y, max(self.rows, old.rows))
+        return _Needs(self.model_key, max(self.count, old.count), self.x, max(self.rows, old.rows))
 
 
 class _Pool:
@@ -144,13 +140,13 @@ class _Pool:
         (x_shape, x_dtype), out_shape = needs.x, needs.model_key[3]
         for _ in range(needs.count - 1):
             buffers = {"x": _shared((needs.rows, *x_shape), x_dtype),
-                       "y": None if needs.y is None else _shared((needs.rows, *needs.y[0]), needs.y[1]),
                        "out": _shared((needs.rows, *out_shape), x_dtype),
                        "grads": {name: _shared(p.shape, p.dtype) for name, p in self.params.items()}}
             here, there = multiprocessing.Pipe()
-            pid = _fork(lambda: _serve(model, there, self.params, buffers),
-                        close_in_child=[here] + [pipe for pool in [*_pools.values(), self]
-                                                 for _, pipe, _ in pool.workers])
+            with one_blas_thread():                  # which the worker keeps
+                pid = _fork(lambda: _serve(model, there, self.params, buffers),
+                            close_in_child=[here] + [pipe for pool in [*_pools.values(), self]
+                                                     for _, pipe, _ in pool.workers])
             there.close()
             self.workers.append((pid, here, buffers))
 
@@ -164,13 +160,11 @@ class _Pool:
         for (pid, pipe, buffers), rows in working:
             n = rows.stop - rows.start
             buffers["x"][:n] = X[rows, ...]
-            if y is not None:
-                buffers["y"][:n] = y[rows, ...]
             try:
-                pipe.send((self.step, n, y is not None, errors))
+                pipe.send((self.step, n, None if y is None else y[rows, ...], errors))
             except OSError:                          # its end of the pipe is closed: it died
                 raise _stopped(pid) from None
-        with blas_controller().limit(limits=1):      # one core for each shard, as on threads
+        with one_blas_thread():                      # one core for each shard, as on threads
             rows = shards[0]
             results = [model._test_forward(X[rows, ...]) if y is None
                        else model._data_loss((X[rows, ...], y[rows, ...]))]
@@ -228,11 +222,10 @@ def _fork(work, close_in_child) -> int:
 
 def _serve(model, pipe, params, buffers):
     """A worker's life: wait for a shard, run it, reply; return when the parent's pipe closes."""
-    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
     model.params = params                            # the parent copies each step's in
     while True:
         try:
-            step, n, with_labels, errors = pipe.recv()
+            step, n, y, errors = pipe.recv()
         except EOFError:
             return
         error, reply = None, None
@@ -241,8 +234,8 @@ def _serve(model, pipe, params, buffers):
             try:
                 with np.errstate(**errors):
                     X = buffers["x"][:n]
-                    if with_labels:
-                        loss, grads, label_range = model._data_loss((X, buffers["y"][:n]))
+                    if y is not None:
+                        loss, grads, label_range = model._data_loss((X, y))
                         for name, g in grads.items():
                             buffers["grads"][name][...] = g
                         reply = (loss, label_range)
