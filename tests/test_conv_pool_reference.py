@@ -136,7 +136,7 @@ def test_conv_in_batch_chunks_matches_one_chunk(xp, rng, monkeypatch):
 
 
 def test_conv_in_cache_sized_products_keeps_each_chunks_matrix(xp, rng, monkeypatch):
-    """A product limit smaller than the batch's im2col matrix (the CPU's 4 MB): the batch runs
+    """A product limit smaller than the batch's im2col matrix (the CPU's is 32 MB): the batch runs
     as equal chunks, each chunk's matrix kept for the backward pass, with the same numbers."""
     from xpnn.backend import backend_of
     x, w, b = rng.standard_normal((7, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)

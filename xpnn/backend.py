@@ -211,9 +211,10 @@ class Backend:
 class CpuBackend(Backend):
     """NumPy on the host."""
     label = "cpu"
-    # OpenBLAS ran a conv's product 25% faster with a 4 MB im2col matrix, which stays in the
-    # cache, than with one of 77 MB (CIFAR's 7x7 conv at N=128: the step 7% faster).
-    product_bytes = 4 << 20
+    # CIFAR's 7x7 conv at N=128 builds a 77 MB im2col matrix: in chunks of at most 32 MB its
+    # training step ran 5-7% faster here. Smaller chunks (4-16 MB) gained no more, and made
+    # two shards of a CIFAR batch of 50 4% slower than one chunk each.
+    product_bytes = 32 << 20
     # OpenBLAS 0.3 multiplies matrices with M*N*K <= 10**6 by its small-matrix kernels, with
     # no packing: long, thin products (a conv's weight gradient) ran 2-4x faster in blocks
     # that size (see layers._weight_gradient). On CPUs without those kernels blocks cost ~1%.

@@ -53,7 +53,7 @@ def map_shards(model, X, y, shards: list[slice]) -> list:
     next call: the model combines them at once."""
     if len(shards) > 1 and _can_fork(model, X) and _busy.acquire(blocking=False):
         try:
-            return _pool_for(model, X, y, shards).run(model, X, y, shards)
+            return _pool_for(model, X, shards).run(model, X, y, shards)
         except BaseException:       # Ctrl-C or an error: the workers' replies would be stale
             pool = _pools.pop(model, None)
             if pool is not None:
@@ -76,7 +76,7 @@ def _can_fork(model, X) -> bool:
             and not (mpi is not None and mpi.Is_initialized()))
 
 
-def _pool_for(model, X, y, shards) -> _Pool:
+def _pool_for(model, X, shards) -> _Pool:
     """The model's pool, made anew (with room for what the old one had) if it cannot serve."""
     needs = _Needs.of(model, X, shards)
     pool = _pools.get(model)
