@@ -49,7 +49,7 @@ def test_one_thread_when_more_collapse():
 
 
 def test_more_threads_only_when_clearly_faster_and_no_flip_flop():
-    for two_threads, expected in [(0.0085, 1), (0.006, 2)]:
+    for two_threads, expected in [(0.009, 1), (0.006, 2)]:
         machine = Machine({1: 0.010, 2: two_threads})
         policy = policy_on(machine)
         policy.start(machine.probe)
@@ -58,6 +58,7 @@ def test_more_threads_only_when_clearly_faster_and_no_flip_flop():
             policy.recheck(machine.probe, "epoch")
         policy.finish()
         assert [n for _, n in policy.history] == [expected] * 4
+        assert policy.probe_ms[0] == {1: 10.0, 2: two_threads * 1e3}     # recorded, in ms
 
 
 def test_a_slowdown_triggers_a_new_choice():
@@ -128,7 +129,7 @@ def test_cli_records_and_prints_the_thread_choice(tmp_path, capsys):
     session = json.loads((out / "metrics.json").read_text())["sessions"][0]
     assert session["threads"] == {"policy": "fixed", "threads": 1, "kind": "batch shards",
                                   "cores": session["threads"]["cores"],
-                                  "choices": [{"when": "fixed", "threads": 1}]}
+                                  "choices": [{"when": "fixed", "threads": 1}], "probes_ms": []}
 
 
 def test_a_resumed_run_starts_from_the_checkpoints_thread_count(tmp_path):

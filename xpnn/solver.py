@@ -264,8 +264,8 @@ class Solver:
         # about the overflow behind it would only repeat that, a line per operation.
         policy = self.thread_policy
         if policy is not None:
-            self._probe_X, _ = self._batch(self.X_train, self.y_train,
-                                           np.arange(min(self.batch_size, len(self.X_train))))
+            self._probe_batch = self._batch(self.X_train, self.y_train,
+                                            np.arange(min(self.batch_size, len(self.X_train))))
             policy.start(self._probe)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
@@ -283,12 +283,15 @@ class Solver:
             self.model.params = dict(self.best_params)
 
     def _probe(self):
-        """What the thread policy times: the test-mode forward pass of one training batch
-        (`_probe_X`), which moves no parameter, batchnorm average or random stream. (A method,
+        """What the thread policy times, on one training batch (`_probe_batch`): its loss and
+        gradients, not applied, for a model that splits its steps into shards (its layers
+        keep no state: nothing moves), so that the probe costs what a step costs; else its
+        test-mode forward pass, which moves no batchnorm average or random stream. (A method,
         not a closure kept on self: that cycle kept each sweep's model, and its shard worker
         processes, alive until the next full garbage collection.)"""
+        X, y = self._probe_batch
         with self.backend:
-            self._model_loss(self._probe_X)
+            self._model_loss(X, y if getattr(self.model, "splits_steps", False) else None)
 
     def _train_epoch(self, N, per_epoch, total, bar):
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""How many threads a CPU training step uses, and how: measured on the model's own forward pass.
+"""How many threads a CPU training step uses, and how: measured on the model's own batches.
 
 A step can use n cores two ways. OpenBLAS can split each matrix product over n threads, but
 the rest of a step (im2col copies, pooling, elementwise work) stays on one core, and small
@@ -17,9 +17,12 @@ Either way, more threads help only an idle machine: when another program keeps a
 make a step several (reportedly up to 40) times slower, while one thread loses almost
 nothing. No fixed choice is right on every machine, so `ThreadPolicy` measures:
 
-  1. probe: the model's test-mode forward pass on one training batch, a few times with each
-     thread count 1..max (after a warm-up run of each). A forward pass changes nothing (no
-     parameter, batchnorm average or dropout stream moves), so probing never alters training;
+  1. probe: one training batch's loss and gradients, not applied (the test-mode forward pass
+     for a model with batchnorm or dropout), a few times in a row with each thread count
+     1..max (after a warm-up run), the counts taking turns twice; the median times are
+     recorded. Nothing moves (no parameter, batchnorm average or dropout stream), so probing
+     never alters training. (The forward pass alone understated what two shards gain: at 50
+     MNIST images the fixed cost of handing a shard to a worker is a larger part of it);
   2. keep the current count (1 at the start) unless another is clearly faster (MARGIN):
      on an idle machine two close counts do not take turns;
   3. probe again at every epoch, and as soon as a training step takes far longer than the
@@ -104,9 +107,11 @@ def map_in_threads(fn, items: list) -> list:
 
 
 class ThreadPolicy:
-    MARGIN = 0.8        # another count must take at most 80% of the current one's time
+    MARGIN = 0.85       # another count must take under 85% of the current one's time (two MNIST
+                        # shards of 25 images took 0.73-0.8x: 0.8 missed them one run in four)
     SLOW = 3.0          # a step this many times the steps after the last choice: probe again
-    TRIALS = 3          # timed probe runs per count, after one warm-up run
+    TRIALS = 3          # timed probe runs per count and turn, after one warm-up run
+    ROUNDS = 2          # turns of each count
 
     def __init__(self, threads: int | None = None, max_threads: int | None = None,
                  clock=time.perf_counter, backend=None, split_batches=False):
@@ -119,6 +124,7 @@ class ThreadPolicy:
         self.max_threads = max_threads or available_cores()
         self.threads = threads or 1          # the count training steps run with
         self.history: list[tuple[str, int]] = []    # (why, count chosen), for the record
+        self.probe_ms: list[dict] = []       # each probe's median time per count, likewise
         self.slowed = False                  # a step took SLOW x longer: probe before the next
         self._clock = clock
         # Scanned now, not shared with blas_controller(): every BLAS loaded by the time training
@@ -151,15 +157,19 @@ class ThreadPolicy:
         """Time `probe()` with each count; switch only to a clearly faster one."""
         if self.fixed or self.max_threads == 1:
             return
-        current, medians = self.threads, {}
-        for n in range(1, self.max_threads + 1):
-            self._set(n)
-            probe()                                   # warm-up: wakes the pool, fills caches
-            medians[n] = statistics.median(self._time(probe) for _ in range(self.TRIALS))
+        current, counts = self.threads, range(1, self.max_threads + 1)
+        times = {n: [] for n in counts}
+        for _ in range(self.ROUNDS):                  # the counts take turns, so that a drift of the
+            for n in counts:                          # machine's speed hits them alike; within a turn
+                self._set(n)                          # the runs follow each other, as steps do
+                probe()                               # warm-up: wakes the shards' workers, fills caches
+                times[n] += [self._time(probe) for _ in range(self.TRIALS)]
+        medians = {n: statistics.median(t) for n, t in times.items()}
         best = min(medians, key=medians.get)
         chosen = best if medians[best] < self.MARGIN * medians[current] else current
         self._set(chosen)
         self.history.append((why, chosen))
+        self.probe_ms.append({n: round(m * 1e3, 3) for n, m in medians.items()})
         self._after_choice, self.slowed = [], False
 
     def timed(self, step):
@@ -186,13 +196,14 @@ class ThreadPolicy:
             return f"{self.fixed} ({self.kind}; fixed with --threads)"
         steps = ", ".join(f"{n} ({why})" for why, n in self.history)
         return (f"{self.threads} of {self.max_threads} cores ({self.kind}), chosen by timing "
-                f"the forward pass: {steps}")
+                f"a training batch: {steps}")
 
     def record_of_choices(self) -> dict:
         """For metrics.json: the policy and each choice it made."""
         return {"policy": "fixed" if self.fixed else "measured", "threads": self.threads,
                 "kind": self.kind, "cores": self.max_threads,
-                "choices": [{"when": why, "threads": n} for why, n in self.history]}
+                "choices": [{"when": why, "threads": n} for why, n in self.history],
+                "probes_ms": self.probe_ms}
 
     def _time(self, fn) -> float:
         start = self._clock()
