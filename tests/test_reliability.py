@@ -134,8 +134,9 @@ def test_bad_solver_arguments(rng, kwargs, message):
 
 def test_nan_loss_stops_with_iteration_and_keeps_last_checkpoint(tmp_path, rng):
     model = FullyConnectedNet([8], input_dim=6, num_classes=3, weight_scale=0.1, seed=0)
+    # threads=1: no thread-policy probes, which call loss(X, y) too, among the counted steps.
     solver = Solver(model, toy_data(rng), update_rule="sgd", optim_config={"learning_rate": 0.1},
-                    num_epochs=5, batch_size=10, verbose=False, seed=0,
+                    num_epochs=5, batch_size=10, verbose=False, seed=0, threads=1,
                     checkpoint_name=str(tmp_path / "ck"))
     real_loss = model.loss
     calls = {"n": 0}
