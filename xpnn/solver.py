@@ -291,7 +291,7 @@ class Solver:
         processes, alive until the next full garbage collection.)"""
         X, y = self._probe_batch
         with self.backend:
-            self._model_loss(X, y if getattr(self.model, "splits_steps", False) else None)
+            self._model_loss(X, y if self.thread_policy.split_batches else None)
 
     def _train_epoch(self, N, per_epoch, total, bar):
         start = time.perf_counter()

@@ -61,9 +61,15 @@ def map_shards(model, X, y, shards: list[slice]) -> list:
             raise
         finally:
             _busy.release()
+    return map_in_threads(lambda rows: _shard(model, X, y, rows), shards)
+
+
+def _shard(model, X, y, rows):
+    """One shard's result: with labels, `model._data_loss` (loss, grads, label_range); without,
+    the test-mode scores."""
     if y is None:
-        return map_in_threads(model._test_forward, [X[rows, ...] for rows in shards])
-    return map_in_threads(model._data_loss, [(X[rows, ...], y[rows, ...]) for rows in shards])
+        return model._test_forward(X[rows, ...])
+    return model._data_loss((X[rows, ...], y[rows, ...]))
 
 
 def _can_fork(model, X) -> bool:
@@ -105,6 +111,7 @@ class _Needs:
 
     def __init__(self, model_key, count, x, rows):
         self.model_key, self.count, self.x, self.rows = model_key, count, x, rows
+        self.inputs = (model_key, x)        # what the workers' copies and buffers are made for
 
     @classmethod
     def of(cls, model, X, shards):
@@ -114,13 +121,12 @@ class _Needs:
         return cls(model_key, len(shards), (X.shape[1:], X.dtype), max(s.stop - s.start for s in shards))
 
     def covers(self, other) -> bool:
-        return ((self.model_key, self.x) == (other.model_key, other.x)
-                and self.count >= other.count and self.rows >= other.rows)
+        return self.inputs == other.inputs and self.count >= other.count and self.rows >= other.rows
 
     def union(self, old):
         """These needs, keeping the workers and rows the old pool had: the thread policy's
         probes (1..n shards), training and larger test batches then share one pool."""
-        if (self.model_key, self.x) != (old.model_key, old.x):
+        if self.inputs != old.inputs:
             return self
         return _Needs(self.model_key, max(self.count, old.count), self.x, max(self.rows, old.rows))
 
@@ -165,9 +171,7 @@ class _Pool:
             except OSError:                          # its end of the pipe is closed: it died
                 raise _stopped(pid) from None
         with one_blas_thread():                      # one core for each shard, as on threads
-            rows = shards[0]
-            results = [model._test_forward(X[rows, ...]) if y is None
-                       else model._data_loss((X[rows, ...], y[rows, ...]))]
+            results = [_shard(model, X, y, shards[0])]
         for (pid, pipe, buffers), rows in working:
             reply = _reply(pid, pipe, self.step)
             n = rows.stop - rows.start
@@ -233,14 +237,14 @@ def _serve(model, pipe, params, buffers):
             warnings.simplefilter("always")          # the parent's filters decide, when it re-issues them
             try:
                 with np.errstate(**errors):
-                    X = buffers["x"][:n]
-                    if y is not None:
-                        loss, grads, label_range = model._data_loss((X, y))
-                        for name, g in grads.items():
-                            buffers["grads"][name][...] = g
-                        reply = (loss, label_range)
-                    else:
-                        buffers["out"][:n] = model._test_forward(X)
+                    result = _shard(model, buffers["x"], y, slice(0, n))
+                if y is None:
+                    buffers["out"][:n] = result
+                else:
+                    loss, grads, label_range = result
+                    for name, g in grads.items():
+                        buffers["grads"][name][...] = g
+                    reply = (loss, label_range)
             except Exception as e:
                 error = _picklable(e)
         try:
