@@ -155,13 +155,57 @@ def test_weight_gradient_in_small_product_blocks(xp, rng, monkeypatch):
     """Where the backend runs small products faster, the weight gradient is a sum over blocks
     of the long axis (here 3 blocks of 1,024 columns and one of 192): the same gradient."""
     from xpnn.backend import backend_of
+    from xpnn.threads import one_blas_thread
     x, w, b = rng.standard_normal((4, 2, 24, 34)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
     param = {"stride": 1, "pad": 1}
     out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), param)
     dout = rng.standard_normal(tuple(out.shape))
     monkeypatch.setattr(backend_of(xp.asarray(x)), "small_product_size", 18 * 3 * 1024)
-    _, dw, _ = conv_backward(xp.asarray(dout), cache)
+    with one_blas_thread():                  # the CPU's small kernels run on one BLAS thread
+        assert backend_of(xp.asarray(x)).small_products() == 18 * 3 * 1024
+        _, dw, _ = conv_backward(xp.asarray(dout), cache)
     np.testing.assert_allclose(to_numpy(dw), conv_naive_backward(dout, x, w, 1, 1)[1], rtol=1e-10, atol=1e-10)
+
+
+def test_image_blocks_are_the_fewest_that_fit():
+    from xpnn.layers import _image_blocks
+    assert _image_blocks(1024, 212) == 8        # CIFAR's 32x32 conv output, 32 x 147 filters
+    assert _image_blocks(784, 13888) == 1       # a whole MNIST image fits
+    assert _image_blocks(196, 60) == 4          # 49 columns: the fewest blocks that divide 196
+    assert _image_blocks(64, 20) == 0           # blocks of 16 columns: too thin
+    assert _image_blocks(97, 50) == 0           # a prime: no equal blocks
+    assert _image_blocks(1024, 0) == 0          # no small products on this backend
+
+
+@pytest.mark.parametrize("limit_columns, blocks", [(256, 1), (64, 4)])
+def test_conv_in_small_product_blocks(xp, rng, monkeypatch, limit_columns, blocks):
+    """Where the backend runs small products faster, the conv output and a stride-1 dx (itself
+    a conv) are stacks of products per image (or per block of its columns): the same numbers."""
+    from xpnn.backend import backend_of
+    from xpnn.layers import _image_blocks
+    from xpnn.threads import one_blas_thread
+    x, w, b = rng.standard_normal((3, 4, 16, 16)), rng.standard_normal((2, 4, 3, 3)), rng.standard_normal(2)
+    K_F = 4 * 9 * 2                          # both products: (2 x 36) @ (36 x .), (4 x 18) @ (18 x .)
+    assert _image_blocks(16 * 16, limit_columns) == blocks
+    monkeypatch.setattr(backend_of(xp.asarray(x)), "small_product_size", K_F * limit_columns)
+    with one_blas_thread():
+        out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), {"stride": 1, "pad": 1})
+        dout = rng.standard_normal(tuple(out.shape))
+        grads = conv_backward(xp.asarray(dout), cache)
+    np.testing.assert_allclose(to_numpy(out), conv_naive(x, w, b, 1, 1), rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, conv_naive_backward(dout, x, w, 1, 1)):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-10, atol=1e-10)
+
+
+def test_small_products_only_with_one_blas_thread():
+    """OpenBLAS's small-matrix kernels run on one thread: with more, one big product uses them."""
+    from threadpoolctl import threadpool_limits
+    from xpnn.backend import get_backend
+    cpu = get_backend("cpu")
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert cpu.small_products() == cpu.small_product_size > 0
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert cpu.small_products() == 0
 
 
 def test_max_pool_propagates_nan(xp):

@@ -30,7 +30,7 @@ import sys
 import array_api_compat
 import numpy as np
 
-from .threads import default_threads
+from .threads import blas_threads, default_threads
 
 
 _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
@@ -142,6 +142,7 @@ class Backend:
     # into chunks that fit. A GPU wants one product; see CpuBackend for the CPU's.
     product_bytes = 1 << 30
     # The size (M*N*K) below which this backend's matrix products run faster: 0 for none.
+    # Layers ask `small_products()`, which says whether that holds now.
     small_product_size = 0
     # How many threads a model's step runs on, as that many shards of its batch (see
     # Sequential._shards and xpnn.threads). On the CPU it starts as BLAS's thread count and
@@ -189,6 +190,10 @@ class Backend:
         """Copy an array from any device back to a host NumPy array."""
         return to_numpy(x)
 
+    def small_products(self) -> int:
+        """The size (M*N*K) below which matrix products run faster now, or 0."""
+        return self.small_product_size
+
     def synchronize(self) -> None:
         """Wait for queued device work (timing, benchmarks); host backends have none."""
 
@@ -224,6 +229,11 @@ class CpuBackend(Backend):
         self.rng = GlobalGenerator(self)
         self.threads = default_threads()
         keep_freed_memory_for_reuse()       # a step's multi-MB intermediates, without page faults
+
+    def small_products(self) -> int:
+        # The small-matrix kernels run on one thread: with more BLAS threads, one big product
+        # uses them all (a model that does not split its batches, see xpnn.threads).
+        return self.small_product_size if blas_threads() == 1 else 0
 
     def to_device(self, x, dtype=None):
         out = np.asarray(x)

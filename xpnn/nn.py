@@ -608,13 +608,14 @@ class Sequential(Model):
         if len(shards) == 1:
             loss, grads, label_range = self._data_loss((X, y))
         else:
+            # Each shard's loss and gradients come weighted by its share of the batch: summed
+            # in shard order (the same sum on every run), into shard 0's, which are new arrays.
             parts = map_shards(self, X, y, shards)
-            # Each shard's loss and gradients are means over its own samples: weighted by its
-            # share of the batch, and summed in shard order (the same sum on every run).
-            shares = [(rows.stop - rows.start) / N for rows in shards]
-            loss = sum(share * part[0] for share, part in zip(shares, parts))
-            grads = {name: sum(share * part[1][name] for share, part in zip(shares, parts))
-                     for name in parts[0][1]}
+            loss, grads = parts[0][0], parts[0][1]
+            for part in parts[1:]:
+                loss = loss + part[0]
+                for name in grads:
+                    grads[name] += part[1][name]
             label_range = None
             if parts[0][2] is not None:         # [lowest, highest] label over all shards
                 ranges = xp.stack([part[2] for part in parts])

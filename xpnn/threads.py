@@ -68,12 +68,17 @@ def blas_controller() -> threadpoolctl.ThreadpoolController:
     return _blas
 
 
+def blas_threads() -> int:
+    """The most threads any of NumPy's BLAS libraries runs now."""
+    return max((lib.num_threads for lib in blas_controller().lib_controllers), default=1)
+
+
 @contextlib.contextmanager
 def one_blas_thread():
     """BLAS limited to one thread inside (the cores are shared out as shards). Where it already
     is, nothing is called: a fork makes OpenBLAS drop its threads, and a call that sets their
     count after one starts them again, to spin ~0.1 s for work that never comes."""
-    if all(lib.num_threads == 1 for lib in blas_controller().lib_controllers):
+    if blas_threads() == 1:
         yield
     else:
         with blas_controller().limit(limits=1):

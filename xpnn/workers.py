@@ -48,7 +48,8 @@ _busy = threading.Lock()        # one step at a time uses the pools; another thr
 
 def map_shards(model, X, y, shards: list[slice]) -> list:
     """Run `model` on each shard of X (and y) at once, in processes where it can, else on
-    threads: with y, each shard's `model._data_loss` (loss, grads, label_range); without,
+    threads: with y, each shard's (loss, grads, label_range) from `model._data_loss`, the loss
+    and gradients weighted by the shard's share of the batch (the model sums them); without,
     its test-mode scores. Results from workers are views of their buffers, valid until the
     next call: the model combines them at once."""
     if len(shards) > 1 and _can_fork(model, X) and _busy.acquire(blocking=False):
@@ -61,15 +62,29 @@ def map_shards(model, X, y, shards: list[slice]) -> list:
             raise
         finally:
             _busy.release()
-    return map_in_threads(lambda rows: _shard(model, X, y, rows), shards)
+    return map_in_threads(lambda rows: _shard(model, X, y, rows, _share(rows, shards)), shards)
 
 
-def _shard(model, X, y, rows):
-    """One shard's result: with labels, `model._data_loss` (loss, grads, label_range); without,
-    the test-mode scores."""
+def _share(rows: slice, shards: list[slice]) -> float:
+    """The shard's fraction of the batch."""
+    return (rows.stop - rows.start) / (shards[-1].stop - shards[0].start)
+
+
+def _shard(model, X, y, rows, share, out=None):
+    """One shard's result: with labels, `model._data_loss` (loss, grads, label_range) with the
+    loss and gradients times `share` (each is a mean over the shard's own samples), the
+    gradients written into the NumPy arrays `out` if given (a worker's buffers: no second
+    copy); without labels, the test-mode scores."""
     if y is None:
         return model._test_forward(X[rows, ...])
-    return model._data_loss((X[rows, ...], y[rows, ...]))
+    loss, grads, label_range = model._data_loss((X[rows, ...], y[rows, ...]))
+    if out is None:
+        grads = {name: share * g for name, g in grads.items()}
+    else:
+        for name, g in grads.items():
+            np.multiply(g, share, out=out[name])
+        grads = out
+    return share * loss, grads, label_range
 
 
 def _can_fork(model, X) -> bool:
@@ -167,11 +182,11 @@ class _Pool:
             n = rows.stop - rows.start
             buffers["x"][:n] = X[rows, ...]
             try:
-                pipe.send((self.step, n, None if y is None else y[rows, ...], errors))
+                pipe.send((self.step, n, None if y is None else y[rows, ...], _share(rows, shards), errors))
             except OSError:                          # its end of the pipe is closed: it died
                 raise _stopped(pid) from None
         with one_blas_thread():                      # one core for each shard, as on threads
-            results = [_shard(model, X, y, shards[0])]
+            results = [_shard(model, X, y, shards[0], _share(shards[0], shards))]
         for (pid, pipe, buffers), rows in working:
             reply = _reply(pid, pipe, self.step)
             n = rows.stop - rows.start
@@ -229,7 +244,7 @@ def _serve(model, pipe, params, buffers):
     model.params = params                            # the parent copies each step's in
     while True:
         try:
-            step, n, y, errors = pipe.recv()
+            step, n, y, share, errors = pipe.recv()
         except EOFError:
             return
         error, reply = None, None
@@ -237,14 +252,11 @@ def _serve(model, pipe, params, buffers):
             warnings.simplefilter("always")          # the parent's filters decide, when it re-issues them
             try:
                 with np.errstate(**errors):
-                    result = _shard(model, buffers["x"], y, slice(0, n))
+                    result = _shard(model, buffers["x"], y, slice(0, n), share, out=buffers["grads"])
                 if y is None:
                     buffers["out"][:n] = result
                 else:
-                    loss, grads, label_range = result
-                    for name, g in grads.items():
-                        buffers["grads"][name][...] = g
-                    reply = (loss, label_range)
+                    reply = (result[0], result[2])              # its gradients are in the buffers
             except Exception as e:
                 error = _picklable(e)
         try:
