@@ -243,23 +243,19 @@ def _image_blocks(HW, limit):
     return q if HW // q >= 32 and HW % q == 0 else 0
 
 
-def _filter_product(w_mat, col, n, HO, WO):
-    """w_mat (F, K) @ col (K, n*HO*WO), returned as a new (n, F, HO, WO) array: a convolution's
-    output in image order. Where the backend has a size below which products run faster
-    (`small_products()`), it is one product per block of an image's columns (the largest
-    that stays below it: a stack of them, which matmul runs in one call): CIFAR's 32 x 147 by
-    1,024-column product per image ran 15% faster as 8 blocks of 128 columns."""
+def _filter_product(w_mat, col, n, HW):
+    """w_mat (F, K) @ col (K, n*HW) in image order, as (n, F, blocks, HW // blocks): a view the
+    caller copies into place. Where the backend has a size below which products run faster
+    (`small_products()`), it is one product per block of an image's columns (the fewest
+    blocks below that size: a stack of products, which matmul runs in one call): CIFAR's
+    32 x 147 by 1,024-column product per image ran 15% faster as 8 blocks of 128 columns."""
     xp = namespace_of(col)
-    (F, K), HW = w_mat.shape, HO * WO
+    F, K = w_mat.shape
     q = _image_blocks(HW, backend_of(col).small_products() // (F * K))
-    if q == 0:
-        out = xp.reshape(w_mat @ col, (F, n, HO, WO))
-        return xp.reshape(xp.permute_dims(out, (1, 0, 2, 3)), (n, F, HO, WO), copy=True)
-    blocks = xp.permute_dims(xp.reshape(col, (K, n * q, HW // q)), (1, 0, 2))  # views of col
-    out = xp.reshape(w_mat @ blocks, (n, q, F, HW // q))
-    if q > 1:
-        out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (n, F, HW), copy=True)
-    return xp.reshape(out, (n, F, HO, WO))
+    if q == 0:                                     # one product, (F, n*HW)
+        return xp.permute_dims(xp.reshape(w_mat @ col, (F, n, 1, HW)), (1, 0, 2, 3))
+    blocks = xp.permute_dims(xp.reshape(col, (K, n * q, HW // q)), (1, 0, 2))    # views of col
+    return xp.permute_dims(xp.reshape(w_mat @ blocks, (n, q, F, HW // q)), (0, 2, 1, 3))
 
 
 def _weight_gradient(col, dout_mat):
@@ -310,15 +306,18 @@ def conv_forward(x, w, b, conv_param):
     K = C * HH * WW
 
     w_mat = xp.reshape(w, (F, K))
-    outs, cols = [], []
+    out, cols = None, []
     chunks, keep = _batch_chunks(x, K, HO, WO)
     for rows in chunks:
         col = ops.im2col(x[rows, ...], HH, WW, stride, pad)    # (C, HH, WW, n, HO, WO)
         n = col.shape[3]
         col = xp.reshape(col, (K, n * HO * WO))
-        outs.append(_filter_product(w_mat, col, n, HO, WO))    # (n, F, HO, WO)
-        cols.append(col)
-    out = outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+        product = _filter_product(w_mat, col, n, HO * WO)      # (n, F, blocks, HO*WO/blocks)
+        if out is None:
+            out = xp.empty((N, *product.shape[1:]), dtype=product.dtype, device=device_of(x))
+        out[rows, ...] = product           # the one copy: into (N, F, HO, WO) order, which
+        cols.append(col)                   # keeps every later elementwise op contiguous
+    out = xp.reshape(out, (N, F, HO, WO))
     out += xp.reshape(b, (F, 1, 1))                             # in place: no second buffer
     # Keep the im2col matrices for the backward pass if they fit the workspace, else rebuild.
     cols = cols if keep else None
@@ -352,7 +351,7 @@ def conv_backward(dout, cache):
                   and accelerated_op("col2im", dout) is None)
     if dx_as_conv:
         w_turned = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3)), (C, F * HH * WW))
-    dw, dxs = 0, []
+    dw, dx, dxs = 0, None, []
     for index, rows in enumerate(_batch_chunks(x, K, HO, WO)[0]):
         if cols is None:
             col = xp.reshape(ops.im2col(x[rows, ...], HH, WW, stride, pad), (K, -1))
@@ -363,11 +362,17 @@ def conv_backward(dout, cache):
         dw = dw + _weight_gradient(col, dout_mat)
         if dx_as_conv:
             dout_col = xp.reshape(ops.im2col(dout[rows, ...], HH, WW, 1, full_pad), (F * HH * WW, n * H * W))
-            dxs.append(_filter_product(w_turned, dout_col, n, H, W))
+            product = _filter_product(w_turned, dout_col, n, H * W)
+            if dx is None:
+                dx = xp.empty((N, *product.shape[1:]), dtype=product.dtype, device=device_of(x))
+            dx[rows, ...] = product                                 # as in conv_forward
         elif needs_dx:
             dcol = xp.reshape(w_mat.T @ dout_mat, (C, HH, WW, n, HO, WO))
             dxs.append(ops.col2im(dcol, H, W, stride, pad))
-    dx = (dxs[0] if len(dxs) == 1 else xp.concat(dxs, axis=0)) if needs_dx else None
+    if dx_as_conv:
+        dx = xp.reshape(dx, (N, C, H, W))
+    elif needs_dx:
+        dx = dxs[0] if len(dxs) == 1 else xp.concat(dxs, axis=0)
     db = xp.sum(dout, axis=(0, 2, 3))
     return dx, xp.reshape(dw, w.shape), db
 
