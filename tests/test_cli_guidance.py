@@ -119,7 +119,10 @@ def test_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path, monk
         np.testing.assert_array_equal(run[key], ref[key], err_msg=key)
 
 
-def test_sigint_names_the_command_that_resumes(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_names_the_command_that_resumes(tmp_path, stop):
+    """Ctrl-C, and `kill` (SIGTERM, as a scheduler's time limit sends; SIGHUP, a closed
+    terminal, takes the same path): checkpoints kept, the command that continues printed."""
     out = tmp_path / "run"
     # Far more epochs than it will train: the interrupt must land mid-run however fast (or
     # slowed by other programs) the machine is; a lost interrupt times out below.
@@ -133,13 +136,14 @@ def test_sigint_names_the_command_that_resumes(tmp_path):
     deadline = time.time() + 120
     while not (out / "run.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     try:
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert err.strip().endswith(f"xpnn train: interrupted; continue with: xpnn train --resume {out}")
+    assert proc.returncode == 128 + getattr(signal, stop), err          # 130 for Ctrl-C
+    how = "" if stop == "SIGINT" else f" by {stop}"
+    assert err.strip().endswith(f"xpnn train: interrupted{how}; continue with: xpnn train --resume {out}")
     assert "Traceback" not in err
     done = len(list(out.glob("checkpoint_epoch_*.npz")))
     resumed = xpnn("train", "--resume", str(out), "--epochs", str(done + 1))   # the command, shortened

@@ -17,7 +17,9 @@ import math
 import os
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +325,13 @@ def main(argv=None):
         import threadpoolctl
         threadpoolctl.threadpool_limits(args.threads, user_api="blas")    # for the whole command
         get_backend("cpu").threads = args.threads        # and as many batch shards
+    received = []               # SIGTERM (`kill`, a job's time limit), SIGHUP (a closed terminal):
+    def stop(signum, frame):    # stop as Ctrl-C does, keeping what was saved and saying how to go on
+        received.append(signum)
+        raise KeyboardInterrupt
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
     try:
         if args.command == "train":
             return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
@@ -334,8 +343,15 @@ def main(argv=None):
         distributed.stop_other_ranks(2)
         return 2
     except KeyboardInterrupt as e:       # a command may say what to do next (str(e))
-        print(f"\nxpnn {args.command}: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 130
+        how = f" by {signal.Signals(received[0]).name}" if received else ""
+        print(f"\nxpnn {args.command}: interrupted{how}{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)   # the shells' convention
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+STOP_SIGNALS = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
 
 
 def options_given(parser, argv, args):

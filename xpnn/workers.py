@@ -20,8 +20,9 @@ BLAS thread, so the numbers are the same bit for bit.
 A worker's copy of the model does not follow later changes to it other than its parameters,
 so workers serve only models whose layers keep no state (no batchnorm averages, no dropout
 stream: `Sequential.splits_steps`), and a model whose layers, loss or parameter shapes
-changed gets new workers. A worker ignores Ctrl-C (the parent stops, and the workers with
-it) and exits when its pipe closes: when the model is freed, or the parent exits or dies.
+changed gets new workers. A worker ignores Ctrl-C, SIGTERM and SIGHUP (the parent stops, and
+the workers with it) and exits when its pipe closes: when the model is freed, or the parent
+exits or dies.
 """
 from __future__ import annotations
 
@@ -215,20 +216,28 @@ def _reply(pid, pipe, step):
     return reply
 
 
+# Signals that stop a process and that a worker ignores: Ctrl-C, `kill`, a closed terminal
+# reach the parent (alone, or with its workers), which stops; its workers then see their pipe
+# close and exit.
+_STOPS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+
+
 def _fork(work, close_in_child) -> int:
     """Fork a worker that runs `work()` and exits; returns its pid."""
-    # Ctrl-C is blocked while forking, so that it cannot reach the worker before it ignores it.
-    # (Python >= 3.12 warns that forking a multi-threaded process may deadlock the child: the
-    # threads here are tqdm's monitor and our own, and the child takes none of their locks.)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # The stop signals are blocked while forking, so that none reaches the worker before it
+    # ignores them. (Python >= 3.12 warns that forking a multi-threaded process may deadlock
+    # the child: the threads here are tqdm's monitor and our own, and the child takes none of
+    # their locks.)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:                                 # the worker
             try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                for number in _STOPS:
+                    signal.signal(number, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 for pipe in close_in_child:          # a copy of the parent's end left open here
                     pipe.close()                     # would keep a worker from seeing it close
                 work()
@@ -236,7 +245,7 @@ def _fork(work, close_in_child) -> int:
                 os._exit(0)                          # not the parent's exit handlers
         return pid
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _serve(model, pipe, params, buffers):
