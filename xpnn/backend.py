@@ -218,7 +218,7 @@ class CpuBackend(Backend):
     label = "cpu"
     # CIFAR's 7x7 conv builds a 147 x 1,024 im2col matrix per image (0.6 MB): in chunks of at
     # most 4 MB, each chunk's product reads it from the cache im2col just wrote it to. Steps
-    # ran 3-5% faster than with 32 MB chunks (N=50, N=128), 5-10% with two 64-image shards on
+    # ran 2-5% faster than with 32 MB chunks (N=50, N=128), 5-10% with two 64-image shards on
     # two cores (which share one L3 cache), as fast with 25-image shards and the MNIST CNN.
     # (It gained nothing while the chunks' outputs were joined by a copy of their own.)
     product_bytes = 4 << 20
