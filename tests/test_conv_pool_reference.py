@@ -1,5 +1,6 @@
 """conv and max-pool against plain-loop references on many geometries."""
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -197,15 +198,29 @@ def test_conv_in_small_product_blocks(xp, rng, monkeypatch, limit_columns, block
         np.testing.assert_allclose(to_numpy(got), want, rtol=1e-10, atol=1e-10)
 
 
-def test_small_products_only_with_one_blas_thread():
+def test_small_products_only_with_one_blas_thread(monkeypatch):
     """OpenBLAS's small-matrix kernels run on one thread: with more, one big product uses them."""
     from threadpoolctl import threadpool_limits
     from xpnn.backend import get_backend
     cpu = get_backend("cpu")
+    monkeypatch.setattr(cpu, "small_product_size", 10**6)      # as on OpenBLAS's AVX-512 targets
     with threadpool_limits(limits=1, user_api="blas"):
-        assert cpu.small_products() == cpu.small_product_size > 0
+        assert cpu.small_products() == 10**6
     with threadpool_limits(limits=2, user_api="blas"):
         assert cpu.small_products() == 0
+
+
+def test_small_products_only_where_blas_has_small_kernels():
+    """OpenBLAS's Haswell kernels (chosen here by OPENBLAS_CORETYPE) have no small-matrix path."""
+    import subprocess
+    import sys
+    probe = ("from xpnn.backend import get_backend; from xpnn.threads import blas_controller; "
+             "print(','.join(lib.architecture for lib in blas_controller().lib_controllers), get_backend('cpu').small_product_size)")
+    said = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"}).stdout.split()
+    if said[0] != "Haswell":
+        pytest.skip(f"NumPy's BLAS did not take OPENBLAS_CORETYPE=Haswell here: {said[0]}")
+    assert said[1] == "0"
 
 
 def test_max_pool_propagates_nan(xp):

@@ -30,7 +30,7 @@ import sys
 import array_api_compat
 import numpy as np
 
-from .threads import blas_threads, default_threads
+from .threads import blas_has_small_kernels, blas_threads, default_threads
 
 
 _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
@@ -222,14 +222,17 @@ class CpuBackend(Backend):
     # two cores (which share one L3 cache), as fast with 25-image shards and the MNIST CNN.
     # (It gained nothing while the chunks' outputs were joined by a copy of their own.)
     product_bytes = 4 << 20
-    # OpenBLAS 0.3 multiplies matrices with M*N*K <= 10**6 by its small-matrix kernels, with
-    # no packing: long, thin products (a conv's weight gradient) ran 2-4x faster in blocks
-    # that size (see layers._weight_gradient). On CPUs without those kernels blocks cost ~1%.
+    # OpenBLAS 0.3 on its AVX-512 targets multiplies matrices with M*N*K <= 10**6 by
+    # small-matrix kernels, with no packing: long, thin products ran faster in blocks that size:
+    # a conv's weight gradient 2-4x (layers._weight_gradient), CIFAR's conv output 15%
+    # (layers._filter_product). With its Haswell kernels, which have none, the blocks cost 1-3%:
+    # 0 there (set in __init__, from the BLAS NumPy loaded).
     small_product_size = 10**6
 
     def __init__(self):
         self.rng = GlobalGenerator(self)
         self.threads = default_threads()
+        self.small_product_size = CpuBackend.small_product_size if blas_has_small_kernels() else 0
         keep_freed_memory_for_reuse()       # a step's multi-MB intermediates, without page faults
 
     def small_products(self) -> int:

@@ -73,6 +73,17 @@ def blas_threads() -> int:
     return max((lib.num_threads for lib in blas_controller().lib_controllers), default=1)
 
 
+# OpenBLAS's targets with small-matrix kernels (its "direct" sgemm: SKYLAKEX, COOPERLAKE,
+# SAPPHIRERAPIDS), as threadpoolctl names them.
+SMALL_KERNEL_TARGETS = {"SkylakeX", "Cooperlake", "SapphireRapids"}
+
+
+def blas_has_small_kernels() -> bool:
+    """Whether NumPy's BLAS multiplies small matrices without packing them (see CpuBackend)."""
+    return any(lib.internal_api == "openblas" and getattr(lib, "architecture", None) in SMALL_KERNEL_TARGETS
+               for lib in blas_controller().lib_controllers)
+
+
 @contextlib.contextmanager
 def one_blas_thread():
     """BLAS limited to one thread inside (the cores are shared out as shards). Where it already
