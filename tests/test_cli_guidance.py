@@ -119,6 +119,27 @@ def test_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path, monk
         np.testing.assert_array_equal(run[key], ref[key], err_msg=key)
 
 
+def test_stop_signals_interrupt_where_they_have_their_default_action():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt inside a command, once; a signal the process
+    ignores (SIGHUP under `nohup`) stays ignored; the handlers are restored after."""
+    from xpnn.cli import signals_interrupt
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)              # as under nohup
+    try:
+        with signals_interrupt() as received:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)                          # the handler runs before this ends
+            os.kill(os.getpid(), signal.SIGTERM)       # a second one, while stopping: no effect
+            time.sleep(0.05)
+        assert received == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_an_interrupt_names_the_command_that_resumes(tmp_path, stop):
     """Ctrl-C, and `kill` (SIGTERM, as a scheduler's time limit sends; SIGHUP, a closed

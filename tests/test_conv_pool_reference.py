@@ -137,7 +137,7 @@ def test_conv_in_batch_chunks_matches_one_chunk(xp, rng, monkeypatch):
 
 
 def test_conv_in_cache_sized_products_keeps_each_chunks_matrix(xp, rng, monkeypatch):
-    """A product limit smaller than the batch's im2col matrix (the CPU's is 32 MB): the batch runs
+    """A product limit smaller than the batch's im2col matrix (the CPU's is 4 MB): the batch runs
     as equal chunks, each chunk's matrix kept for the backward pass, with the same numbers."""
     from xpnn.backend import backend_of
     x, w, b = rng.standard_normal((7, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
@@ -231,3 +231,21 @@ def test_max_pool_propagates_nan(xp):
     assert np.isnan(out[0, 0, 0, 0]) and not np.isnan(out[0, 0, 1, 1])
     dx = to_numpy(max_pool_backward(xp.ones((1, 1, 2, 2), dtype=xp.float64), cache))
     assert dx[0, 0, 0, 1] == 1 and dx[0, 0, 0, 0] == 0       # the gradient goes to the NaN
+
+
+def test_a_conv_call_makes_all_its_chunks_products_alike(rng, monkeypatch):
+    """Whether small products pay follows BLAS's thread count, which another thread may change
+    during a call: a call asks once, so its chunks' products all have one shape."""
+    from xpnn.backend import get_backend
+    cpu = get_backend("cpu")
+    answers = itertools.cycle([0, 10**6])          # each question answered the other way
+    monkeypatch.setattr(cpu, "small_products", lambda: next(answers))
+    x, w, b = rng.standard_normal((6, 4, 16, 16)), rng.standard_normal((2, 4, 3, 3)), rng.standard_normal(2)
+    monkeypatch.setattr(cpu, "product_bytes", 2 * 36 * 256 * 8)      # chunks of 2 images
+    out, cache = conv_forward(x, w, b, {"stride": 1, "pad": 1})
+    assert len(cache[2]) == 3
+    dout = rng.standard_normal(out.shape)
+    grads = conv_backward(dout, cache)
+    np.testing.assert_allclose(out, conv_naive(x, w, b, 1, 1), rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, conv_naive_backward(dout, x, w, 1, 1)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -142,7 +142,8 @@ class Backend:
     # into chunks that fit. A GPU wants one product; see CpuBackend for the CPU's.
     product_bytes = 1 << 30
     # The size (M*N*K) below which this backend's matrix products run faster: 0 for none.
-    # Layers ask `small_products()`, which says whether that holds now.
+    # Layers ask `small_products()`, which says whether that holds now (with how many threads
+    # BLAS runs now), once per call, so that all of a call's products are made alike.
     small_product_size = 0
     # How many threads a model's step runs on, as that many shards of its batch (see
     # Sequential._shards and xpnn.threads). On the CPU it starts as BLAS's thread count and

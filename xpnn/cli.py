@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -325,33 +326,51 @@ def main(argv=None):
         import threadpoolctl
         threadpoolctl.threadpool_limits(args.threads, user_api="blas")    # for the whole command
         get_backend("cpu").threads = args.threads        # and as many batch shards
-    received = []               # SIGTERM (`kill`, a job's time limit), SIGHUP (a closed terminal):
-    def stop(signum, frame):    # stop as Ctrl-C does, keeping what was saved and saying how to go on
-        received.append(signum)
-        raise KeyboardInterrupt
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
-    try:
-        if args.command == "train":
-            return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
-        return {"eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
-                "selftest": cmd_selftest}[args.command](args)
-    except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
-            MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
-        print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
-        distributed.stop_other_ranks(2)
-        return 2
-    except KeyboardInterrupt as e:       # a command may say what to do next (str(e))
-        how = f" by {signal.Signals(received[0]).name}" if received else ""
-        print(f"\nxpnn {args.command}: interrupted{how}{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 128 + (received[0] if received else signal.SIGINT)   # the shells' convention
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
+    with signals_interrupt() as received:
+        try:
+            if args.command == "train":
+                return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
+            return {"eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
+                    "selftest": cmd_selftest}[args.command](args)
+        except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
+                MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
+            print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
+            distributed.stop_other_ranks(2)
+            return 2
+        except KeyboardInterrupt as e:       # a command may say what to do next (str(e))
+            how = f" by {signal.Signals(received[0]).name}" if received else ""
+            print(f"\nxpnn {args.command}: interrupted{how}{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
+            code = 128 + (received[0] if received else signal.SIGINT)   # the shells' convention
+            if received:            # `kill` may reach one rank of an MPI job: the others would
+                distributed.stop_other_ranks(code)      # wait for it at their next collective
+            return code
 
 
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM (`kill`, a job's time limit) and SIGHUP (a closed terminal) raise
+    KeyboardInterrupt inside, so that a command stops as on Ctrl-C, keeping what it saved and
+    saying how to go on; yields the list that receives the signal's number (a second signal
+    changes nothing). Only where they have their default action: `nohup`'s SIG_IGN, or an
+    embedding program's own handler, keeps its say; the handlers are restored after."""
+    received = []
+
+    def stop(signum, frame):
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {number: signal.signal(number, stop) for number in STOP_SIGNALS
+                    if signal.getsignal(number) is signal.SIG_DFL}
+    try:
+        yield received
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 def options_given(parser, argv, args):

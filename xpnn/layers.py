@@ -243,29 +243,29 @@ def _image_blocks(HW, limit):
     return q if HW // q >= 32 and HW % q == 0 else 0
 
 
-def _filter_product(w_mat, col, n, HW):
+def _filter_product(w_mat, col, n, HW, small):
     """w_mat (F, K) @ col (K, n*HW) in image order, as (n, F, blocks, HW // blocks): a view the
     caller copies into place. Where the backend has a size below which products run faster
-    (`small_products()`), it is one product per block of an image's columns (the fewest
+    (`small`, its `small_products()`), it is one product per block of an image's columns (the fewest
     blocks below that size: a stack of products, which matmul runs in one call): CIFAR's
     32 x 147 by 1,024-column product per image ran 15% faster as 8 blocks of 128 columns."""
     xp = namespace_of(col)
     F, K = w_mat.shape
-    q = _image_blocks(HW, backend_of(col).small_products() // (F * K))
+    q = _image_blocks(HW, small // (F * K))
     if q == 0:                                     # one product, (F, n*HW)
         return xp.permute_dims(xp.reshape(w_mat @ col, (F, n, 1, HW)), (1, 0, 2, 3))
     blocks = xp.permute_dims(xp.reshape(col, (K, n * q, HW // q)), (1, 0, 2))    # views of col
     return xp.permute_dims(xp.reshape(w_mat @ blocks, (n, q, F, HW // q)), (0, 2, 1, 3))
 
 
-def _weight_gradient(col, dout_mat):
+def _weight_gradient(col, dout_mat, small):
     """dout_mat @ col.T, the conv's weight gradient (F, K) from the long, thin (F, P) and
     (K, P), computed as its transpose col @ dout_mat.T: OpenBLAS ran it 25-40% faster with
     the long col in front. Where the backend has a size below which products run faster
-    (`small_products()`), the product is a sum over blocks of P that stay below it, in a
+    (`small`, its `small_products()`), the product is a sum over blocks of P that stay below it, in a
     fixed order: MNIST's 9 x 78,400 by 8 ran 3-4x faster as six blocks."""
     (K, P), F = col.shape, dout_mat.shape[0]
-    block = backend_of(col).small_products() // (K * F)
+    block = small // (K * F)
     if block < 1024:                   # many tiny products would cost more than they gain
         return (col @ dout_mat.T).T
     total = 0
@@ -277,7 +277,7 @@ def _weight_gradient(col, dout_mat):
 
 @on_input_device
 def conv_forward(x, w, b, conv_param):
-    """Convolution as im2col + one matrix product (per chunk of the batch).
+    """Convolution as im2col + a matrix product (per chunk of the batch; see _filter_product).
 
     Inputs:
     - x: (N, C, H, W) input images
@@ -286,8 +286,8 @@ def conv_forward(x, w, b, conv_param):
       add "needs_dx": False for a first layer, whose input gradient nothing uses.
     Returns (out, cache):
     - out: (N, F, HO, WO), HO = 1 + (H + 2p - HH) // s, WO = 1 + (W + 2p - WW) // s
-    - cache: (x, w, col, stride, pad, needs_dx); col is the im2col matrix when the batch
-      fit in one chunk of the backend's workspace, else None (backward rebuilds it)
+    - cache: (x, w, cols, stride, pad, needs_dx); cols is the list of the chunks' im2col
+      matrices when they fit the backend's workspace, else None (backward rebuilds them)
     """
     xp = namespace_of(x, w, b)
     _check_rank("conv input x", x, 4, "(N, C, H, W)")
@@ -306,13 +306,14 @@ def conv_forward(x, w, b, conv_param):
     K = C * HH * WW
 
     w_mat = xp.reshape(w, (F, K))
+    small = backend_of(x).small_products()      # once: every chunk's products alike
     out, cols = None, []
     chunks, keep = _batch_chunks(x, K, HO, WO)
     for rows in chunks:
         col = ops.im2col(x[rows, ...], HH, WW, stride, pad)    # (C, HH, WW, n, HO, WO)
         n = col.shape[3]
         col = xp.reshape(col, (K, n * HO * WO))
-        product = _filter_product(w_mat, col, n, HO * WO)      # (n, F, blocks, HO*WO/blocks)
+        product = _filter_product(w_mat, col, n, HO * WO, small)   # (n, F, blocks, HO*WO/blocks)
         if out is None:
             out = xp.empty((N, *product.shape[1:]), dtype=product.dtype, device=device_of(x))
         out[rows, ...] = product           # the one copy: into (N, F, HO, WO) order, which
@@ -351,6 +352,7 @@ def conv_backward(dout, cache):
                   and accelerated_op("col2im", dout) is None)
     if dx_as_conv:
         w_turned = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3)), (C, F * HH * WW))
+    small = backend_of(x).small_products()      # once: every chunk's products alike
     dw, dx, dxs = 0, None, []
     for index, rows in enumerate(_batch_chunks(x, K, HO, WO)[0]):
         if cols is None:
@@ -359,10 +361,10 @@ def conv_backward(dout, cache):
             col = cols[index]
         n = col.shape[1] // (HO * WO)
         dout_mat = xp.reshape(xp.permute_dims(dout[rows, ...], (1, 0, 2, 3)), (F, n * HO * WO))
-        dw = dw + _weight_gradient(col, dout_mat)
+        dw = dw + _weight_gradient(col, dout_mat, small)
         if dx_as_conv:
             dout_col = xp.reshape(ops.im2col(dout[rows, ...], HH, WW, 1, full_pad), (F * HH * WW, n * H * W))
-            product = _filter_product(w_turned, dout_col, n, H * W)
+            product = _filter_product(w_turned, dout_col, n, H * W, small)
             if dx is None:
                 dx = xp.empty((N, *product.shape[1:]), dtype=product.dtype, device=device_of(x))
             dx[rows, ...] = product                                 # as in conv_forward

@@ -73,8 +73,8 @@ def blas_threads() -> int:
     return max((lib.num_threads for lib in blas_controller().lib_controllers), default=1)
 
 
-# OpenBLAS's targets with small-matrix kernels (its "direct" sgemm: SKYLAKEX, COOPERLAKE,
-# SAPPHIRERAPIDS), as threadpoolctl names them.
+# OpenBLAS's targets with small-matrix GEMM kernels (built with SMALL_MATRIX_OPT: its AVX-512
+# targets SKYLAKEX, COOPERLAKE, SAPPHIRERAPIDS), as threadpoolctl names them.
 SMALL_KERNEL_TARGETS = {"SkylakeX", "Cooperlake", "SapphireRapids"}
 
 
