@@ -240,7 +240,7 @@ def _image_blocks(HW, limit):
     q = -(-HW // limit) if limit > 0 else HW + 1
     while HW // q >= 32 and HW % q:
         q += 1
-    return q if HW // q >= 32 and HW % q == 0 else 0
+    return q if HW // q >= 32 else 0
 
 
 def _filter_product(w_mat, col, n, HW, small):
@@ -256,6 +256,16 @@ def _filter_product(w_mat, col, n, HW, small):
         return xp.permute_dims(xp.reshape(w_mat @ col, (F, n, 1, HW)), (1, 0, 2, 3))
     blocks = xp.permute_dims(xp.reshape(col, (K, n * q, HW // q)), (1, 0, 2))    # views of col
     return xp.permute_dims(xp.reshape(w_mat @ blocks, (n, q, F, HW // q)), (0, 2, 1, 3))
+
+
+def _place(out, rows, part, N):
+    """out[rows] = part, `out` made for the whole batch (N, ...) at the first chunk: each
+    chunk's result copied once into place (the copy also puts it in image order)."""
+    if out is None:
+        xp = namespace_of(part)
+        out = xp.empty((N, *part.shape[1:]), dtype=part.dtype, device=device_of(part))
+    out[rows, ...] = part
+    return out
 
 
 def _weight_gradient(col, dout_mat, small):
@@ -313,11 +323,10 @@ def conv_forward(x, w, b, conv_param):
         col = ops.im2col(x[rows, ...], HH, WW, stride, pad)    # (C, HH, WW, n, HO, WO)
         n = col.shape[3]
         col = xp.reshape(col, (K, n * HO * WO))
-        product = _filter_product(w_mat, col, n, HO * WO, small)   # (n, F, blocks, HO*WO/blocks)
-        if out is None:
-            out = xp.empty((N, *product.shape[1:]), dtype=product.dtype, device=device_of(x))
-        out[rows, ...] = product           # the one copy: into (N, F, HO, WO) order, which
-        cols.append(col)                   # keeps every later elementwise op contiguous
+        # (n, F, blocks, HO*WO/blocks), copied into (N, F, HO, WO) order, which keeps every
+        # later elementwise op contiguous
+        out = _place(out, rows, _filter_product(w_mat, col, n, HO * WO, small), N)
+        cols.append(col)
     out = xp.reshape(out, (N, F, HO, WO))
     out += xp.reshape(b, (F, 1, 1))                             # in place: no second buffer
     # Keep the im2col matrices for the backward pass if they fit the workspace, else rebuild.
@@ -364,10 +373,7 @@ def conv_backward(dout, cache):
         dw = dw + _weight_gradient(col, dout_mat, small)
         if dx_as_conv:
             dout_col = xp.reshape(ops.im2col(dout[rows, ...], HH, WW, 1, full_pad), (F * HH * WW, n * H * W))
-            product = _filter_product(w_turned, dout_col, n, H * W, small)
-            if dx is None:
-                dx = xp.empty((N, *product.shape[1:]), dtype=product.dtype, device=device_of(x))
-            dx[rows, ...] = product                                 # as in conv_forward
+            dx = _place(dx, rows, _filter_product(w_turned, dout_col, n, H * W, small), N)
         elif needs_dx:
             dcol = xp.reshape(w_mat.T @ dout_mat, (C, HH, WW, n, HO, WO))
             dxs.append(ops.col2im(dcol, H, W, stride, pad))
