@@ -365,6 +365,127 @@ def test_arrays_of_two_gpus_are_refused(cp):
         affine_forward(cp.ones((2, 3)), get_backend("cuda:1").to_device(np.ones((3, 4))), cp.ones(4))
 
 
+# ---------------------------------------------------------------------------- the kernel boundary
+
+STATES = {"sgd": (), "sgd_momentum": ("velocity",), "nesterov": ("velocity",),
+          "adagrad": ("cache",), "rmsprop": ("cache",), "adam": ("m", "v")}
+
+
+def device_launches(cp):
+    """Every kernel the double saw launched (copies and casts included); None on a real GPU."""
+    double = getattr(cp, "_double", None)
+    return None if double is None else [launch for launch in double.stats()["launches"]]
+
+
+def reset_launches(cp):
+    if getattr(cp, "_double", None) is not None:
+        cp._double.reset_stats()
+
+
+def other_gpu_cases(cp):
+    """(what, call) pairs: each call hands the CUDA path one array of cuda:1 among cuda:0's,
+    an update rule's gradient or one of its state arrays, the pool backward's argmax, or conv's
+    weights, input gradient or input."""
+    gpu0, gpu1 = get_backend("cuda:0"), get_backend("cuda:1")
+    rng = np.random.default_rng(0)
+
+    def on(backend, shape, dtype=np.float32):
+        return backend.to_device(rng.standard_normal(shape).astype(dtype))
+    cases = []
+    for rule, keys in STATES.items():
+        for bad in ("dw",) + keys:
+            def call(rule=rule, keys=keys, bad=bad):
+                w = on(gpu0, (3, 4))
+                dw = on(gpu1 if bad == "dw" else gpu0, (3, 4))
+                config = {k: on(gpu1 if bad == k else gpu0, (3, 4)) for k in keys}
+                if rule == "adam":
+                    config["t"] = 0
+                return UPDATE_RULES[rule](w, dw, config)
+            cases.append((f"{rule} {bad}", call))
+    x = on(gpu0, (2, 3, 4, 4))
+    pooled, (shape, argmax, ph, pw, stride) = max_pool_forward(x, {})
+    with gpu1:
+        argmax1 = cp.asarray(argmax.get())
+    cases.append(("max_pool_backward argmax",
+                  lambda: max_pool_backward(pooled, (shape, argmax1, ph, pw, stride))))
+    w, b = on(gpu0, (2, 3, 3, 3)), on(gpu0, (2,))
+    cases.append(("conv_forward w", lambda: conv_forward(x, on(gpu1, (2, 3, 3, 3)), b, {"pad": 1})))
+    out, cache = conv_forward(x, w, b, {"pad": 1})
+    cases.append(("conv_backward dout", lambda: conv_backward(on(gpu1, tuple(out.shape)), cache)))
+    cases.append(("conv_forward x", lambda: conv_forward(on(gpu1, (2, 3, 4, 4)), w, b, {"pad": 1})))
+    return cases
+
+
+def test_arrays_of_another_gpu_are_refused_before_any_launch(cp, launches):
+    """Without peer access a kernel given another GPU's pointer faults (and the fault kills
+    the CUDA context); with it, it reads over the bus. Every update rule (its gradient and each
+    state array), the pool backward and conv refuse, naming the array and both devices, before
+    anything is launched, copied or cast."""
+    two_gpus(cp)
+    for what, call in other_gpu_cases(cp):
+        reset_launches(cp)
+        launches.clear()
+        with pytest.raises(DeviceError, match=r"cuda:1|Device 1") as error:
+            call()
+        assert launches == [], what
+        assert device_launches(cp) in (None, []), (what, device_launches(cp))
+        assert "cuda:0" in str(error.value) or "Device 0" in str(error.value), (what, error.value)
+        name = what.split()[1]
+        if name != "x" and not what.startswith("conv"):
+            assert name in str(error.value), (what, error.value)
+
+
+@pytest.mark.parametrize("rule", sorted(STATES))
+def test_the_kernel_glue_itself_checks_every_array_before_launching(cp, gpu, rule, launches):
+    """The fused update rule's op, called directly (no optim.py check in front): the argument
+    named by the kernel's own parameter list, both devices named, nothing launched."""
+    two_gpus(cp)
+    gpu1 = get_backend("cuda:1")
+    w = gpu.to_device(np.ones((2, 5), np.float32))
+    states = [gpu.to_device(np.ones((2, 5), np.float32)) for _ in STATES[rule]]
+    params = [p.name for p in cuda.kernel_signatures()[f"{rule}_f32"]]
+    for i in range(1, 2 + len(states)):          # dw, then each state array
+        args = [w, w, *states]
+        args[i] = gpu1.to_device(np.ones((2, 5), np.float32))
+        reset_launches(cp)
+        with pytest.raises(DeviceError, match=rf"argument {i} '{params[i]}' .* is on cuda:1, but "
+                                              r"the kernel runs on cuda:0"):
+            gpu.ops[rule](args[0], args[1], args[2:], [0.1] * 8)
+        assert launches == [] and device_launches(cp) in (None, [])
+
+
+def test_argmax_of_the_portable_forward_is_refused_by_the_kernel(cp, gpu, launches):
+    """The portable forward's argmax is int8; the kernel reads int32: a 4x overread."""
+    dout = gpu.to_device(np.ones((1, 1, 2, 2), np.float32))
+    argmax = gpu.to_device(np.zeros((1, 1, 2, 2), np.int8))
+    with pytest.raises(TypeError, match=r"max_pool_backward_f32: argument 1 'argmax' \(int\*\) "
+                                        r"needs int32 data, got int8"):
+        gpu.ops["max_pool_backward"](dout, argmax, 4, 4, 2, 2, 2)
+    assert launches == []
+
+
+def test_check_arguments_holds_each_argument_against_the_kernels_parameters(cp, gpu):
+    n = np.int64(6)
+    with gpu:
+        w, dw, out = cp.ones(6, np.float32), cp.ones(6, np.float32), cp.empty(6, np.float32)
+        good = (w, dw, out, n, np.float32(0.1))
+        cuda.check_arguments("sgd_f32", good, gpu.launcher)
+        bad = {
+            "takes 5 arguments": (w, dw, out, n),
+            "'lr' \\(float\\) needs float32 value, got float64": (w, dw, out, n, np.float64(0.1)),
+            "'lr' \\(float\\) takes a value": (w, dw, out, n, cp.ones(1, np.float32)),
+            "'dw' \\(float\\*\\) takes an array": (w, np.float32(1), out, n, np.float32(0.1)),
+            "'next_w' \\(float\\*\\) is not C-contiguous": (w, dw, cp.empty(12, np.float32)[::2], n,
+                                                          np.float32(0.1)),
+            "'w' \\(float\\*\\) needs float32 data, got float64": (w.astype(np.float64), dw, out, n,
+                                                                  np.float32(0.1)),
+            "'w' \\(float\\*\\) is on the host": (np.ones(6, np.float32), dw, out, n, np.float32(0.1)),
+        }
+        for match, args in bad.items():
+            with pytest.raises((TypeError, DeviceError), match=match):
+                cuda.check_arguments("sgd_f32", args, gpu.launcher)
+
+
 # ---------------------------------------------------------------------------- command line
 
 def test_cli_trains_and_selftests_on_the_second_gpu(cp, tmp_path):

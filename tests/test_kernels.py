@@ -4,6 +4,8 @@
      gives exactly the portable implementation's numbers on many geometries (the softmax loss,
      whose exp, log and row sums are not NumPy's: to within a few units in the last place).
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -256,3 +258,43 @@ def test_softmax_loss_kernel_takes_views_and_any_integer_labels(kernel_ops, rng)
         assert_softmax_close(dx, dx_ref, np.float64)
     with pytest.raises(ValueError, match="at least one class"):
         kernel_ops["softmax_loss"](np.ones((3, 0)), np.zeros(3, np.int64))
+
+
+# ---------------------------------------------------------------------------- the same check everywhere
+
+RULE_STATES = {"sgd": (), "sgd_momentum": ("velocity",), "nesterov": ("velocity",),
+               "adagrad": ("cache",), "rmsprop": ("cache",), "adam": ("m", "v")}
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_STATES))
+def test_update_rules_check_gradient_and_state_on_every_backend(rule):
+    """What the CUDA path refuses at its kernels, the portable rules refuse too: array-api-strict's
+    second device stands for another GPU; shape and dtype mismatches are refused on NumPy."""
+    import array_api_strict as xps
+    from xpnn.backend import DeviceError
+    from xpnn.optim import UPDATE_RULES
+    update = UPDATE_RULES[rule]
+    other = xps.Device("device1")
+    w = xps.asarray(np.ones((2, 3)))
+    for bad in ("dw",) + RULE_STATES[rule]:
+        dw = xps.asarray(np.ones((2, 3)), device=other if bad == "dw" else None)
+        config = {k: xps.asarray(np.zeros((2, 3)), device=other if bad == k else None)
+                  for k in RULE_STATES[rule]}
+        label = "dw" if bad == "dw" else f"config['{bad}']"
+        with pytest.raises(DeviceError, match=rf"{rule}: {re.escape(label)} is on .*device1.*, "
+                                              r"the parameter w on .*CPU_DEVICE"):
+            update(w, dw, config)
+    with pytest.raises(ValueError, match=rf"{rule}: dw has shape \(3,\), the parameter w \(2, 3\)"):
+        update(np.ones((2, 3)), np.ones(3))
+    for key in RULE_STATES[rule]:
+        with pytest.raises(TypeError, match=rf"{rule}: config\['{key}'\] is float32, the parameter w float64"):
+            update(np.ones((2, 3)), np.ones((2, 3)), {key: np.zeros((2, 3), np.float32)})
+
+
+def test_emulated_kernels_refuse_what_they_would_misread(kernel_ops):
+    """The glue's one check holds for the emulation's launcher too: int8 argmax, host vs device."""
+    dout = np.ones((1, 1, 2, 2), np.float32)
+    with pytest.raises(TypeError, match=r"argument 1 'argmax' \(int\*\) needs int32 data, got int8"):
+        kernel_ops["max_pool_backward"](dout, np.zeros((1, 1, 2, 2), np.int8), 4, 4, 2, 2, 2)
+    with pytest.raises(ValueError, match=r"argmax has shape \(1, 1, 1, 2\)"):
+        kernel_ops["max_pool_backward"](dout, np.zeros((1, 1, 1, 2), np.int32), 4, 4, 2, 2, 2)

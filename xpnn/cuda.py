@@ -1,8 +1,9 @@
 """CUDA glue: launch the raw kernels of kernels/*.cu (im2col, col2im, max- and avg-pooling,
 the fused softmax loss, the fused update rules).
 
-The functions here allocate outputs, check contiguity and pass the problem sizes; the actual
-launch is done by a *launcher*:
+The functions here check every argument against the kernel's parameter list (read from the
+.cu files: device, dtype, C-contiguity, C types; see `check_arguments`), allocate outputs and
+pass the problem sizes; the actual launch is done by a *launcher*:
   - `CupyLauncher` compiles kernels/*.cu once per GPU with `cupy.RawModule`, keeps each
     kernel's handle, and launches on the current device and stream (no host synchronisation);
   - the test suite passes a launcher that runs the same .cu source on the CPU through an
@@ -19,6 +20,7 @@ loss: its exp and log are the GPU's, not NumPy's, so it agrees to a few units in
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import re
@@ -92,22 +94,124 @@ def _sizes(*numbers):
     return tuple(np.int64(v) for v in numbers)
 
 
+# ---------------------------------------------------------------------------- the kernel boundary
+#
+# A raw kernel gets bare pointers: CuPy checks nothing about them. An array of another GPU is
+# an illegal address (a fault that kills the process's CUDA context at the next sync) or, with
+# peer access, a silent read over the bus; a wrong dtype or a strided view is read as if it
+# were the kernel's C type, densely. So every launch goes through one door, `_launch`, which
+# holds each argument against the kernel's own parameter list (read from kernels/*.cu): every
+# array on the launching device, of the parameter's element type, C-contiguous; every value
+# of the parameter's exact C type. And the inputs' device is checked first of all, in
+# `_inputs`, before CuPy copies or casts them (a copy of another GPU's array is itself a
+# kernel reading that GPU's memory).
+
+Param = collections.namedtuple("Param", "name ctype pointer dtype")
+
+_C_DTYPES = {"float": "float32", "double": "float64", "int": "int32", "long long": "int64",
+             "index_t": "int64"}
+_QUALIFIERS = {"const", "__restrict__", "volatile"}
+_DEFINE = re.compile(r"^#define\s+(\w+)[ \t]+((?:[^\n]*\\\n)*[^\n]*)$", re.MULTILINE)
+_ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+
+
+def _param(text: str) -> Param:
+    """'const float* x' -> Param("x", "float", True, "float32")."""
+    words = text.replace("*", " * ").split()
+    pointer = "*" in words
+    *ctype, name = [w for w in words if w not in _QUALIFIERS and w != "*"]
+    ctype = " ".join(ctype)
+    if ctype not in _C_DTYPES:
+        raise ValueError(f"kernel parameter {text.strip()!r}: add its C type to cuda._C_DTYPES")
+    return Param(name, ctype, pointer, _C_DTYPES[ctype])
+
+
+@functools.cache
+def _signatures(directory: Path) -> dict:
+    source = "".join(f.read_text() for f in sorted(directory.glob("*.cu")))
+    macros = {m.group(1): m.group(2).replace("\\\n", " ") for m in _DEFINE.finditer(source)}
+    signatures = {}
+    for name, params in _ENTRY.findall(source):
+        for _ in range(4):        # object-like macros such as POOL_ARGS, expanded
+            params = re.sub(r"\b(\w+)\b", lambda m: macros.get(m.group(1), m.group(1)), params)
+        signatures[name] = tuple(_param(p) for p in params.split(",") if p.strip())
+    return signatures
+
+
+def kernel_signatures() -> dict:
+    """Each entry point's parameters, in order, as the .cu files declare them:
+    {name: (Param(name, ctype, pointer, dtype), ...)}."""
+    return _signatures(kernel_dir())
+
+
+def _where(kernel: str, i: int, param: Param) -> str:
+    return f"{kernel}: argument {i} {param.name!r} ({param.ctype}{'*' if param.pointer else ''})"
+
+
+def _check_device(kernel, i, param, a, launch):
+    from .backend import DeviceError
+    here, there = launch.device(), launch.device_of(a)
+    if there != here:
+        raise DeviceError(f"{_where(kernel, i, param)} is on {there}, but the kernel runs on "
+                          f"{here}: arrays are never copied between devices silently; move it first")
+
+
+def _inputs(kernel, launch, *arrays):
+    """The kernel's leading array arguments, checked to be on the launching device (before
+    anything reads them), made C-contiguous."""
+    params = kernel_signatures()[kernel]
+    for i, (a, param) in enumerate(zip(arrays, params)):
+        _check_device(kernel, i, param, a, launch)
+    return [launch.contiguous(a) for a in arrays]
+
+
+def check_arguments(kernel, args, launch) -> None:
+    """Refuse, naming the argument, anything the kernel would misread: the wrong number of
+    arguments; an array where a value goes (or the reverse); an array on another device than
+    the launching one (DeviceError, naming both), of another dtype than the parameter's
+    element type, or not C-contiguous (TypeError); a value of another C type (TypeError)."""
+    params = kernel_signatures().get(kernel)
+    if params is None:
+        raise KeyError(f"no CUDA kernel named {kernel!r} in {kernel_dir()}")
+    if len(args) != len(params):
+        raise TypeError(f"{kernel} takes {len(params)} arguments "
+                        f"({', '.join(p.name for p in params)}), got {len(args)}")
+    for i, (a, param) in enumerate(zip(args, params)):
+        where = _where(kernel, i, param)
+        if isinstance(a, np.generic) != (not param.pointer):
+            raise TypeError(f"{where} takes {'an array' if param.pointer else 'a value'}, got "
+                            f"{type(a).__module__}.{type(a).__name__}")
+        if param.pointer:
+            _check_device(kernel, i, param, a, launch)
+            if not a.flags.c_contiguous:
+                raise TypeError(f"{where} is not C-contiguous: the kernel would read it densely")
+        if a.dtype != np.dtype(param.dtype):
+            raise TypeError(f"{where} needs {param.dtype} "
+                            f"{'data' if param.pointer else 'value'}, got {a.dtype}")
+
+
+def _launch(kernel, n, args, launch) -> None:
+    """The one door to every kernel: the arguments checked (check_arguments), then launched."""
+    check_arguments(kernel, args, launch)
+    launch(kernel, n, args)
+
+
 def im2col(x, kh, kw, stride, pad, launch):
     N, C, H, W = x.shape
     HO, WO = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
-    x = launch.contiguous(x)
+    name = f"im2col_{_suffix(x.dtype)}"
+    (x,) = _inputs(name, launch, x)
     col = array_namespace(x).empty((C, kh, kw, N, HO, WO), dtype=x.dtype, device=x.device)
-    launch(f"im2col_{_suffix(x.dtype)}", col.size,
-           (x, col) + _sizes(N, C, H, W, kh, kw, stride, pad, HO, WO))
+    _launch(name, col.size, (x, col) + _sizes(N, C, H, W, kh, kw, stride, pad, HO, WO), launch)
     return col
 
 
 def col2im(col, H, W, stride, pad, launch):
     C, kh, kw, N, HO, WO = col.shape
-    col = launch.contiguous(col)
+    name = f"col2im_{_suffix(col.dtype)}"
+    (col,) = _inputs(name, launch, col)
     img = array_namespace(col).empty((N, C, H, W), dtype=col.dtype, device=col.device)
-    launch(f"col2im_{_suffix(col.dtype)}", img.size,
-           (col, img) + _sizes(N, C, H, W, kh, kw, stride, pad, HO, WO))
+    _launch(name, img.size, (col, img) + _sizes(N, C, H, W, kh, kw, stride, pad, HO, WO), launch)
     return img
 
 
@@ -115,39 +219,43 @@ def max_pool_forward(x, ph, pw, stride, launch):
     N, C, H, W = x.shape
     HO, WO = (H - ph) // stride + 1, (W - pw) // stride + 1
     xp = array_namespace(x)
-    x = launch.contiguous(x)
+    name = f"max_pool_forward_{_suffix(x.dtype)}"
+    (x,) = _inputs(name, launch, x)
     out = xp.empty((N, C, HO, WO), dtype=x.dtype, device=x.device)
     argmax = xp.empty((N, C, HO, WO), dtype=xp.int32, device=x.device)
-    launch(f"max_pool_forward_{_suffix(x.dtype)}", out.size,
-           (x, out, argmax) + _sizes(N, C, H, W, ph, pw, stride, HO, WO))
+    _launch(name, out.size, (x, out, argmax) + _sizes(N, C, H, W, ph, pw, stride, HO, WO), launch)
     return out, argmax
 
 
 def max_pool_backward(dout, argmax, H, W, ph, pw, stride, launch):
+    """argmax must be the CUDA forward's: int32 (the portable forward's int8 is refused)."""
     N, C, HO, WO = dout.shape
-    dout, argmax = launch.contiguous(dout), launch.contiguous(argmax)
+    name = f"max_pool_backward_{_suffix(dout.dtype)}"
+    dout, argmax = _inputs(name, launch, dout, argmax)
+    if tuple(argmax.shape) != (N, C, HO, WO):
+        raise ValueError(f"max_pool_backward: argmax has shape {tuple(argmax.shape)}, dout "
+                         f"{(N, C, HO, WO)}")
     dx = array_namespace(dout).empty((N, C, H, W), dtype=dout.dtype, device=dout.device)
-    launch(f"max_pool_backward_{_suffix(dout.dtype)}", dx.size,
-           (dout, argmax, dx) + _sizes(N, C, H, W, ph, pw, stride, HO, WO))
+    _launch(name, dx.size, (dout, argmax, dx) + _sizes(N, C, H, W, ph, pw, stride, HO, WO), launch)
     return dx
 
 
 def avg_pool_forward(x, ph, pw, stride, launch):
     N, C, H, W = x.shape
     HO, WO = (H - ph) // stride + 1, (W - pw) // stride + 1
-    x = launch.contiguous(x)
+    name = f"avg_pool_forward_{_suffix(x.dtype)}"
+    (x,) = _inputs(name, launch, x)
     out = array_namespace(x).empty((N, C, HO, WO), dtype=x.dtype, device=x.device)
-    launch(f"avg_pool_forward_{_suffix(x.dtype)}", out.size,
-           (x, out) + _sizes(N, C, H, W, ph, pw, stride, HO, WO))
+    _launch(name, out.size, (x, out) + _sizes(N, C, H, W, ph, pw, stride, HO, WO), launch)
     return out
 
 
 def avg_pool_backward(dout, H, W, ph, pw, stride, launch):
     N, C, HO, WO = dout.shape
-    dout = launch.contiguous(dout)
+    name = f"avg_pool_backward_{_suffix(dout.dtype)}"
+    (dout,) = _inputs(name, launch, dout)
     dx = array_namespace(dout).empty((N, C, H, W), dtype=dout.dtype, device=dout.device)
-    launch(f"avg_pool_backward_{_suffix(dout.dtype)}", dx.size,
-           (dout, dx) + _sizes(N, C, H, W, ph, pw, stride, HO, WO))
+    _launch(name, dx.size, (dout, dx) + _sizes(N, C, H, W, ph, pw, stride, HO, WO), launch)
     return dx
 
 
@@ -161,12 +269,14 @@ def softmax_loss(x, y, launch):
     if C == 0:
         raise ValueError(f"softmax_loss needs at least one class, got scores of shape {tuple(x.shape)}")
     xp = array_namespace(x)
-    suffix = _suffix(x.dtype)
-    x = launch.contiguous(x)
-    y = launch.contiguous(y if y.dtype == xp.int64 else xp.astype(y, xp.int64))
+    name = f"softmax_loss_{_suffix(x.dtype)}"
+    x, y = _inputs(name, launch, x, y)
+    if tuple(y.shape) != (N,):
+        raise ValueError(f"softmax_loss: labels of shape {tuple(y.shape)} for scores {(N, C)}")
+    y = y if y.dtype == xp.int64 else xp.astype(y, xp.int64)    # on this device: checked above
     row_loss = xp.empty((N,), dtype=x.dtype, device=x.device)
     dx = xp.empty((N, C), dtype=x.dtype, device=x.device)
-    launch(f"softmax_loss_{suffix}", N, (x, y, row_loss, dx) + _sizes(N, C))
+    _launch(name, N, (x, y, row_loss, dx) + _sizes(N, C), launch)
     return xp.mean(row_loss), dx
 
 
@@ -179,15 +289,18 @@ def update_rule(name, w, dw, states, scalars, launch):
     states: the rule's state arrays (velocity, cache, m and v), shaped like w;
     scalars: its hyperparameters, in the kernel's order, computed on the host.
     """
-    if dw.dtype != w.dtype or tuple(dw.shape) != tuple(w.shape):
-        raise TypeError(f"{name}: the gradient ({dw.dtype}, {tuple(dw.shape)}) must match the "
-                        f"parameter ({w.dtype}, {tuple(w.shape)})")
+    kernel = f"{name}_{_suffix(w.dtype)}"
+    params = kernel_signatures()[kernel]
+    inputs = _inputs(kernel, launch, w, dw, *states)
+    for i, a in enumerate(inputs[1:], 1):     # the kernel reads w.size elements of each
+        if tuple(a.shape) != tuple(w.shape):
+            raise ValueError(f"{_where(kernel, i, params[i])} has shape {tuple(a.shape)}, the "
+                             f"parameter w {tuple(w.shape)}")
     xp = array_namespace(w)
-    inputs = [launch.contiguous(a) for a in (w, dw, *states)]
     outputs = [xp.empty(w.shape, dtype=w.dtype, device=w.device) for _ in range(1 + len(states))]
     scalar = np.dtype(w.dtype.name).type       # the kernel takes T: float or double
-    launch(f"{name}_{_suffix(w.dtype)}", w.size,
-           (*inputs, *outputs, np.int64(w.size), *(scalar(v) for v in scalars)))
+    _launch(kernel, w.size, (*inputs, *outputs, np.int64(w.size), *(scalar(v) for v in scalars)),
+            launch)
     return outputs
 
 
@@ -206,6 +319,17 @@ class CupyLauncher:
     def contiguous(self, a):
         import cupy
         return cupy.ascontiguousarray(a)
+
+    def device(self) -> str:
+        """The device a launch runs on: CuPy's current one."""
+        import cupy
+        return f"cuda:{cupy.cuda.Device().id}"
+
+    def device_of(self, a) -> str:
+        import cupy
+        if isinstance(a, cupy.ndarray):
+            return f"cuda:{a.device.id}"
+        return f"the host ({type(a).__module__}.{type(a).__name__})"
 
     def kernel(self, name):
         import cupy

@@ -11,7 +11,9 @@ the same order); the expressions below are the portable code every other library
 """
 from __future__ import annotations
 
-from .backend import accelerated_op, namespace_of, on_input_device
+from array_api_compat import device as device_of
+
+from .backend import DeviceError, accelerated_op, namespace_of, on_input_device
 
 
 def _state(config, key, w):
@@ -19,6 +21,34 @@ def _state(config, key, w):
     if key not in config:
         config[key] = namespace_of(w).zeros_like(w)
     return config[key]
+
+
+def _check(rule, w, dw, config, keys=()):
+    """Refuse, naming the array, a gradient or state array (config[key]) that is not like w:
+    on another device or library (DeviceError, naming both devices), of another shape or
+    dtype (ValueError, TypeError). The same check on every backend, before any arithmetic:
+    on a GPU, an array of another GPU would otherwise reach a kernel as a bare pointer."""
+    xp = namespace_of(w)
+    for label, a in [("dw", dw)] + [(f"config[{k!r}]", config[k]) for k in keys]:
+        try:
+            namespace_of(w, a)
+        except DeviceError:
+            raise DeviceError(f"{rule}: {label} is on {_where(a)}, the parameter w on "
+                              f"{_where(w)}; move it to w's device first") from None
+        if tuple(a.shape) != tuple(w.shape):
+            raise ValueError(f"{rule}: {label} has shape {tuple(a.shape)}, the parameter w "
+                             f"{tuple(w.shape)}")
+        if a.dtype != w.dtype:
+            raise TypeError(f"{rule}: {label} is {a.dtype}, the parameter w {w.dtype}")
+    return xp
+
+
+def _where(a) -> str:
+    """An array's device, named with its library (cuda:1 for CuPy)."""
+    d = device_of(a)
+    if type(d).__name__ == "Device" and hasattr(d, "id"):       # CuPy's
+        return f"cuda:{d.id}"
+    return f"{d} ({type(a).__module__.split('.')[0]})"
 
 
 def _fused(name, w, dw, states, scalars):
@@ -32,6 +62,7 @@ def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent. config: learning_rate (1e-2)."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
+    _check("sgd", w, dw, config)
     fused = _fused("sgd", w, dw, (), (config["learning_rate"],))
     if fused is not None:
         return fused[0], config
@@ -45,7 +76,9 @@ def sgd_momentum(w, dw, config=None):
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("momentum", 0.9)
-    fused = _fused("sgd_momentum", w, dw, (_state(config, "velocity", w),),
+    _state(config, "velocity", w)
+    _check("sgd_momentum", w, dw, config, ("velocity",))
+    fused = _fused("sgd_momentum", w, dw, (config["velocity"],),
                    (config["learning_rate"], config["momentum"]))
     if fused is not None:
         next_w, config["velocity"] = fused
@@ -65,6 +98,7 @@ def nesterov(w, dw, config=None):
     config.setdefault("momentum", 0.9)
     mu = config["momentum"]
     v_prev = _state(config, "velocity", w)
+    _check("nesterov", w, dw, config, ("velocity",))
     fused = _fused("nesterov", w, dw, (v_prev,), (config["learning_rate"], mu, 1 + mu))
     if fused is not None:
         next_w, config["velocity"] = fused
@@ -87,7 +121,9 @@ def adagrad(w, dw, config=None):
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("epsilon", 1e-8)
-    fused = _fused("adagrad", w, dw, (_state(config, "cache", w),),
+    _state(config, "cache", w)
+    _check("adagrad", w, dw, config, ("cache",))
+    fused = _fused("adagrad", w, dw, (config["cache"],),
                    (config["learning_rate"], config["epsilon"]))
     if fused is not None:
         next_w, config["cache"] = fused
@@ -105,7 +141,9 @@ def rmsprop(w, dw, config=None):
     config.setdefault("decay_rate", 0.99)
     config.setdefault("epsilon", 1e-8)
     decay = config["decay_rate"]
-    fused = _fused("rmsprop", w, dw, (_state(config, "cache", w),),
+    _state(config, "cache", w)
+    _check("rmsprop", w, dw, config, ("cache",))
+    fused = _fused("rmsprop", w, dw, (config["cache"],),
                    (config["learning_rate"], config["epsilon"], decay, 1 - decay))
     if fused is not None:
         next_w, config["cache"] = fused
@@ -125,10 +163,11 @@ def adam(w, dw, config=None):
     config.setdefault("beta2", 0.999)
     config.setdefault("epsilon", 1e-8)
     config.setdefault("t", 0)
-    xp = namespace_of(w, dw)
+    _state(config, "m", w), _state(config, "v", w)
+    xp = _check("adam", w, dw, config, ("m", "v"))
     b1, b2 = config["beta1"], config["beta2"]
     config["t"] += 1
-    fused = _fused("adam", w, dw, (_state(config, "m", w), _state(config, "v", w)),
+    fused = _fused("adam", w, dw, (config["m"], config["v"]),
                    (config["learning_rate"], b1, 1 - b1, b2, 1 - b2, 1 - b1 ** config["t"],
                     1 - b2 ** config["t"], config["epsilon"]))
     if fused is not None:

@@ -16,7 +16,19 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from ..backend import accelerated_op, namespace_of
+from ..backend import DeviceError, accelerated_op, namespace_of
+
+
+def check_like(op, name, a, ref_name, ref, shape=None):
+    """Refuse array `a` (called `name`) unless it is on `ref`'s device and library
+    (DeviceError naming both) and, given `shape`, of that shape: every backend checks the same
+    before dispatching, and the CUDA glue checks again at the kernel (cuda.check_arguments)."""
+    try:
+        namespace_of(ref, a)
+    except DeviceError as e:
+        raise DeviceError(f"{op}: {name} and {ref_name} are on different devices ({e})") from None
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
 
 
 def conv_output_size(H, W, kh, kw, stride, pad):
@@ -109,6 +121,7 @@ def max_pool_forward(x, ph, pw, stride):
 def max_pool_backward(dout, argmax, H, W, ph, pw, stride):
     """Route each window's gradient to the input position recorded in argmax."""
     N, C, HO, WO = dout.shape
+    check_like("max_pool_backward", "argmax", argmax, "dout", dout, dout.shape)
     fast = accelerated_op("max_pool_backward", dout)
     if fast is not None:
         return fast(dout, argmax, H, W, ph, pw, stride)
