@@ -819,3 +819,9 @@ conv_forward_naive, conv_backward_naive = conv_forward, conv_backward
 max_pool_forward_naive, max_pool_backward_naive = max_pool_forward, max_pool_backward
 conv_forward_fast, conv_backward_fast = conv_forward, conv_backward
 max_pool_forward_fast, max_pool_backward_fast = max_pool_forward, max_pool_backward
+
+# Assignment 3's recurrent layers (RNN, LSTM, word embedding, temporal affine and softmax loss)
+# live in rnn_layers.py; `from xpnn.layers import *` brings them too.
+from .rnn_layers import *  # noqa: E402,F401,F403
+from .rnn_layers import __all__ as _rnn_layers  # noqa: E402
+__all__ += _rnn_layers
