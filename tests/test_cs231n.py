@@ -40,8 +40,7 @@ def cs231n():
     before = {k: v for k, v in sys.modules.items() if k == "cs231n" or k.startswith("cs231n.")}
     xpnn.cs231n.install()
     yield
-    for name in [k for k in sys.modules if k == "cs231n" or k.startswith("cs231n.")]:
-        del sys.modules[name]
+    xpnn.cs231n.uninstall()
     sys.modules.update(before)
 
 
@@ -57,23 +56,186 @@ def run_cell(source, ns=None):
 # ---------------------------------------------------------------------------- the layout
 
 def test_install_registers_every_module():
+    import importlib
+
     import cs231n
     import cs231n.classifiers.fc_net
-    assert cs231n is xpnn.cs231n
+    assert cs231n is xpnn.cs231n              # no assignment folder on sys.path: xpnn's package
     for module in xpnn.cs231n.MODULES:
-        assert sys.modules[f"cs231n.{module}"] is sys.modules[f"xpnn.cs231n.{module}"]
+        assert importlib.import_module(f"cs231n.{module}") is sys.modules[f"xpnn.cs231n.{module}"]
+        # one module under two names; xpnn's keeps its own spec (relative imports, reload)
+        assert sys.modules[f"xpnn.cs231n.{module}"].__spec__.name == f"xpnn.cs231n.{module}"
     assert cs231n.classifiers.fc_net.FullyConnectedNet.__mro__[2] is XpnnFullyConnectedNet
 
 
-def test_install_wins_over_an_assignment_folder(tmp_path, monkeypatch):
-    # The notebook runs in the assignment's folder, next to the student's own cs231n package.
-    (tmp_path / "cs231n").mkdir()
-    (tmp_path / "cs231n" / "__init__.py").write_text("raise ImportError('the local package')\n")
-    (tmp_path / "cs231n" / "layers.py").write_text("raise ImportError('the local layers')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    ns = run_cell("")
-    assert ns["affine_forward"].__module__ == "xpnn.layers"
+# An assignment's folder as a student has it: the package, its classifiers (kNN, the linear
+# classifiers importing each other as assignment 1's do), features.py, a helper of the
+# student's own, and modules xpnn also provides (layers.py: xpnn's wins; fc_net.py, too).
+ASSIGNMENT = {
+    "cs231n/__init__.py": "",
+    "cs231n/classifiers/__init__.py": """
+        from cs231n.classifiers.k_nearest_neighbor import *
+        from cs231n.classifiers.linear_classifier import *
+    """,
+    "cs231n/classifiers/k_nearest_neighbor.py": """
+        import numpy as np
+        class KNearestNeighbor(object):
+            def train(self, X, y):
+                self.X_train, self.y_train = X, y
+            def predict(self, X, k=1):
+                d = ((X[:, None, :] - self.X_train[None]) ** 2).sum(-1)
+                return self.y_train[np.argmin(d, axis=1)]
+    """,
+    "cs231n/classifiers/linear_svm.py": """
+        def svm_loss_naive(W, X, y, reg):
+            return "student svm"
+    """,
+    "cs231n/classifiers/softmax.py": """
+        def softmax_loss_naive(W, X, y, reg):
+            return "student softmax"
+    """,
+    "cs231n/classifiers/linear_classifier.py": """
+        from ..classifiers.linear_svm import *
+        from ..classifiers.softmax import *
+        class LinearClassifier(object):
+            pass
+        class Softmax(LinearClassifier):
+            def loss(self, *args):
+                return softmax_loss_naive(*args)
+    """,
+    "cs231n/classifiers/fc_net.py": "raise ImportError('the student fc_net was imported')\n",
+    "cs231n/features.py": """
+        import numpy as np
+        from cs231n.layers import relu_forward      # a student file using a provided module
+        def extract_features(imgs, feature_fns):
+            return relu_forward(np.asarray(imgs, dtype=float).reshape(len(imgs), -1) - 1)[0]
+    """,
+    "cs231n/my_helper.py": "ANSWER = 42\n",
+    "cs231n/layers.py": "raise ImportError('the student layers were imported')\n",
+}
+
+
+def write_assignment(folder, files=ASSIGNMENT):
+    for path, text in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(textwrap.dedent(text))
+    return folder
+
+
+def run_python(source, cwd):
+    """Run `source` as a notebook would, in `cwd` ('' first on sys.path); return stdout."""
+    import subprocess
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_install_overlays_the_students_package(tmp_path):
+    write_assignment(tmp_path)
+    out = run_python("""
+        import xpnn.cs231n; xpnn.cs231n.install()
+        import sys
+        import numpy as np
+        import cs231n
+        from cs231n.classifiers import KNearestNeighbor, LinearClassifier, Softmax
+        from cs231n.classifiers.k_nearest_neighbor import KNearestNeighbor as K2
+        from cs231n.classifiers.softmax import softmax_loss_naive
+        from cs231n.classifiers.linear_svm import svm_loss_naive
+        from cs231n.features import extract_features
+        import cs231n.my_helper
+        from cs231n.layers import affine_forward
+        from cs231n.classifiers.fc_net import TwoLayerNet, FullyConnectedNet
+        from cs231n.solver import Solver
+        import cs231n.classifiers.cnn
+
+        assert cs231n.__file__.endswith("cs231n/__init__.py") and "xpnn" not in cs231n.__file__
+        assert KNearestNeighbor is K2
+        knn = KNearestNeighbor(); knn.train(np.eye(3), np.arange(3))
+        assert list(knn.predict(np.eye(3)[::-1])) == [2, 1, 0]
+        assert softmax_loss_naive(0, 0, 0, 0) == "student softmax"
+        assert svm_loss_naive(0, 0, 0, 0) == "student svm"
+        assert Softmax().loss(0, 0, 0, 0) == "student softmax"
+        assert cs231n.my_helper.ANSWER == 42
+        assert extract_features(np.ones((2, 3)) * 3, []).tolist() == [[2.0] * 3] * 2
+        assert affine_forward.__module__ == "xpnn.layers"
+        assert Solver.__module__ == "xpnn.solver"
+        assert TwoLayerNet.__module__ == "xpnn.cs231n.classifiers.fc_net"
+        assert cs231n.classifiers.cnn is sys.modules["xpnn.cs231n.classifiers.cnn"]
+        assert cs231n.layers is sys.modules["xpnn.cs231n.layers"]
+        model = FullyConnectedNet([5], input_dim=4, num_classes=3, seed=0)
+        assert model.loss(np.ones((2, 4))).shape == (2, 3)
+        print("ok")
+    """, cwd=tmp_path)
+    assert out.strip() == "ok"
+
+
+def test_install_after_the_students_imports_and_after_a_change_of_directory(tmp_path):
+    files = dict(ASSIGNMENT, **{"cs231n/layers.py": "STUDENT = True\n"})
+    write_assignment(tmp_path / "assignment1", files)
+    out = run_python(f"""
+        import os, sys
+        import xpnn.cs231n
+        # The notebook's first cells imported the student's layers; install() comes later.
+        sys.path.insert(0, {str(tmp_path / "assignment1")!r})
+        import cs231n.layers
+        assert cs231n.layers.STUDENT
+        xpnn.cs231n.install()
+        import cs231n.layers
+        from cs231n.layers import affine_forward
+        assert cs231n.layers is sys.modules["xpnn.cs231n.layers"], cs231n.layers
+        assert affine_forward.__module__ == "xpnn.layers"
+        # install(own=...) keeps the student's file for a module xpnn provides
+        xpnn.cs231n.install(own=("layers",))
+        import cs231n.layers
+        assert cs231n.layers.STUDENT
+        print("ok")
+    """, cwd=tmp_path)
+    assert out.strip() == "ok"
+    # %cd into the assignment after install(): resolved at import time.
+    out = run_python(f"""
+        import os
+        import xpnn.cs231n; xpnn.cs231n.install()
+        os.chdir({str(tmp_path / "assignment1")!r})
+        from cs231n.features import extract_features
+        from cs231n.classifiers import KNearestNeighbor
+        from cs231n.layers import affine_forward
+        assert affine_forward.__module__ == "xpnn.layers"
+        print("ok")
+    """, cwd=tmp_path)
+    assert out.strip() == "ok"
+
+
+def test_a_missing_student_module_names_install_and_the_folder(tmp_path):
+    source = """
+        import xpnn.cs231n; xpnn.cs231n.install()
+        try:
+            import cs231n.features
+        except ModuleNotFoundError as e:
+            assert e.name == "cs231n.features"
+            print(e)
+    """
+    out = run_python(source, cwd=tmp_path)
+    assert "No module named 'cs231n.features'" in out
+    assert "install()" in out and "no cs231n folder was found on sys.path" in out
+    assert str(tmp_path) in out
+    write_assignment(tmp_path, {"cs231n/__init__.py": ""})
+    out = run_python(source.replace("cs231n.features", "cs231n.classifiers.softmax"), cwd=tmp_path)
+    assert "has no classifiers folder" in out
+
+
+def test_install_refuses_a_module_it_does_not_provide():
+    with pytest.raises(ValueError, match="features"):
+        xpnn.cs231n.install(own=("features",))
+
+
+def test_every_module_of_the_table_is_a_file_of_xpnn():
+    # The table is the whole mechanism: another module is one file plus one name.
+    from pathlib import Path
+    root = Path(xpnn.cs231n.__file__).parent
+    for module in xpnn.cs231n.MODULES:
+        path = root / module.replace(".", "/")
+        assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), module
 
 
 def test_star_import_of_fc_net_brings_the_layers():
