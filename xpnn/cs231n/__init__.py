@@ -20,6 +20,10 @@ every other `cs231n.*` module imports the student's own file, from the `cs231n` 
     cs231n.gradient_check         eval_numerical_gradient[_array, _blobs, _net], grad_check_sparse
     cs231n.data_utils             load_CIFAR10, get_CIFAR10_data (a local cifar-10-batches-py)
     cs231n.vis_utils              visualize_grid
+    cs231n.rnn_layers             assignment 3's recurrent layers (xpnn.rnn_layers)
+    cs231n.classifiers.rnn        CaptioningRNN (+ every layer and recurrent layer)
+    cs231n.captioning_solver      CaptioningSolver;  cs231n.coco_utils: load_coco_data,
+                                  sample_coco_minibatch, decode_captions (xpnn.coco)
 
     cs231n.features, cs231n.classifiers.k_nearest_neighbor, .linear_classifier, .softmax,
     any module a student adds     the student's files, untouched
@@ -54,7 +58,9 @@ __all__ = ["install", "uninstall", "use_device", "default_device", "MODULES"]
 # submodules are listed on their own). Each is xpnn/cs231n/<name with / for .>.py; every other
 # `cs231n.*` import finds the student's file.
 MODULES = ("layers", "fast_layers", "layer_utils", "gradient_check", "optim", "solver",
-           "data_utils", "vis_utils", "classifiers", "classifiers.fc_net", "classifiers.cnn")
+           "data_utils", "vis_utils", "classifiers", "classifiers.fc_net", "classifiers.cnn",
+           # assignment 3
+           "rnn_layers", "classifiers.rnn", "captioning_solver", "coco_utils")
 
 _device = "cpu"
 
