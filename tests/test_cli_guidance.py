@@ -402,3 +402,52 @@ def test_the_loss_plot_of_a_diverged_run_shows_it(tmp_path, monkeypatch):
     assert "first non-finite loss (iteration 4, 3 in all)" in ax.get_legend_handles_labels()[1]
     plots.learning_curves([2.3, 2.0, 1.7], [0.1, 0.5], [0.1, 0.5], tmp_path / "curves.png")
     assert figures[1].axes[0].get_yscale() == "linear"
+
+
+# ---------------------------------------------------------------------------- the run's report
+
+def test_an_interrupted_run_reports_its_finished_epochs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    seen = []
+
+    class Watched(interrupted_after(steps=24 + 24 + 10)):        # in epoch 3 of 4
+        def _step(self, idx):
+            if self.t == 24 + 5:      # in epoch 2: the report is the first epoch's, current
+                seen.append(json.loads((out / "metrics.json").read_text()))
+            super()._step(idx)
+    monkeypatch.setattr(cli, "Solver", Watched)
+    assert main(["train", *FC, "--epochs", "4", "--out", str(out), *QUICK]) == 130
+    said = capsys.readouterr()
+    assert f"wrote {out}/metrics.json, curves.png: the 2 finished epochs" in said.out
+    assert said.err.endswith(f"continue with: xpnn train --resume {out}\n")
+    assert seen[0]["status"] == "training" and seen[0]["epochs_done"] == 1
+    assert len(seen[0]["val_acc_history"]) == 2 and seen[0]["iterations"] == 24
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs_done"] == 2
+    assert metrics["iterations"] == 48 and len(metrics["val_acc_history"]) == 3
+    assert metrics["continue_with"] == f"xpnn train --resume {out}"
+    assert metrics["test_acc"] is None and metrics["sessions"][0]["epochs"] == [1, 2]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "model.npz").exists()
+
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["epochs_done"] == 4
+    assert [s["epochs"] for s in metrics["sessions"]] == [[1, 2], [3, 4]]
+    assert "continue_with" not in metrics and metrics["test_acc"] > 0.5
+
+
+def test_keep_checkpoints_keeps_the_newest(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FC, "--epochs", "4", "--keep-checkpoints", "2", "--out", str(out),
+                 *QUICK]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint_*")) == ["checkpoint_epoch_3.npz",
+                                                                "checkpoint_epoch_4.npz"]
+    # A resumed run continues from the newest, and may change how many it keeps.
+    assert main(["train", "--resume", str(out), "--epochs", "5", "--keep-checkpoints", "1"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [p.name for p in out.glob("checkpoint_*")] == ["checkpoint_epoch_5.npz"]
+    with pytest.raises(SystemExit):
+        main(["train", *FC, "--keep-checkpoints", "0", *QUICK])
+    assert "argument --keep-checkpoints: expected a positive integer" in capsys.readouterr().err

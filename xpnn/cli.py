@@ -217,9 +217,13 @@ def make_parser():
                        "numbered so that no earlier run is overwritten)")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR with its own settings; only --epochs (to "
-                            "train longer), --device, --on-nonfinite and --quiet may change")
+                            "train longer), --device, --on-nonfinite, --keep-checkpoints and "
+                            "--quiet may change")
     train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop",
                        help="on a NaN or infinite loss: stop (default), or skip that step and continue")
+    train.add_argument("--keep-checkpoints", type=positive_int, metavar="N",
+                       help="keep only the newest N checkpoint_epoch_K.npz files, deleting older "
+                            "ones as each epoch ends (default: keep every epoch's)")
 
     ev = command("eval", "evaluate a saved model on a data set's test split")
     ev.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint_epoch_K.npz")
@@ -306,11 +310,21 @@ def add_training_args(p, sweep):
 
 def add_threads_arg(p):
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="CPU threads: each batch split into N shards run at once (in worker "
-                        "processes on Linux), with one BLAS thread each (training a model with "
-                        "batchnorm or dropout: N BLAS threads instead). "
-                        "Default: measured on the first training steps and re-checked each "
-                        "epoch, so a busy core cannot slow training down many times")
+                   help="CPU threads: each batch's shards (fixed by the batch size) run N at "
+                        "a time, in worker processes on Linux, with one BLAS thread each; at "
+                        "most the cores available. The results are the same with any N. "
+                        "Default: measured on the training steps and re-checked when they "
+                        "slow down, so a busy core cannot slow training down many times")
+
+
+def capped_threads(n: int) -> int:
+    """--threads N, at most the cores this process may run on (more only wait for each other)."""
+    from .threads import available_cores
+    cores = available_cores()
+    if n > cores:
+        print(f"--threads {n}: this process may run on {cores} core(s), so it uses {cores} "
+              f"(the results are the same with any count)", file=sys.stderr)
+    return min(n, cores)
 
 
 def main(argv=None):
@@ -322,10 +336,10 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     if unknown:        # said by the command's own parser, with its usage and a suggestion
         commands[args.command].error(unrecognized(unknown, commands[args.command]))
-    if args.command in ("eval", "selftest") and args.threads:
-        import threadpoolctl
-        threadpoolctl.threadpool_limits(args.threads, user_api="blas")    # for the whole command
-        get_backend("cpu").threads = args.threads        # and as many batch shards
+    if getattr(args, "threads", None):
+        args.threads = capped_threads(args.threads)
+        if args.command in ("eval", "selftest"):
+            get_backend("cpu").threads = args.threads     # runners of the batches' shards
     with signals_interrupt() as received:
         try:
             if args.command == "train":
@@ -339,7 +353,8 @@ def main(argv=None):
             return 2
         except KeyboardInterrupt as e:       # a command may say what to do next (str(e))
             how = f" by {signal.Signals(received[0]).name}" if received else ""
-            print(f"\nxpnn {args.command}: interrupted{how}{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
+            if received or distributed.speaks_for_job():   # Ctrl-C reaches every rank: rank 0 says it
+                print(f"\nxpnn {args.command}: interrupted{how}{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
             code = 128 + (received[0] if received else signal.SIGINT)   # the shells' convention
             if received:            # `kill` may reach one rank of an MPI job: the others would
                 distributed.stop_other_ranks(code)      # wait for it at their next collective
@@ -463,7 +478,7 @@ def resume_command(out, epochs=None):
 
 # What --resume may change: how long, where and how verbosely a run trains, and what it does
 # on a NaN loss. Everything else is the run's own (run.json); changing it would be a new run.
-RESUMABLE = {"resume", "epochs", "device", "on_nonfinite", "quiet", "threads"}
+RESUMABLE = {"resume", "epochs", "device", "on_nonfinite", "quiet", "threads", "keep_checkpoints"}
 
 
 def resume_settings(args, given):
@@ -478,7 +493,8 @@ def resume_settings(args, given):
     if changed:
         raise ValueError(f"--resume {out} continues the run with its own settings ({out / RUN_SETTINGS}), "
                          f"so it cannot change {', '.join(changed)}. Only --epochs (to train longer), "
-                         "--device, --on-nonfinite and --quiet may change; other settings make a new run")
+                         "--device, --on-nonfinite, --keep-checkpoints and --quiet may change; other "
+                         "settings make a new run")
     for name, value in settings.items():
         if name not in given and name != "command":
             setattr(args, name, value)
@@ -517,7 +533,7 @@ def cmd_train(args, given=frozenset()):
     model.dataset = args.dataset
     print(model.summary())
     per_epoch = max(len(data["X_train"]) // args.batch_size, 1)
-    solver = Solver(model, data, update_rule=args.update_rule,
+    solver = reporting(Solver)(model, data, update_rule=args.update_rule,
                     optim_config={"learning_rate": args.lr}, lr_decay=args.lr_decay,
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     num_val_samples=None, print_every=max(per_epoch // 5, 1), verbose=not args.quiet,
@@ -544,18 +560,29 @@ def cmd_train(args, given=frozenset()):
 
 def train_and_report(args, out, data, model, solver, previous, comm=None):
     """Train, then write the plots, model.npz and metrics.json; after a NaN loss (with
-    --on-nonfinite stop), the plots and metrics.json still, then the error. Under mpiexec,
-    rank 0 alone writes."""
+    --on-nonfinite stop), the plots and metrics.json still, then the error; on an interrupt,
+    the report of the epochs that finished (status "interrupted"). metrics.json and
+    curves.png are also brought up to date at each epoch's end. Under mpiexec, rank 0 alone
+    writes."""
     print(f"training {args.model} on {args.dataset} ({len(data['X_train'])} train / "
           f"{len(data['X_val'])} val images) on {model.device}")
-    first_epoch, start = solver.epoch + 1, time.perf_counter()
+    writer = comm is None or comm.is_writer
+    report = RunReport(args, out, previous, data["X_train"].shape[1:], solver.epoch + 1)
+    if writer:
+        solver.after_checkpoint = report.epoch_ended
     stopped = None
     try:
         solver.train()
     except NonFiniteLossError as e:
         stopped = NonFiniteLossError(e.what, "Lower --lr, or add --on-nonfinite continue to skip such steps")
+    except KeyboardInterrupt:
+        if writer and report.last is not None:     # an epoch of this session finished
+            report.interrupted(solver)
+            print(f"wrote {out}/metrics.json, curves.png: the {report.last['epochs_done']} "
+                  "finished epochs (status: interrupted)")
+        raise
     model.backend.synchronize()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - report.start
     test_acc = None if stopped else solver.check_accuracy(data["X_test"], data["y_test"])
     if stopped is None:
         print(f"test accuracy: {test_acc:.4f}   best val accuracy: {solver.best_val_acc:.4f}   "
@@ -565,47 +592,128 @@ def train_and_report(args, out, data, model, solver, previous, comm=None):
     if solver.skipped_steps:
         print(f"skipped {solver.skipped_steps} of {solver.t} steps whose loss was not finite "
               "(--on-nonfinite continue)")
-    if comm is not None and not comm.is_writer:
+    if comm is not None:          # no metrics.json saying "finished" unless every rank got here
+        comm.check_in_step("the end of training")
+    if not writer:
         if stopped is not None:
             raise stopped
         return 0                  # rank 0 writes the plots, the model and the metrics
-
-    from . import plots
-    written = ["metrics.json", "curves.png"]
-    plots.learning_curves(solver.loss_history, solver.train_acc_history, solver.val_acc_history,
-                          out / "curves.png", f"{args.model} on {args.dataset}")
-    first = next(k for k in model.params if k.startswith("W"))
-    try:
-        plots.first_layer_weights(to_numpy(model.params[first]), out / "weights.png",
-                                  data["X_train"].shape[1:])
-        written.append("weights.png")
-    except ValueError:
-        pass   # a first layer with no image-shaped weights (e.g. a 1-D input) has no picture
+    written = []
     if stopped is None:
         model.save(out / "model.npz")
         written.append("model.npz")
-    session = {"epochs": [first_epoch, solver.epoch], "train_seconds": wall,
-               "environment": _environment(model.device)}
-    if solver.thread_policy is not None:
-        session["threads"] = solver.thread_policy.record_of_choices()
-    sessions = previous.get("sessions", []) + [session]   # an extended run keeps its history
-    metrics = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
-               "status": "finished" if stopped is None else f"stopped: {stopped.what}",
-               "batch_size": args.batch_size, "learning_rate": args.lr, "update_rule": args.update_rule,
-               "reg": args.reg, "hidden": args.hidden, "normalization": args.normalization,
-               "dropout": args.dropout, "seed": args.seed, "test_acc": test_acc,
-               "best_val_acc": solver.best_val_acc, "train_acc_history": solver.train_acc_history,
-               "val_acc_history": solver.val_acc_history, "final_loss": solver.loss_history[-1],
-               "iterations": solver.t, "skipped_steps": solver.skipped_steps,
-               "train_seconds": sum(s["train_seconds"] for s in sessions),
-               "environment": session["environment"], "sessions": sessions}
-    if comm is not None:
-        metrics["distributed"] = comm.summary()
-    atomic_write_text(out / "metrics.json", strict_json(metrics))
+    status = "finished" if stopped is None else f"stopped: {stopped.what}"
+    written = report.write(solver, status, test_acc=test_acc, wall=wall, weights=True,
+                           distributed=comm.summary() if comm is not None else None) + written
     print(f"wrote {out}/{', '.join(written)}")
     if stopped is not None:
         raise stopped
     return 0
+
+
+class RunReport:
+    """A training run's report as `xpnn train` writes it: metrics.json and curves.png (and
+    weights.png at the end). Written at each epoch's end (status "training"), and when the
+    run finishes, stops on a NaN loss or is interrupted; a resumed run keeps the earlier
+    sessions (`previous`, the metrics.json it found)."""
+
+    def __init__(self, args, out, previous, image_shape, first_epoch):
+        self.args, self.out, self.previous = args, out, previous
+        self.image_shape, self.first_epoch = image_shape, first_epoch
+        self.start = time.perf_counter()
+        self.last = None        # the metrics last written
+        self.drawn = (-math.inf, None)    # when curves.png was drawn, and how far its histories go
+
+    def interrupted(self, solver):
+        """The report of the last epoch's end (what the run continues from), marked
+        interrupted, and its curves.png."""
+        self.last["status"] = "interrupted"
+        self.last["continue_with"] = resume_command(self.out)
+        atomic_write_text(self.out / "metrics.json", strict_json(self.last))
+        self._draw(solver, self.last["iterations"], self.last["epochs_done"])
+
+    def epoch_ended(self, solver, checkpoint):
+        """After each epoch's checkpoint: drop the oldest beyond --keep-checkpoints, bring
+        metrics.json and curves.png up to date."""
+        keep = getattr(self.args, "keep_checkpoints", None)
+        if keep:
+            for old in sorted(self.out.glob("checkpoint_epoch_*.npz"), key=_epoch_of)[:-keep]:
+                if _epoch_of(old) < solver.epoch:
+                    old.unlink(missing_ok=True)
+        self.write(solver, "training")
+
+    def write(self, solver, status, test_acc=None, wall=None, weights=False, distributed=None):
+        """Write the report; returns the names of the files written."""
+        from . import plots
+        args, out = self.args, self.out
+        written = ["metrics.json", "curves.png"]
+        # Drawing takes ~0.3 s: during training, at most one drawing per 5 s of it.
+        if status != "training" or time.perf_counter() - self.drawn[0] >= 5:
+            self._draw(solver, solver.t, solver.epoch)
+        model = solver.model
+        if weights:
+            first = next(k for k in model.params if k.startswith("W"))
+            try:
+                plots.first_layer_weights(to_numpy(model.params[first]), out / "weights.png",
+                                          self.image_shape)
+                written.append("weights.png")
+            except ValueError:
+                pass   # a first layer with no image-shaped weights (e.g. a 1-D input) has no picture
+        session = {"epochs": [self.first_epoch, solver.epoch],
+                   "train_seconds": time.perf_counter() - self.start if wall is None else wall,
+                   "environment": _environment(model.device)}
+        if solver.thread_policy is not None:
+            session["threads"] = solver.thread_policy.record_of_choices()
+        sessions = self.previous.get("sessions", []) + [session]   # an extended run keeps its history
+        metrics = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+                   "status": status, "epochs_done": solver.epoch,
+                   "batch_size": args.batch_size, "learning_rate": args.lr,
+                   "update_rule": args.update_rule, "reg": args.reg, "hidden": args.hidden,
+                   "normalization": args.normalization, "dropout": args.dropout, "seed": args.seed,
+                   "test_acc": test_acc, "best_val_acc": solver.best_val_acc,
+                   "train_acc_history": solver.train_acc_history,
+                   "val_acc_history": solver.val_acc_history,
+                   "final_loss": solver.loss_history[-1] if solver.loss_history else None,
+                   "iterations": solver.t, "skipped_steps": solver.skipped_steps,
+                   "train_seconds": sum(s["train_seconds"] for s in sessions),
+                   "environment": session["environment"], "sessions": sessions}
+        if distributed is not None:
+            metrics["distributed"] = distributed
+        atomic_write_text(out / "metrics.json", strict_json(metrics))
+        self.last = metrics
+        return written
+
+    def _draw(self, solver, iterations, epochs):
+        """curves.png of the first `iterations` steps and `epochs` epochs (the histories'
+        accuracies: one before the first epoch, one after each)."""
+        from . import plots
+        if self.drawn[1] == (iterations, epochs):
+            return
+        plots.learning_curves(solver.loss_history[:iterations],
+                              solver.train_acc_history[:epochs + 1],
+                              solver.val_acc_history[:epochs + 1], self.out / "curves.png",
+                              f"{self.args.model} on {self.args.dataset}")
+        self.drawn = (time.perf_counter(), (iterations, epochs))
+
+
+def _epoch_of(path):
+    return int(path.stem.rpartition("_")[2])
+
+
+def reporting(solver_class):
+    """`solver_class` calling `after_checkpoint(solver, path)`, when set, after each epoch's
+    checkpoint: how the command keeps its report current (made from the Solver the module
+    names when a run starts, so that tests may replace it)."""
+    class RunSolver(solver_class):
+        after_checkpoint = None
+
+        def save_checkpoint(self, path):
+            path = super().save_checkpoint(path)
+            if self.after_checkpoint is not None:
+                self.after_checkpoint(self, Path(path))
+            return path
+    RunSolver.__name__ = RunSolver.__qualname__ = solver_class.__name__
+    return RunSolver
 
 
 def cmd_eval(args):
