@@ -453,6 +453,7 @@ class Model:
         if not (isinstance(batch_size, int) and batch_size > 0):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         X = self._checked_input(X)   # before any work: a wrong input fails on its first row too
+        _refuse_non_finite(X)
         N = X.shape[0]
         with self.backend:
             parts = [reduce(self.loss(self.preprocess(X[start:min(start + batch_size, N), ...])))
@@ -477,6 +478,20 @@ class Model:
         if X.shape[0] == 0:
             raise ValueError(f"input X has no examples (shape {tuple(X.shape)})")
         return xp.reshape(X, (X.shape[0], *self.input_shape))
+
+
+def _refuse_non_finite(X):
+    """A NaN or infinite input has no meaningful prediction (argmax of NaN scores is class
+    0): refused, naming how many values and which examples."""
+    xp = namespace_of(X)
+    bad = xp.logical_not(xp.isfinite(X))
+    rows = to_numpy(xp.any(xp.reshape(bad, (X.shape[0], -1)), axis=1)).nonzero()[0]
+    if rows.size:
+        count = int(to_numpy(xp.sum(xp.astype(bad, xp.int64))))
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if rows.size > 10 else "")
+        raise ValueError(f"input X holds {count} NaN or infinite value{'s' * (count > 1)}, in "
+                         f"{rows.size} of its {X.shape[0]} examples (row{'s' * (rows.size > 1)} "
+                         f"{shown}): repair or drop them first")
 
 
 def _refuse_non_arrays(X):
