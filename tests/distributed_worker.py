@@ -14,7 +14,10 @@ once the Solver is set up (the set-up keeps the default, however slowly the rank
 `average` gives rank r batchnorm running means (r + 1) * [0, 1, ...] and writes the averaged ones.
 `dropout` writes 8 numbers from each rank's dropout generator after the Solver's set-up.
 `cli` runs the command line; XPNN_TEST_FAIL_STEP=T makes rank 1 raise at training iteration T,
-XPNN_TEST_FAIL_HIDDEN=H makes building a model with H hidden units fail (sweeps).
+XPNN_TEST_FAIL_HIDDEN=H makes building a model with H hidden units fail (sweeps),
+XPNN_TEST_RANK1_ARGS="--lr 0.1" appends those arguments on rank 1 only (ranks started with
+different settings), XPNN_TEST_RANK1_BATCH_SIZE=B makes rank 1 switch to batches of B once its
+Solver is set up (ranks that fall out of step, past the settings check).
 """
 import argparse
 import json
@@ -99,6 +102,17 @@ def cli(argv):
     from xpnn import cli as xpnn_cli
     fail_step = int(os.environ.get("XPNN_TEST_FAIL_STEP", 0))
     fail_hidden = int(os.environ.get("XPNN_TEST_FAIL_HIDDEN", 0))
+    rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
+    if rank == 1:
+        argv = argv + os.environ.get("XPNN_TEST_RANK1_ARGS", "").split()
+    out_of_step = int(os.environ.get("XPNN_TEST_RANK1_BATCH_SIZE", 0))
+    if out_of_step and rank == 1:
+        run = Solver.train
+
+        def train_other_batches(self):
+            self.batch_size = out_of_step
+            return run(self)
+        Solver.train = train_other_batches
     if fail_step:
         update = Solver._forward_backward_update
 

@@ -256,6 +256,73 @@ def test_cli_error_on_one_rank_stops_every_rank(tmp_path):
     assert seconds < 30
 
 
+@pytest.mark.parametrize("option,value,setting", [
+    ("--lr", "0.05", "learning_rate (--lr): 0.005 on rank 0, 0.05 on rank 1"),
+    ("--update-rule", "sgd", "update_rule (--update-rule): 'adam' on rank 0, 'sgd' on rank 1"),
+    ("--reg", "0.1", "reg (--reg): 0.0 on rank 0, 0.1 on rank 1"),
+])
+def test_ranks_started_with_different_settings_are_refused(tmp_path, option, value, setting):
+    """Before: the ranks trained diverging copies and the job exited 0."""
+    out = tmp_path / "run"
+    done, seconds = run_ranks(2, str(WORKER), "cli", *CLI_TRAIN, "--lr", "0.005", "--out", str(out),
+                              env={"XPNN_TEST_RANK1_ARGS": f"{option} {value}"}, timeout=60)
+    assert done.returncode != 0
+    assert "the 2 ranks of this job were started with different training settings" in done.stderr
+    assert setting in done.stderr, done.stderr
+    assert done.stderr.count("different training settings") == 1       # rank 0 names them
+    assert not (out / "metrics.json").exists()
+    assert seconds < 30
+
+
+def test_ranks_out_of_step_leave_no_finished_metrics(tmp_path):
+    """Rank 1 takes batches half as large once set up: it runs twice the steps. Before, rank 0
+    finished first and wrote metrics.json saying "finished" (and model.npz); the job failed
+    only when rank 1's next all-reduce timed out."""
+    out = tmp_path / "run"
+    done, seconds = run_ranks(2, str(WORKER), "cli", *CLI_TRAIN, "--out", str(out),
+                              env={"XPNN_TEST_RANK1_BATCH_SIZE": "20", distributed.TIMEOUT_ENV: "10"},
+                              timeout=90)
+    assert done.returncode != 0
+    if (out / "metrics.json").exists():
+        assert json.loads((out / "metrics.json").read_text())["status"] != "finished"
+    assert not (out / "model.npz").exists()
+    assert "the ranks fell out of step" in done.stderr
+    assert seconds < 60
+
+
+def test_ctrl_c_under_mpiexec_prints_the_resume_line_once(tmp_path):
+    """mpiexec passes Ctrl-C (SIGINT) to every rank; rank 0 alone says how to continue."""
+    import signal
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
+    at = CLI_TRAIN.index("--epochs") + 1
+    train = CLI_TRAIN[:at] + ["500"] + CLI_TRAIN[at + 1:]          # still training when stopped
+    job = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "xpnn.cli", *train,
+                            "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=environment)
+    try:
+        for line in job.stdout:
+            if line.startswith("training fc"):
+                break
+        time.sleep(1)
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert stderr.count("interrupted; continue with: xpnn train --resume") == 1, stderr
+
+
+def test_settings_differences_name_the_setting_and_the_ranks():
+    ranks = [{"learning_rate": 1e-3, "batch_size": 40, "model": "FullyConnectedNet"},
+             {"learning_rate": 1e-2, "batch_size": 40, "model": "FullyConnectedNet"},
+             {"learning_rate": 1e-3, "batch_size": 40},
+             {"learning_rate": 1e-2, "batch_size": 40, "model": "FullyConnectedNet"}]
+    assert distributed.settings_differences(ranks) == [
+        "learning_rate (--lr): 0.001 on ranks 0, 2, 0.01 on ranks 1, 3",
+        "model (--model): 'FullyConnectedNet' on ranks 0, 1, 3, '<not set>' on rank 2"]
+    assert distributed.settings_differences(ranks[:1] * 3) == []
+
+
 def test_cli_sweep_spreads_settings_and_reports_a_failed_one(tmp_path):
     out = tmp_path / "sweep"
     done, _ = run_ranks(2, str(WORKER), "cli", "sweep", "--model", "fc", "--dataset", "digits",
@@ -310,6 +377,9 @@ class OneRank(distributed.Communicator):
 
     def bcast(self, obj, what):
         return obj
+
+    def allgather(self, obj, what):
+        return [obj]
 
     def allreduce_host(self, array, what):       # the sum over one rank
         return np.array(array, copy=True)

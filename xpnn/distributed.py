@@ -32,6 +32,13 @@ The design follows PyTorch's DistributedDataParallel and ChainerMN:
     the same model.
   - Dropout: each rank draws its own masks (a stream derived from the model's generator and
     the rank), else the k-th example of every rank's slice would share a mask.
+  - One job, one set of settings: when the Solver starts, every rank's training settings
+    (model and its configuration, device kind, update rule and its rates, schedule, batch
+    size, epochs, seed, dtype, the data set and its splits, by shape and a fingerprint) are
+    compared, and a difference is refused naming the setting and the ranks (`training_settings`).
+    At every accuracy check the ranks also compare their step counts (`check_in_step`), and
+    `xpnn train` once more before rank 0 writes metrics.json: ranks that fell out of step stop
+    with an error instead of rank 0 reporting a finished run.
   - One writer: rank 0 alone writes checkpoints, plots and metrics (atomically). Evaluation
     (accuracy checks) is not distributed: every rank computes the same numbers.
   - Failures: each collective waits with a deadline (`timeout`, default 300 s, or the
@@ -185,6 +192,29 @@ class Communicator:
         self.wait(self.mpi.Ibcast(buf, root=0), what)
         return obj if self.is_writer else pickle.loads(buf.tobytes())
 
+    def allgather(self, obj, what="a gather"):
+        """Every rank's Python object, in rank order, on every rank (pickled: the lengths, then
+        the bytes, each a non-blocking all-gather waited for with the deadline)."""
+        from mpi4py import MPI
+        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+        lengths = np.empty(self.size, dtype=np.int64)
+        self.wait(self.mpi.Iallgather(np.array([data.size], dtype=np.int64), lengths), what)
+        # Ranks that fell out of step pair this with another collective: garbage comes back.
+        if lengths.min() < 1 or lengths.max() > 1 << 30 or lengths[self.rank] != data.size:
+            raise self._out_of_step(what)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        buf = np.empty(int(lengths.sum()), dtype=np.uint8)
+        self.wait(self.mpi.Iallgatherv(data, [buf, (lengths.tolist(), starts.tolist()), MPI.BYTE]), what)
+        try:
+            return [pickle.loads(buf[a:a + n].tobytes()) for a, n in zip(starts.tolist(), lengths.tolist())]
+        except Exception:        # noqa: BLE001 - not what a rank sent at this point
+            raise self._out_of_step(what) from None
+
+    def _out_of_step(self, what) -> "DistributedError":
+        return DistributedError(f"rank {self.rank} of {self.size}: {what} got an answer that no "
+                                "rank sent at this point: the ranks fell out of step (were they "
+                                "started with different settings or data?)")
+
     def allreduce_host(self, array: np.ndarray, what: str) -> np.ndarray:
         """The sum over the ranks of a host array (a contiguous copy, reduced in place)."""
         from mpi4py import MPI
@@ -210,7 +240,7 @@ class Communicator:
         if smallest < self.size:
             raise ValueError(f"a batch of {smallest} examples cannot be shared by {self.size} "
                              "ranks: every rank needs at least one; use a larger batch_size")
-        self._check_same_model(solver.model, backend)
+        self.check_same_settings(training_settings(solver))
         self._take_rank0_state(solver.model, backend)
         # The data order is a function of rank 0's seed alone: same permutation everywhere.
         solver.rng.bit_generator.state = self.bcast(solver.rng.bit_generator.state, "the seed broadcast")
@@ -221,15 +251,21 @@ class Communicator:
             self.transport = NcclTransport(self, backend) if isinstance(backend, CudaBackend) \
                 else MpiTransport(self)
 
-    def _check_same_model(self, model, backend) -> None:
-        layout = [(name, tuple(v.shape), str(v.dtype)) for name, v in model.params.items()]
-        first, kind = self.bcast((layout, type(backend).__name__), "the model check")
-        if first != layout:
-            raise DistributedError(f"rank {self.rank} trains a different model than rank 0 "
-                                   f"(parameters {layout} vs {first})")
-        if kind != type(backend).__name__:
-            raise DistributedError(f"rank {self.rank} trains on a {type(backend).__name__}, rank 0 "
-                                   f"on a {kind}: all ranks need the same kind of device")
+    def check_same_settings(self, settings: dict) -> None:
+        """Refuse a job whose ranks were started with different training settings (see
+        `training_settings`): they would train diverging copies and exit 0, or fall out of
+        step. Every rank learns every rank's settings; rank 0 names each difference and the
+        ranks that hold each value, the other ranks point to it."""
+        everyone = self.allgather(settings, "the settings check")
+        differences = settings_differences(everyone)
+        if not differences:
+            return
+        if self.is_writer:
+            raise DistributedError(
+                f"the {self.size} ranks of this job were started with different training "
+                f"settings; every rank needs the same: {'; '.join(differences)}")
+        raise DistributedError(f"rank {self.rank} of {self.size}: the ranks' training settings "
+                               "differ (rank 0 names them); every rank needs the same")
 
     def _take_rank0_state(self, model, backend) -> None:
         """DDP's rule: rank 0's weights (and batchnorm buffers) are everyone's at the start
@@ -276,8 +312,10 @@ class Communicator:
         return float(flat[-1]), out
 
     def average_buffers(self, model) -> None:
-        """Batchnorm running averages: each rank's replaced by the mean over the ranks (a small
-        host all-reduce, once per accuracy check)."""
+        """At each accuracy check (the Solver calls it there, on every rank): check that the
+        ranks are in step, then replace each rank's batchnorm running averages by their mean
+        over the ranks (a small host all-reduce)."""
+        self.check_in_step("the accuracy check")
         buffers = model.buffers() if isinstance(model, Model) else {}
         if not buffers:
             return
@@ -290,6 +328,18 @@ class Communicator:
             averaged[n] = model.backend.to_device(flat[offset:offset + h.size].reshape(h.shape).astype(h.dtype))
             offset += h.size
         model._set_buffers(averaged)
+
+    def check_in_step(self, what: str) -> None:
+        """Refuse to go on unless every rank has made as many gradient all-reduces as this one:
+        ranks that fell out of step (trained different numbers of steps) would otherwise pair
+        unrelated collectives, and rank 0 could finish, and report a finished run, while the
+        others still wait. A rank that never arrives is a timeout (DistributedError)."""
+        steps = self.allgather(self.allreduce_calls, f"{what} (the ranks' step counts)")
+        if len(set(steps)) > 1:
+            counts = ", ".join(f"rank {r}: {n}" for r, n in enumerate(steps))
+            raise DistributedError(f"rank {self.rank} of {self.size}: the ranks fell out of step "
+                                   f"at {what} (gradient all-reduces so far: {counts}); were they "
+                                   "started with different settings or data?")
 
     def summary(self) -> dict:
         """Size and all-reduce figures of the run, for metrics.json."""
@@ -322,6 +372,99 @@ class Communicator:
             return None
         results = dict(pair for part in gathered for pair in part)
         return [results[i] for i in range(len(items))]
+
+
+# The command-line option of a setting, named in a refusal.
+_OPTIONS = {"update_rule": "--update-rule", "learning_rate": "--lr", "lr_decay": "--lr-decay",
+            "num_epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed",
+            "reg": "--reg", "dataset": "--dataset", "training set": "--dataset, --num-train",
+            "on_nonfinite": "--on-nonfinite", "hidden_dims": "--hidden", "model": "--model",
+            "dropout_keep_ratio": "--dropout", "normalization": "--normalization",
+            "init": "--init", "device kind": "--device"}
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _plain(value):
+    """A setting as plain data that compares by value (tuples, lists and dicts of them)."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return f"<{type(value).__module__}.{getattr(value, '__qualname__', type(value).__qualname__)}>"
+
+
+def _fingerprint(X, y) -> str:
+    """A hash of (up to) 64 examples spread over a data split, and of their labels."""
+    import hashlib
+    step = max(len(X) // 64, 1)
+    digest = hashlib.sha256()
+    for part in (X[::step], y[::step]):
+        host = np.ascontiguousarray(to_numpy(part))
+        digest.update(f"{host.shape}{host.dtype}".encode())
+        digest.update(host.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def training_settings(solver) -> dict:
+    """Everything that must be the same on every rank of a data-parallel run, as plain data:
+    the model (its class, configuration and parameters), the device kind, the optimizer and its
+    rates, the schedule, batch size, epochs, seed, dtype, the data set and its splits (shapes
+    and a fingerprint of the training examples)."""
+    model = solver.model
+    settings = {"model": type(model).__name__}
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        settings.update({k: _plain(v) for k, v in config.items()})
+    elif hasattr(model, "reg"):
+        settings["reg"] = _plain(model.reg)
+    settings["parameters"] = [[name, list(v.shape), str(v.dtype)] for name, v in model.params.items()]
+    settings["device kind"] = type(solver.backend).__name__
+    settings["dataset"] = getattr(model, "dataset", None)
+    rule = solver.update_rule_name
+    settings["update_rule"] = rule if isinstance(rule, str) else _plain(rule)
+    for key, value in sorted(solver.optim_config.items()):
+        settings[key] = _plain(value)
+    for key in ("lr_decay", "num_epochs", "batch_size", "num_train_samples", "num_val_samples",
+                "seed", "on_nonfinite", "dtype", "lr_schedule", "clip_grad_norm", "augment"):
+        if hasattr(solver, key):
+            settings[key] = _plain(getattr(solver, key))
+    settings["training set"] = [list(solver.X_train.shape), str(solver.X_train.dtype),
+                                _fingerprint(solver.X_train, solver.y_train)]
+    settings["validation set"] = [list(solver.X_val.shape), _fingerprint(solver.X_val, solver.y_val)]
+    return settings
+
+
+def _ranks(ranks) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
+def settings_differences(everyone: list) -> list:
+    """One line per setting on which the ranks' settings (in rank order) differ: the setting
+    (and its command-line option) and each value with the ranks that hold it."""
+    lines = []
+    keys = list(dict.fromkeys(k for settings in everyone for k in settings))
+    for key in keys:
+        groups = []                    # [value, [ranks]] in order of first appearance
+        for rank, settings in enumerate(everyone):
+            value = settings.get(key, "<not set>")
+            for group in groups:
+                if group[0] == value:
+                    group[1].append(rank)
+                    break
+            else:
+                groups.append([value, [rank]])
+        if len(groups) > 1:
+            option = f" ({_OPTIONS[key]})" if key in _OPTIONS else ""
+            shown = []
+            for value, ranks in groups:
+                text = repr(value)
+                shown.append(f"{text if len(text) <= 120 else text[:117] + '...'} on {_ranks(ranks)}")
+            lines.append(f"{key}{option}: {', '.join(shown)}")
+    return lines
 
 
 class Failed:
@@ -439,6 +582,12 @@ def for_command(args) -> Communicator | None:
         comm.abort(1)
     sys.excepthook = abort_job
     return comm
+
+
+def speaks_for_job() -> bool:
+    """Whether this process says what happened to the whole job (an interruption, its resume
+    line): any process not in an MPI job of the `xpnn` command, and rank 0 of one."""
+    return _command_comm is None or _command_comm.is_writer
 
 
 def stop_other_ranks(code: int) -> None:
