@@ -88,6 +88,11 @@ def test_sweep_summary(tmp_path):
     (["train", "--batch-size", "ten"], "expected a positive integer, got 'ten'"),
     (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
     (["train", "--hidden", "10,x"], "comma-separated integers"),
+    (["train", "--hidden", "100,,50"], "argument --hidden: expected comma-separated integers, "
+                                       "got '100,,50' (an empty item)"),
+    (["sweep", "--lr", "1e-3,"], "argument --lr: expected comma-separated numbers, got '1e-3,'"),
+    (["train", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["sweep", "--seed", "x"], "argument --seed: expected an integer >= 0, got 'x'"),
 ])
 def test_invalid_cli_values(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -340,3 +345,23 @@ def test_a_misspelt_option_is_answered_by_its_command_with_a_suggestion(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "usage: xpnn train" in err and "unrecognized arguments: --modle fc (did you mean --model?)" in err
+
+
+def test_more_training_images_than_the_data_set_has_are_refused(tmp_path, capsys):
+    # digits: 1,200 training images once the validation split is taken. Capping silently
+    # would train a smaller run than asked for.
+    for command in (["train", "--out", str(tmp_path / "run")], ["sweep", "--out", str(tmp_path / "s")]):
+        assert main([*command, "--model", "softmax", "--num-train", "1000000", *QUICK]) == 2
+        err = capsys.readouterr().err
+        assert "--num-train 1000000: digits has 1,200 training images" in err
+        assert "give at most 1200" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s").exists()
+
+
+def test_predictions_into_a_missing_directory_are_refused_before_any_work(trained_fc, tmp_path, capsys):
+    target = tmp_path / "nonexistent" / "dir" / "p.csv"
+    assert main(["eval", "--checkpoint", str(trained_fc[0] / "model.npz"), "--predictions",
+                 str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"directory {target.parent} does not exist; create it first" in err
+    assert not (tmp_path / "nonexistent").exists()

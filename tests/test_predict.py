@@ -209,3 +209,19 @@ def test_predict_refuses_arrays_of_another_library_or_device(conv_model):
     model, _, _ = conv_model
     with pytest.raises(DeviceError, match="but the model is on cpu"):
         model.predict(xp.zeros((2, 3, 6, 6), dtype=xp.float32))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_predict_refuses_non_finite_inputs_naming_how_many_and_where(conv_model, rng, value):
+    # argmax of NaN scores is class 0: a prediction that looks like one.
+    model, _, _ = conv_model
+    X = rng.uniform(0, 1, (30, 3, 6, 6)).astype(np.float32)
+    X[4, 1, 2, 3] = value
+    X[17, 0] = value                                  # 36 values of example 17
+    for predict in (model.predict, model.predict_proba):
+        with pytest.raises(ValueError, match=r"input X holds 37 NaN or infinite values, in 2 of "
+                                             r"its 30 examples \(rows 4, 17\)"):
+            predict(X)
+    X[4, 1, 2, 3] = X[17, 0] = 0.5
+    assert model.predict(X).shape == (30,)
+

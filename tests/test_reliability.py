@@ -130,6 +130,51 @@ def test_bad_solver_arguments(rng, kwargs, message):
         Solver(FullyConnectedNet([5], input_dim=6, num_classes=3), toy_data(rng), **kwargs)
 
 
+@pytest.mark.parametrize("rule,config,message", [
+    ("sgd", {"lr": 1e-3}, r"update rule 'sgd' does not read: 'lr' \('lr': did you mean 'learning_rate'\?\)"),
+    ("adam", {"learning_rate": 1e-3, "beta": 0.9}, r"'beta': did you mean 'beta\d'"),
+    ("adam", {"weight_decay": 1e-4}, r"regularisation is the model's \(reg=...\)"),
+    ("rmsprop", {"rho": 0.9, "eps": 1e-6}, r"keys .* 'eps', 'rho' .*'epsilon'.*'decay_rate'"),
+    ("sgd_momentum", {"learning_rate": 1e-2, "nesterov": True}, r"Its keys: learning_rate, momentum"),
+])
+def test_unknown_optimizer_keys_are_refused_with_a_suggestion(rng, rule, config, message):
+    # Ignored, such a key would train at the rule's default rate without a word.
+    with pytest.raises(ValueError, match=message):
+        Solver(FullyConnectedNet([5], input_dim=6, num_classes=3), toy_data(rng),
+               update_rule=rule, optim_config=config)
+
+
+def test_every_key_an_update_rule_documents_is_accepted(rng):
+    from xpnn.optim import UPDATE_RULES
+    probe = np.zeros(1, f32)
+    for name, rule in UPDATE_RULES.items():
+        _, config = rule(probe, probe, {})
+        hyper = {k: v for k, v in config.items() if not hasattr(v, "shape")}
+        Solver(FullyConnectedNet([5], input_dim=6, num_classes=3), toy_data(rng),
+               update_rule=name, optim_config=hyper)
+    # A rule given as a function keeps its own keys.
+    Solver(FullyConnectedNet([5], input_dim=6, num_classes=3), toy_data(rng),
+           update_rule=UPDATE_RULES["sgd"], optim_config={"anything": 1})
+
+
+@pytest.mark.parametrize("model,message", [
+    (lambda: FullyConnectedNet([20], input_dim=784), r"the model takes inputs of shape \(784,\), "
+     r"but X_train's examples have shape \(1, 8, 8\) \(64 values\): build the model for inputs "
+     r"of 64 values \(input_dim=64\)"),
+    (lambda: mnist_cnn(), r"the model takes inputs of shape \(1, 28, 28\), but X_train's examples "
+     r"have shape \(1, 8, 8\).*for \(1, 8, 8\) images"),
+])
+def test_a_model_built_for_other_data_is_named_before_its_preprocessing(model, message):
+    # The data set's mean image used to be the first thing that did not fit: the error
+    # spoke of preprocessing.
+    from xpnn.data import get_data
+    data = get_data("digits")
+    with pytest.raises(ValueError, match=message):
+        Solver(model(), data)
+    # Flat models take images of as many values (they flatten them).
+    Solver(FullyConnectedNet([5], input_dim=64), data)
+
+
 # ---------------------------------------------------------------------------- training failures
 
 def test_nan_loss_stops_with_iteration_and_keeps_last_checkpoint(tmp_path, rng):

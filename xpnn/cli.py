@@ -125,9 +125,29 @@ def probability(text):
     return value
 
 
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _items(text, kind):
+    """The comma-separated items of text; an empty one (`100,,50`, `100,`) is refused, not
+    dropped: it is a typo more often than not."""
+    items = [v.strip() for v in text.split(",")]
+    if "" in items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r} "
+                                         "(an empty item)")
+    return items
+
+
 def int_list(text):
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in _items(text, "integers")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
@@ -136,7 +156,7 @@ def int_list(text):
 
 
 def float_list(text):
-    return [non_negative_float(v) for v in text.split(",") if v.strip()]
+    return [non_negative_float(v) for v in _items(text, "numbers")]
 
 
 def device_arg(text):
@@ -301,7 +321,8 @@ def add_training_args(p, sweep):
     p.add_argument("--dropout", type=probability, metavar="KEEP",
                    help="dropout after each hidden layer of --model fc, KEEP = the probability "
                         "of keeping a unit, e.g. 0.8 (default: no dropout)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, batches, dropout (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds weights, batches, dropout (default: 0)")
     p.add_argument("--num-train", type=positive_int, metavar="N",
                    help="use only the first N training images (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
@@ -501,6 +522,18 @@ def resume_settings(args, given):
     return out, latest_checkpoint(out)
 
 
+def training_data(args):
+    """get_data for train and sweep; --num-train beyond the training split is refused (it
+    would be a smaller run than asked for, silently)."""
+    data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
+    if args.num_train is not None and len(data["X_train"]) < args.num_train:
+        raise ValueError(f"--num-train {args.num_train}: {args.dataset} has "
+                         f"{len(data['X_train']):,} training images (the rest of its training "
+                         f"set is the validation split of {len(data['X_val']):,}); give at most "
+                         f"{len(data['X_train'])}, or leave --num-train out to use them all")
+    return data
+
+
 def cmd_train(args, given=frozenset()):
     if args.resume:
         out, resume_from = resume_settings(args, given)
@@ -523,7 +556,7 @@ def cmd_train(args, given=frozenset()):
     args.out = str(out)
     args.lr_decay = lr_decay(args)   # saved in run.json: an extended run keeps its schedule
     get_backend(args.device)      # fail early, with the install hint, if the device is unusable
-    data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
+    data = training_data(args)
     input_shape = tuple(data["X_train"].shape[1:])
     num_classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
     model = build_model(args, input_shape, num_classes)
@@ -717,6 +750,12 @@ def reporting(solver_class):
 
 
 def cmd_eval(args):
+    if args.predictions:         # before any work; a file is written, never a directory made
+        folder = Path(args.predictions).parent
+        if not folder.is_dir():
+            raise ValueError(f"--predictions {args.predictions}: directory {folder} "
+                             + ("is not a directory" if folder.exists() else "does not exist")
+                             + "; create it first, or name a file in an existing directory")
     arrays, meta = load_npz(args.checkpoint)          # read once: model and preprocessing
     model = model_from_arrays(arrays, meta, device=args.device, source=args.checkpoint)
     dataset = args.dataset or model.dataset
@@ -839,7 +878,7 @@ def cmd_sweep(args):
     check_applicable(args)
     comm = distributed.for_command(args)     # under mpiexec: settings shared round robin
     out = output_dir(args.out, f"runs/sweep-{args.model}-{args.dataset}", "sweep.json")
-    data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
+    data = training_data(args)
     input_shape = tuple(data["X_train"].shape[1:])
     num_classes = int(data["y_train"].max()) + 1
     settings = sweep_settings(args)

@@ -84,6 +84,7 @@ class Solver:
         if kwargs:
             raise ValueError(f"Unrecognized arguments {', '.join(sorted(kwargs))}")
         self.update_rule = optim.get_update_rule(self.update_rule_name)
+        _check_optim_config(self.update_rule_name, self.optim_config)
         if not (isinstance(self.batch_size, int) and self.batch_size > 0):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not (isinstance(self.num_epochs, int) and self.num_epochs >= 0):
@@ -135,6 +136,14 @@ class Solver:
         if not np.all(np.isfinite(X)):
             bad = int(np.size(X) - np.count_nonzero(np.isfinite(X)))
             raise ValueError(f"X_{name} contains {bad} NaN or infinite values")
+        wanted = getattr(self.model, "input_shape", None)     # an xpnn model's; else unknown
+        if wanted is not None and not _fits(X.shape[1:], tuple(wanted)):
+            raise ValueError(
+                f"the model takes inputs of shape {tuple(wanted)}, but X_{name}'s examples have "
+                f"shape {X.shape[1:]} ({math.prod(X.shape[1:])} values): build the model for "
+                + (f"inputs of {math.prod(X.shape[1:])} values (input_dim="
+                   f"{math.prod(X.shape[1:])})" if len(wanted) == 1 else f"{X.shape[1:]} images")
+                + ", or give it data of its shape")
         C = self._num_classes()
         if y.size and C is not None and (y.min() < 0 or y.max() >= C):
             raise ValueError(f"y_{name} labels must lie in [0, {C - 1}] for a model with {C} "
@@ -412,6 +421,49 @@ class Solver:
             self.thread_policy.threads = int(state["threads"])    # a resumed run starts from it
         self.checkpoint_path = Path(path)
         return self
+
+
+def _fits(example_shape, input_shape) -> bool:
+    """Whether examples of example_shape are a model's inputs: the same shape, or as many
+    values for a model whose input is flat (a fully connected net flattens images)."""
+    if len(input_shape) == 1:
+        return math.prod(example_shape) == input_shape[0]
+    return tuple(example_shape) == input_shape
+
+
+# What a user may mean by a key no rule knows.
+_OPTIM_ALIASES = {"lr": "learning_rate", "learningrate": "learning_rate", "eta": "learning_rate",
+                  "eps": "epsilon", "rho": "decay_rate", "decay": "decay_rate", "mu": "momentum",
+                  "beta_1": "beta1", "beta_2": "beta2"}
+
+
+def _check_optim_config(rule, config):
+    """Refuse an optim_config key the named update rule does not read, with a suggestion
+    (an unknown key would be ignored: `{"lr": 1e-3}` trained at the default rate). The keys a
+    rule reads are those it sets on a first call (each sets every one of its defaults and
+    state arrays); a rule given as a function is trusted with its own keys."""
+    if not isinstance(rule, str) or not config:
+        return
+    import difflib
+    probe = np.zeros(1, dtype=np.float32)
+    _, known = optim.get_update_rule(rule)(probe, probe, {})
+    unknown = sorted(set(config) - set(known))
+    if not unknown:
+        return
+    hyper = [k for k, v in known.items() if not hasattr(v, "shape") and k != "t"]
+    hints = []
+    for key in unknown:
+        if key in ("reg", "weight_decay"):
+            hints.append(f"{key}: regularisation is the model's (reg=...), not the optimizer's")
+            continue
+        alias = _OPTIM_ALIASES.get(key.lower().replace("-", "_"))
+        guess = alias if alias in known else next(iter(difflib.get_close_matches(key, hyper, n=1)), None)
+        if guess:
+            hints.append(f"{key!r}: did you mean {guess!r}?")
+    raise ValueError(f"optim_config has {'keys' if len(unknown) > 1 else 'a key'} that update "
+                     f"rule {rule!r} does not read: {', '.join(map(repr, unknown))}"
+                     + (f" ({'; '.join(hints)})" if hints else "")
+                     + f". Its keys: {', '.join(hyper)}")
 
 
 def latest_checkpoint(directory, name="checkpoint"):
