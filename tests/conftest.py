@@ -101,9 +101,11 @@ def cupy_double():
 
 @pytest.fixture
 def cpu():
-    """The CPU backend, its thread count put back after the test."""
+    """The CPU backend, its thread count and shard sizes put back after the test."""
     from xpnn.backend import get_backend
     backend = get_backend("cpu")
     before = backend.threads
     yield backend
     backend.threads = before
+    for setting in ("SHARD_SAMPLES", "MAX_SHARDS"):      # a test's own shard sizes, if it set one
+        backend.__dict__.pop(setting, None)

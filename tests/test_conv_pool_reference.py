@@ -156,15 +156,12 @@ def test_weight_gradient_in_small_product_blocks(xp, rng, monkeypatch):
     """Where the backend runs small products faster, the weight gradient is a sum over blocks
     of the long axis (here 3 blocks of 1,024 columns and one of 192): the same gradient."""
     from xpnn.backend import backend_of
-    from xpnn.threads import one_blas_thread
     x, w, b = rng.standard_normal((4, 2, 24, 34)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
     param = {"stride": 1, "pad": 1}
     out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), param)
     dout = rng.standard_normal(tuple(out.shape))
     monkeypatch.setattr(backend_of(xp.asarray(x)), "small_product_size", 18 * 3 * 1024)
-    with one_blas_thread():                  # the CPU's small kernels run on one BLAS thread
-        assert backend_of(xp.asarray(x)).small_products() == 18 * 3 * 1024
-        _, dw, _ = conv_backward(xp.asarray(dout), cache)
+    _, dw, _ = conv_backward(xp.asarray(dout), cache)
     np.testing.assert_allclose(to_numpy(dw), conv_naive_backward(dout, x, w, 1, 1)[1], rtol=1e-10, atol=1e-10)
 
 
@@ -184,30 +181,16 @@ def test_conv_in_small_product_blocks(xp, rng, monkeypatch, limit_columns, block
     a conv) are stacks of products per image (or per block of its columns): the same numbers."""
     from xpnn.backend import backend_of
     from xpnn.layers import _image_blocks
-    from xpnn.threads import one_blas_thread
     x, w, b = rng.standard_normal((3, 4, 16, 16)), rng.standard_normal((2, 4, 3, 3)), rng.standard_normal(2)
     K_F = 4 * 9 * 2                          # both products: (2 x 36) @ (36 x .), (4 x 18) @ (18 x .)
     assert _image_blocks(16 * 16, limit_columns) == blocks
     monkeypatch.setattr(backend_of(xp.asarray(x)), "small_product_size", K_F * limit_columns)
-    with one_blas_thread():
-        out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), {"stride": 1, "pad": 1})
-        dout = rng.standard_normal(tuple(out.shape))
-        grads = conv_backward(xp.asarray(dout), cache)
+    out, cache = conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), {"stride": 1, "pad": 1})
+    dout = rng.standard_normal(tuple(out.shape))
+    grads = conv_backward(xp.asarray(dout), cache)
     np.testing.assert_allclose(to_numpy(out), conv_naive(x, w, b, 1, 1), rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, conv_naive_backward(dout, x, w, 1, 1)):
         np.testing.assert_allclose(to_numpy(got), want, rtol=1e-10, atol=1e-10)
-
-
-def test_small_products_only_with_one_blas_thread(monkeypatch):
-    """OpenBLAS's small-matrix kernels run on one thread: with more, one big product uses them."""
-    from threadpoolctl import threadpool_limits
-    from xpnn.backend import get_backend
-    cpu = get_backend("cpu")
-    monkeypatch.setattr(cpu, "small_product_size", 10**6)      # as on OpenBLAS's AVX-512 targets
-    with threadpool_limits(limits=1, user_api="blas"):
-        assert cpu.small_products() == 10**6
-    with threadpool_limits(limits=2, user_api="blas"):
-        assert cpu.small_products() == 0
 
 
 def test_small_products_only_where_blas_has_small_kernels():
@@ -231,21 +214,3 @@ def test_max_pool_propagates_nan(xp):
     assert np.isnan(out[0, 0, 0, 0]) and not np.isnan(out[0, 0, 1, 1])
     dx = to_numpy(max_pool_backward(xp.ones((1, 1, 2, 2), dtype=xp.float64), cache))
     assert dx[0, 0, 0, 1] == 1 and dx[0, 0, 0, 0] == 0       # the gradient goes to the NaN
-
-
-def test_a_conv_call_makes_all_its_chunks_products_alike(rng, monkeypatch):
-    """Whether small products pay follows BLAS's thread count, which another thread may change
-    during a call: a call asks once, so its chunks' products all have one shape."""
-    from xpnn.backend import get_backend
-    cpu = get_backend("cpu")
-    answers = itertools.cycle([0, 10**6])          # each question answered the other way
-    monkeypatch.setattr(cpu, "small_products", lambda: next(answers))
-    x, w, b = rng.standard_normal((6, 4, 16, 16)), rng.standard_normal((2, 4, 3, 3)), rng.standard_normal(2)
-    monkeypatch.setattr(cpu, "product_bytes", 2 * 36 * 256 * 8)      # chunks of 2 images
-    out, cache = conv_forward(x, w, b, {"stride": 1, "pad": 1})
-    assert len(cache[2]) == 3
-    dout = rng.standard_normal(out.shape)
-    grads = conv_backward(dout, cache)
-    np.testing.assert_allclose(out, conv_naive(x, w, b, 1, 1), rtol=1e-10, atol=1e-10)
-    for got, want in zip(grads, conv_naive_backward(dout, x, w, 1, 1)):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -1,9 +1,14 @@
-"""The BLAS thread policy, driven by a clock the test controls (no wall-clock asserts)."""
+"""Thread counts change only the speed: the same numbers on any count (shards fixed by the
+batch, summed in order), and a policy, driven by a clock the test controls, that follows the
+machine's load on the training steps themselves (no wall-clock asserts)."""
+import json
+import warnings
+
 import numpy as np
 import pytest
 import threadpoolctl
 
-from xpnn.threads import ThreadPolicy
+from xpnn.threads import ThreadPolicy, available_cores
 
 
 def blas_threads():
@@ -15,210 +20,222 @@ def blas_threads():
 
 
 class Machine:
-    """A fake clock and a probe whose duration depends on the policy's thread count now."""
+    """A fake clock; a training step takes `seconds_for[count in use]`."""
 
     def __init__(self, seconds_for):
         self.now, self.seconds_for, self.policy = 0.0, seconds_for, None
-        self.threads_seen = set()
+        self.threads_seen = []
 
     def clock(self):
         return self.now
 
-    def probe(self):
-        assert blas_threads() == self.policy.threads          # the limit is really applied
-        self.threads_seen.add(self.policy.threads)
-        self.now += self.seconds_for[self.policy.threads]
+    def steps(self, n):
+        for _ in range(n):
+            self.threads_seen.append(self.policy.threads)
+            assert blas_threads() == 1                      # every shard on one BLAS thread
+            self.policy.timed(lambda: setattr(self, "now", self.now + self.seconds_for[self.policy.threads]))
 
-    def step(self, seconds_for=None):
-        self.policy.timed(lambda: setattr(self, "now", self.now + (seconds_for or self.seconds_for)[self.policy.threads]))
-        if self.policy.slowed:
-            self.policy.recheck(self.probe, "slowdown")
+
+class Backend:
+    threads = 5                                  # whatever the user had: put back after
 
 
 def policy_on(machine, **kwargs):
+    kwargs = {"split_batches": True, "backend": Backend(), **kwargs}
     machine.policy = ThreadPolicy(max_threads=2, clock=machine.clock, **kwargs)
+    machine.policy.start()
     return machine.policy
 
 
+def check_length(policy):
+    return policy.ROUNDS * policy.max_threads * (1 + policy.TRIAL)
+
+
 def test_one_thread_when_more_collapse():
+    before = blas_threads()
     machine = Machine({1: 0.010, 2: 0.300})              # a busy core: 2 threads 30x slower
     policy = policy_on(machine)
-    policy.start(machine.probe)
+    machine.steps(check_length(policy) + 50)
     policy.finish()
-    assert machine.threads_seen == {1, 2} and policy.threads == 1 and policy.history == [("start", 1)]
+    assert set(machine.threads_seen) == {1, 2} and policy.threads == 1
+    assert policy.checks == {"start": 1} and policy.step_ms == {1: 10.0, 2: 300.0}
+    assert blas_threads() == before and policy._backend.threads == 5
 
 
 def test_more_threads_only_when_clearly_faster_and_no_flip_flop():
     for two_threads, expected in [(0.009, 1), (0.006, 2)]:
         machine = Machine({1: 0.010, 2: two_threads})
         policy = policy_on(machine)
-        policy.start(machine.probe)
-        assert policy.threads == expected
-        for _ in range(3):                                  # epochs on a steady machine
-            policy.recheck(machine.probe, "epoch")
-        policy.finish()
-        assert [n for _, n in policy.history] == [expected] * 4
-        assert policy.probe_ms[0] == {1: 10.0, 2: two_threads * 1e3}     # recorded, in ms
+        for epoch in range(4):                              # epochs on a steady machine
+            machine.steps(check_length(policy) + policy.EPOCH_STEPS)
+            assert policy.threads == expected
+            policy.epoch_end()
+        machine.steps(check_length(policy))
+        assert policy.threads == expected and policy.checks == {"start": 1, "epoch": 4}
+        assert policy._backend.threads == expected          # the runners of the model's shards
 
 
-def test_a_slowdown_triggers_a_new_choice():
+def test_a_slowdown_changes_the_count_within_a_bounded_number_of_steps():
     machine = Machine({1: 0.010, 2: 0.006})               # idle: 2 threads win
     policy = policy_on(machine)
-    policy.start(machine.probe)
-    for _ in range(5):
-        machine.step()
-    assert policy.threads == 2 and not policy.slowed
-    machine.seconds_for = {1: 0.010, 2: 0.300}            # then another program starts
-    machine.step()
-    policy.finish()
-    assert policy.threads == 1 and policy.history == [("start", 2), ("slowdown", 1)]
+    machine.steps(check_length(policy) + 100)
+    assert policy.threads == 2
+    machine.seconds_for = {1: 0.011, 2: 0.300}            # then another program starts
+    machine.steps(policy.WINDOW + check_length(policy))   # noticed within a window, then checked
+    assert policy.threads == 1 and policy.checks == {"start": 1, "slowdown": 1}
+    machine.steps(500)                                    # one thread is fast again: no more checks
+    assert policy.checks == {"start": 1, "slowdown": 1}
+    machine.seconds_for = {1: 0.010, 2: 0.006}            # the other program ends: the next epoch's
+    policy.epoch_end()                                    # check finds 2 threads again
+    machine.steps(check_length(policy))
+    assert policy.threads == 2
 
 
-def test_fixed_threads_never_probe_and_restore_after():
+def test_the_checks_cost_is_measured_and_small_on_a_long_run():
+    machine = Machine({1: 0.010, 2: 0.300})
+    policy = policy_on(machine)
+    machine.steps(3000)
+    # The check ran 2 x 4 steps with 2 threads (0.29 s each beyond one thread's time).
+    assert policy.check_seconds == pytest.approx(8 * 0.290)
+    assert policy.overhead() == pytest.approx(8 * 0.290 / (2992 * 0.010 + 8 * 0.300))
+    record = policy.record_of_choices()
+    assert record["steps"] == {"1": 2992, "2": 8} and record["checks"] == {"start": 1}
+    assert json.loads(json.dumps(record)) == record       # compact, and JSON as it is
+
+
+def test_fixed_or_whole_batch_policies_never_check_and_restore_after():
     before = blas_threads()
-    machine = Machine({1: 1.0, 2: 0.001})
-    policy = policy_on(machine, threads=1)
-    policy.start(machine.probe)
-    for _ in range(10):
-        machine.step()
-        assert policy.threads == 1 and blas_threads() == 1
-    policy.finish()
-    assert blas_threads() == before and machine.threads_seen == set()
-    assert policy.history == [("fixed", 1)]
+    for kwargs, threads in [({"threads": 2}, 2), ({"split_batches": False}, 1)]:
+        machine = Machine({1: 1.0, 2: 0.001})
+        policy = policy_on(machine, **kwargs)
+        machine.steps(300)
+        policy.epoch_end()
+        machine.steps(300)
+        assert set(machine.threads_seen) == {threads} and policy.checks == {}
+        policy.finish()
+        assert blas_threads() == before and policy._backend.threads == 5
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
 def test_bad_thread_counts_are_refused(bad):
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         ThreadPolicy(threads=bad)
 
 
-def test_solver_measures_threads_on_the_cpu_without_changing_the_run():
-    """Probing runs forward passes only: a measured run and a run fixed at the count it chose
-    end with the same weights (the thread count is the only thing that could differ)."""
+def test_more_threads_than_cores_are_capped_with_a_warning():
+    with pytest.warns(UserWarning, match=r"threads=64, but this process may run on 2 core\(s\): using 2"):
+        policy = ThreadPolicy(threads=64, max_threads=2)
+    assert policy.fixed == 2
+
+
+# ---------------------------------------------------------------------------- the same numbers
+
+
+def trained(model, data, threads, **kwargs):
     from xpnn import Solver
-    from xpnn.data import get_data
-    from xpnn.models import FullyConnectedNet
-    data = get_data("digits")
-
-    def run(threads=None):
-        solver = Solver(FullyConnectedNet([16], input_dim=64, normalization="batchnorm",
-                                          dropout_keep_ratio=0.8, seed=0), data, num_epochs=2,
-                        batch_size=50, verbose=False, seed=0, threads=threads)
-        solver.train()
-        return solver
-
-    measured = run()
-    whys = [why for why, _ in measured.thread_policy.history]
-    # (a busy machine may add a re-check on a sudden slowdown anywhere)
-    assert whys[0] == "start" and "epoch" in whys and set(whys) <= {"start", "epoch", "slowdown"}
-    if len({n for _, n in measured.thread_policy.history}) == 1:      # one count all along
-        fixed = run(measured.thread_policy.threads)
-        assert fixed.thread_policy.history == [("fixed", measured.thread_policy.threads)]
-        for k in fixed.model.params:
-            np.testing.assert_array_equal(fixed.model.params[k], measured.model.params[k])
-
-
-def test_cli_records_and_prints_the_thread_choice(tmp_path, capsys):
-    import json
-    from xpnn.cli import main
-    out = tmp_path / "run"
-    assert main(["train", "--model", "fc", "--hidden", "16", "--dataset", "digits", "--epochs", "1",
-                 "--quiet", "--threads", "1", "--out", str(out)]) == 0
-    assert "threads: 1 (batch shards; fixed with --threads)" in capsys.readouterr().out
-    session = json.loads((out / "metrics.json").read_text())["sessions"][0]
-    assert session["threads"] == {"policy": "fixed", "threads": 1, "kind": "batch shards",
-                                  "cores": session["threads"]["cores"],
-                                  "choices": [{"when": "fixed", "threads": 1}], "probes_ms": []}
-
-
-def test_a_resumed_run_starts_from_the_checkpoints_thread_count(tmp_path):
-    from xpnn import Solver
-    from xpnn.data import get_data
-    from xpnn.models import FullyConnectedNet
-    data = get_data("digits")
-    solver = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=1, batch_size=50,
-                    verbose=False, seed=0, checkpoint_name=str(tmp_path / "ck"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)       # threads=3 on fewer cores: capped
+        solver = Solver(model, data, num_epochs=1, batch_size=100, verbose=False, seed=0,
+                        threads=threads, update_rule="adam", optim_config={"learning_rate": 1e-3},
+                        **kwargs)
     solver.train()
-    solver.thread_policy.threads = 2                   # as if the machine had chosen 2
-    solver.save_checkpoint(tmp_path / "two.npz")
-    resumed = Solver(FullyConnectedNet([16], input_dim=64, seed=0), data, num_epochs=1, verbose=False)
-    resumed.load_checkpoint(tmp_path / "two.npz")
-    assert resumed.thread_policy.threads == 2
+    return solver
 
 
-# ---------------------------------------------------------------------------- batch shards
+def assert_same_arrays(first, second):
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
-def counting_shards(model):
-    """Record the batch size of every shard the model's training step and test pass run
-    (as the model cuts them: the shards run on threads or in worker processes)."""
-    sizes = {"train": [], "test": []}
-    shards = model._shards
+@pytest.mark.parametrize("kind", ["cnn", "batchnorm-dropout"])
+def test_training_gives_the_same_weights_on_any_thread_count(cpu, kind, monkeypatch):
+    """1, 2 and 3 threads, shards in worker processes or on threads, measured or fixed: the
+    same weights bit for bit, and the same predictions."""
+    from xpnn import workers
+    from xpnn.data import get_data
+    from xpnn.models import FullyConnectedNet, mnist_cnn
+    data = get_data("digits", num_training=600)
 
-    def counted(N, train):
-        cut = shards(N, train)
-        sizes["train" if train else "test"].extend(s.stop - s.start for s in cut)
-        return cut
-    model._shards = counted
-    return sizes
+    def model():
+        if kind == "cnn":
+            return mnist_cnn(input_shape=(1, 8, 8), seed=0, reg=1e-3)
+        return FullyConnectedNet([32, 16], input_dim=64, normalization="batchnorm",
+                                 dropout_keep_ratio=0.8, seed=0)
+    runs = {f"{n} threads": trained(model(), data, n).model for n in (1, 2)}
+    runs["measured"] = trained(model(), data, None).model
+    monkeypatch.setattr("xpnn.threads.available_cores", lambda: 3)     # as on a 3-core machine
+    runs["3 threads"] = trained(model(), data, 3).model
+    monkeypatch.setattr(workers, "_can_fork", lambda model, X: False)
+    runs["2 threads, no processes"] = trained(model(), data, 2).model
+    X = data["X_val"][:250]
+    first = runs.pop("1 threads")
+    for how, other in runs.items():
+        assert_same_arrays(first.params, other.params)
+        assert_same_arrays(first.buffers(), other.buffers())
+        for threads in (1, 3):
+            cpu.threads = threads
+            np.testing.assert_array_equal(other.predict_proba(X), first.predict_proba(X), err_msg=how)
 
 
-def small_models():
-    from xpnn.models import FullyConnectedNet, Sequential, mnist_cnn
-    from xpnn.nn import Affine, Tanh
-    return [mnist_cnn(input_shape=(1, 8, 8), dtype="float64", seed=0, reg=0.1),
-            FullyConnectedNet([16, 12], input_dim=64, normalization="layernorm", dtype="float64",
-                              seed=0),
-            Sequential([Affine(12), Tanh(), Affine(10)], (64,), loss="svm", dtype="float64", seed=0),
-            Sequential([Affine(10)], (64,), loss="mse", dtype="float64", seed=0)]
+def test_a_batch_is_cut_by_its_size_alone(cpu):
+    from xpnn.models import mnist_cnn
+    model = mnist_cnn(input_shape=(1, 8, 8), seed=0)
+    for threads in (1, 2, 7):
+        cpu.threads = threads
+        cuts = {N: [s.stop - s.start for s in model._shards(N, True)] for N in (10, 50, 100, 128, 1000)}
+        assert cuts == {10: [10], 50: [25, 25], 100: [25] * 4, 128: [32] * 4, 1000: [250] * 4}
 
 
-@pytest.mark.parametrize("index", range(4))
-def test_a_step_split_over_threads_matches_one_thread(cpu, index):
-    model = small_models()[index]
+def test_a_step_split_over_runners_matches_the_whole_batch(cpu):
+    """The shards' sums differ from the whole batch's only in rounding; whoever runs them,
+    they are the same bit for bit (4 shards on 1, 2, 3 and 4 runners)."""
+    from xpnn.models import mnist_cnn
+    model = mnist_cnn(input_shape=(1, 8, 8), dtype="float64", seed=0, reg=0.1)
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((10, *model.input_shape))
-    y = rng.standard_normal((10, 10)) if model.loss_name == "mse" else rng.integers(0, 10, 10)
-    loss, grads = model.loss(X, y)
-    scores = model.loss(X)
-    cpu.threads = 3
-    sizes = counting_shards(model)
-    split_loss, split_grads = model.loss(X, y)
-    split_scores = model.loss(X)
-    assert {k: sorted(v) for k, v in sizes.items()} == {"train": [3, 3, 4], "test": [3, 3, 4]}
-    assert split_loss == pytest.approx(loss, rel=1e-12)
-    for name, grad in grads.items():
-        np.testing.assert_allclose(split_grads[name], grad, rtol=1e-10, atol=1e-13, err_msg=name)
-    np.testing.assert_allclose(split_scores, scores, rtol=1e-12)
-    again = model.loss(X, y)                     # the same shards, the same sums: bit for bit
-    assert again[0] == split_loss
+    X, y = rng.standard_normal((100, 1, 8, 8)), rng.integers(0, 10, 100)
+    cpu.MAX_SHARDS = 1
+    whole_loss, whole_grads = model.loss(X, y)
+    cpu.MAX_SHARDS = 4
+    results = {}
+    for runners in (1, 2, 3, 4):
+        cpu.threads = runners
+        results[runners] = model.loss(X, y), model.loss(X)
+    (loss, grads), scores = results.pop(1)
+    assert loss == pytest.approx(whole_loss, rel=1e-12)
     for name in grads:
-        np.testing.assert_array_equal(again[1][name], split_grads[name])
+        np.testing.assert_allclose(grads[name], whole_grads[name], rtol=1e-10, atol=1e-13)
+    for (other_loss, other_grads), other_scores in results.values():
+        assert other_loss == loss
+        assert_same_arrays(grads, other_grads)
+        np.testing.assert_array_equal(other_scores, scores)
 
 
 def test_batchnorm_and_dropout_models_keep_their_training_batch_whole(cpu):
     from xpnn.models import FullyConnectedNet
-    X, y = np.random.default_rng(0).standard_normal((10, 64)), np.arange(10)
+    X, y = np.random.default_rng(0).standard_normal((50, 64)), np.arange(50) % 10
     for model in [FullyConnectedNet([16], input_dim=64, normalization="batchnorm", seed=0),
                   FullyConnectedNet([16], input_dim=64, dropout_keep_ratio=0.5, seed=0)]:
         assert not model.splits_steps
-        cpu.threads = 2
-        sizes = counting_shards(model)
+        sizes = {"train": [], "test": []}
+        cut = model._shards
+        model._shards = lambda N, train: sizes["train" if train else "test"].extend(
+            s.stop - s.start for s in cut(N, train)) or cut(N, train)
         model.loss(X, y)
         model.loss(X)                            # test mode: per sample, so it splits
-        assert sizes == {"train": [10], "test": [5, 5]}
+        assert sizes == {"train": [50], "test": [25, 25]}
 
 
 def test_label_errors_are_found_in_any_shard(cpu):
     from xpnn.models import mnist_cnn
     model = mnist_cnn(input_shape=(1, 8, 8), seed=0)
-    X = np.zeros((9, 1, 8, 8), np.float32)
+    X = np.zeros((100, 1, 8, 8), np.float32)
     cpu.threads = 3
+    y = np.arange(100) % 10
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\].*from 0 to 10"):
-        model.loss(X, np.array([0, 1, 2, 3, 4, 5, 6, 7, 10]))      # only the last shard is wrong
-    with pytest.raises(ValueError, match=r"labels y must have shape \(9,\)"):
-        model.loss(X, np.zeros(12, dtype=int))                     # not cut to fit the shards
+        model.loss(X, np.where(np.arange(100) == 99, 10, y))      # only the last shard is wrong
+    with pytest.raises(ValueError, match=r"labels y must have shape \(100,\)"):
+        model.loss(X, np.zeros(120, dtype=int))                   # not cut to fit the shards
 
 
 def test_worker_threads_keep_numpys_error_settings():
@@ -228,40 +245,35 @@ def test_worker_threads_keep_numpys_error_settings():
     assert [(s["over"], s["divide"]) for s in seen] == [("ignore", "raise")] * 3
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_policy_gives_the_cores_to_batch_shards_or_to_blas(split):
-    before = blas_threads()
-
-    class Backend:
-        threads = 5                              # whatever the user had: put back after
-    backend = Backend()
-    machine = Machine({1: 0.010, 2: 0.006})
-
-    def probe():
-        shards, blas = (machine.policy.threads, 1) if split else (1, machine.policy.threads)
-        assert backend.threads == shards and blas_threads() == blas
-        machine.now += machine.seconds_for[machine.policy.threads]
-    policy = policy_on(machine, backend=backend, split_batches=split)
-    policy.start(probe)
-    assert policy.threads == 2 and policy.kind == ("batch shards" if split else "BLAS")
-    policy.finish()
-    assert backend.threads == 5 and blas_threads() == before
+def test_cli_records_and_prints_the_thread_choice(tmp_path, capsys):
+    from xpnn.cli import main
+    out = tmp_path / "run"
+    assert main(["train", "--model", "fc", "--hidden", "16", "--dataset", "digits", "--epochs", "1",
+                 "--quiet", "--threads", "1", "--out", str(out)]) == 0
+    assert "threads: 1 (batch shards; fixed with --threads)" in capsys.readouterr().out
+    session = json.loads((out / "metrics.json").read_text())["sessions"][0]
+    record = session["threads"]
+    assert {k: record[k] for k in ("policy", "threads", "kind", "checks")} == {
+        "policy": "fixed", "threads": 1, "kind": "batch shards", "checks": {}}
+    assert sum(record["steps"].values()) == record["steps"]["1"] > 0
 
 
-def test_a_split_training_run_is_reproducible(cpu):
-    from xpnn import Solver
-    from xpnn.data import get_data
-    from xpnn.models import mnist_cnn
-    data = get_data("digits", num_training=300)
+def test_cli_caps_more_threads_than_cores_and_gives_the_same_model(tmp_path, capsys):
+    from xpnn.io import load_npz
+    from xpnn.cli import main
+    runs = {}
+    for threads in ("1", str(available_cores() + 5)):
+        out = tmp_path / threads
+        assert main(["train", "--model", "mnist-cnn", "--dataset", "digits", "--epochs", "1",
+                     "--num-train", "400", "--quiet", "--threads", threads, "--out", str(out)]) == 0
+        runs[threads] = load_npz(out / "model.npz")[0]
+    assert f"this process may run on {available_cores()} core(s)" in capsys.readouterr().err
+    assert_same_arrays(*runs.values())
 
-    cpu.threads = 3
 
-    def run():
-        solver = Solver(mnist_cnn(input_shape=(1, 8, 8), seed=0), data, num_epochs=1, batch_size=50,
-                        verbose=False, seed=0, threads=2)
-        solver.train()
-        assert solver.thread_policy.kind == "batch shards" and cpu.threads == 3   # put back
-        return solver.model.params
-    first, second = run(), run()
-    for name in first:
-        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+@pytest.mark.parametrize("bad", ["0", "-2", "two"])
+def test_cli_refuses_bad_thread_counts_naming_the_option(bad, capsys):
+    from xpnn.cli import main
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "digits", "--threads", bad])
+    assert "--threads" in capsys.readouterr().err

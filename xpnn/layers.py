@@ -246,7 +246,7 @@ def _image_blocks(HW, limit):
 def _filter_product(w_mat, col, n, HW, small):
     """w_mat (F, K) @ col (K, n*HW) in image order, as (n, F, blocks, HW // blocks): a view the
     caller copies into place. Where the backend has a size below which products run faster
-    (`small`, its `small_products()`), it is one product per block of an image's columns (the fewest
+    (`small`, its `small_product_size`), it is one product per block of an image's columns (the fewest
     blocks below that size: a stack of products, which matmul runs in one call): CIFAR's
     32 x 147 by 1,024-column product per image ran 15% faster as 8 blocks of 128 columns."""
     xp = namespace_of(col)
@@ -272,7 +272,7 @@ def _weight_gradient(col, dout_mat, small):
     """dout_mat @ col.T, the conv's weight gradient (F, K) from the long, thin (F, P) and
     (K, P), computed as its transpose col @ dout_mat.T: OpenBLAS ran it 25-40% faster with
     the long col in front. Where the backend has a size below which products run faster
-    (`small`, its `small_products()`), the product is a sum over blocks of P that stay below it, in a
+    (`small`, its `small_product_size`), the product is a sum over blocks of P that stay below it, in a
     fixed order: MNIST's 9 x 78,400 by 8 ran 3-4x faster as six blocks."""
     (K, P), F = col.shape, dout_mat.shape[0]
     block = small // (K * F)
@@ -316,7 +316,7 @@ def conv_forward(x, w, b, conv_param):
     K = C * HH * WW
 
     w_mat = xp.reshape(w, (F, K))
-    small = backend_of(x).small_products()      # once: every chunk's products alike
+    small = backend_of(x).small_product_size
     out, cols = None, []
     chunks, keep = _batch_chunks(x, K, HO, WO)
     for rows in chunks:
@@ -361,7 +361,7 @@ def conv_backward(dout, cache):
                   and accelerated_op("col2im", dout) is None)
     if dx_as_conv:
         w_turned = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3)), (C, F * HH * WW))
-    small = backend_of(x).small_products()      # once: every chunk's products alike
+    small = backend_of(x).small_product_size
     dw, dx, dxs = 0, None, []
     for index, rows in enumerate(_batch_chunks(x, K, HO, WO)[0]):
         if cols is None:

@@ -584,11 +584,11 @@ class Sequential(Model):
         return not any(layer.mixes_samples for layer in self.layers)
 
     def _shards(self, N: int, train: bool) -> list[slice]:
-        """The batch's shards, one per thread of the backend (`backend.threads`, which the
-        Solver's ThreadPolicy sets on the CPU): each runs the whole net on its slice, BLAS,
-        copies and elementwise work alike, in a worker process or on a thread (xpnn.workers),
-        so every core works for the whole step."""
-        count = max(1, min(self.backend.threads, N)) if self.splits_steps or not train else 1
+        """The batch's shards, fixed by the batch size alone (`backend.shards(N)`), never by the
+        thread count: each runs the whole net on its slice and the model sums their losses and
+        gradients in shard order, so a step gives the same numbers on any number of threads.
+        A training batch whose layers tie its samples together (batchnorm, dropout) stays whole."""
+        count = self.backend.shards(N) if self.splits_steps or not train else 1
         bounds = [N * i // count for i in range(count + 1)]
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -596,7 +596,7 @@ class Sequential(Model):
         """Class scores for X in test mode (no caches kept)."""
         with self.backend:
             X = self._check_input(X)
-            outs = map_shards(self, X, None, self._shards(X.shape[0], False))
+            outs = map_shards(self, X, None, self._shards(X.shape[0], False), self.backend.threads)
             return outs[0] if len(outs) == 1 else namespace_of(X).concat(outs, axis=0)
 
     def _test_forward(self, out):
@@ -619,22 +619,17 @@ class Sequential(Model):
         xp, N = namespace_of(X), X.shape[0]
         # Labels (MSE: targets) that do not match X go whole to the loss, which says what is wrong.
         fits = tuple(getattr(y, "shape", ())) == ((N, *self.output_shape) if self.loss_name == "mse" else (N,))
-        shards = self._shards(N, True) if fits else [slice(None)]
-        if len(shards) == 1:
-            loss, grads, label_range = self._data_loss((X, y))
-        else:
-            # Each shard's loss and gradients come weighted by its share of the batch: summed
-            # in shard order (the same sum on every run), into shard 0's, which are new arrays.
-            parts = map_shards(self, X, y, shards)
-            loss, grads = parts[0][0], parts[0][1]
-            for part in parts[1:]:
-                loss = loss + part[0]
-                for name in grads:
-                    grads[name] += part[1][name]
-            label_range = None
-            if parts[0][2] is not None:         # [lowest, highest] label over all shards
-                ranges = xp.stack([part[2] for part in parts])
-                label_range = xp.stack([xp.min(ranges[:, 0]), xp.max(ranges[:, 1])])
+        shards = self._shards(N, True) if fits else [slice(0, N)]
+        # Each shard's loss and gradients come weighted by its share of the batch, summed in
+        # shard order: the same sum however many threads ran the shards.
+        parts = map_shards(self, X, y, shards, self.backend.threads)
+        loss, grads, label_range = parts[0]
+        for part_loss, part_grads, _ in parts[1:]:
+            loss = loss + part_loss
+            grads = {name: grads[name] + part_grads[name] for name in grads}
+        if label_range is not None and len(parts) > 1:      # [lowest, highest] over the shards
+            ranges = xp.stack([part[2] for part in parts])
+            label_range = xp.stack([xp.min(ranges[:, 0]), xp.max(ranges[:, 1])])
         if self.reg:
             for name, w in self.params.items():
                 if name.startswith("W"):

@@ -56,9 +56,9 @@ class Solver:
     sample), num_val_samples (None: all), checkpoint_name (None: no checkpoints),
     print_every (10), verbose (True), seed (None: one draw from NumPy's global generator),
     on_nonfinite ("stop" or "continue"), comm (None, or an xpnn.distributed communicator for
-    data-parallel training), threads (None: the thread count is measured on the first steps
-    of a CPU model and re-checked each epoch; N: fixed; see xpnn.threads). Unknown keywords
-    are an error.
+    data-parallel training), threads (None: the thread count is measured on the training steps
+    of a CPU model and re-checked as the load changes; N: fixed; either way the numbers are
+    the same, only the speed changes; see xpnn.threads). Unknown keywords are an error.
     """
 
     def __init__(self, model, data, **kwargs):
@@ -76,8 +76,8 @@ class Solver:
         self.seed = kwargs.pop("seed", None)
         # "stop" raises NonFiniteLossError; "continue" skips the step's update and goes on.
         self.on_nonfinite = kwargs.pop("on_nonfinite", "stop")
-        # Threads of the steps: None measures the best count on the steps themselves (CPU
-        # models; see xpnn.threads), an int fixes it.
+        # Threads of the steps: None measures the fastest count on the steps themselves (CPU
+        # models; see xpnn.threads), an int fixes it. Neither changes a number.
         self.threads = kwargs.pop("threads", None)
         # Data parallel over MPI ranks: an xpnn.distributed.Communicator (see that module).
         self.comm = kwargs.pop("comm", None)
@@ -273,34 +273,19 @@ class Solver:
         # about the overflow behind it would only repeat that, a line per operation.
         policy = self.thread_policy
         if policy is not None:
-            self._probe_batch = self._batch(self.X_train, self.y_train,
-                                            np.arange(min(self.batch_size, len(self.X_train))))
-            policy.start(self._probe)
+            policy.start()
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
-                first = True
                 while self.epoch < self.num_epochs:
-                    if policy is not None and not first:
-                        policy.recheck(self._probe, "epoch")    # the load may have changed
                     self._train_epoch(N, per_epoch, total, bar)
-                    first = False
+                    if policy is not None:
+                        policy.epoch_end()         # the load may have changed
             finally:
                 bar.close()
                 if policy is not None:
                     policy.finish()
         if self.best_params:
             self.model.params = dict(self.best_params)
-
-    def _probe(self):
-        """What the thread policy times, on one training batch (`_probe_batch`): its loss and
-        gradients, not applied, for a model that splits its steps into shards (its layers
-        keep no state: nothing moves), so that the probe costs what a step costs; else its
-        test-mode forward pass, which moves no batchnorm average or random stream. (A method,
-        not a closure kept on self: that cycle kept each sweep's model, and its shard worker
-        processes, alive until the next full garbage collection.)"""
-        X, y = self._probe_batch
-        with self.backend:
-            self._model_loss(X, y if self.thread_policy.split_batches else None)
 
     def _train_epoch(self, N, per_epoch, total, bar):
         start = time.perf_counter()
@@ -314,8 +299,6 @@ class Solver:
                 self._step(idx)
             else:
                 self.thread_policy.timed(lambda: self._step(idx))
-                if self.thread_policy.slowed:
-                    self.thread_policy.recheck(self._probe, "slowdown")
             self.t += 1
             bar.update(1)
             if self.t % self.print_every == 0:
@@ -380,8 +363,6 @@ class Solver:
             "train_acc_history": self.train_acc_history, "val_acc_history": self.val_acc_history,
             "best_val_acc": self.best_val_acc, "optim_configs": optim_meta,
             "rng": self.rng.bit_generator.state,
-            # the thread count in use: the results depend on it in the last bits
-            "threads": self.thread_policy.threads if self.thread_policy else None,
         }
         return atomic_savez(path, arrays, meta)
 
@@ -417,8 +398,6 @@ class Solver:
         self.best_val_acc = float(state["best_val_acc"])
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
-        if self.thread_policy is not None and not self.thread_policy.fixed and state.get("threads"):
-            self.thread_policy.threads = int(state["threads"])    # a resumed run starts from it
         self.checkpoint_path = Path(path)
         return self
 

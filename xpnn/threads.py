@@ -1,39 +1,33 @@
-"""How many threads a CPU training step uses, and how: measured on the model's own batches.
+"""How many threads a CPU training step uses: measured on the model's own training steps.
 
-A step can use n cores two ways. OpenBLAS can split each matrix product over n threads, but
-the rest of a step (im2col copies, pooling, elementwise work) stays on one core, and small
-products gain little: measured here, a second BLAS thread made the MNIST CNN's step no
-faster. Or the model can split the batch into n shards and run the whole step for each at
-once, with one BLAS thread each (`Sequential._shards`): every part of the step then runs in
-parallel. The shards run in forked worker processes where they can (`xpnn.workers`: Linux,
-a model whose layers keep no state), else on threads (`map_in_threads`), where they take
-turns with Python's lock between NumPy calls: measured on two cores, the MNIST CNN's step
-took 0.69x of its one-thread time in processes and 0.94x on threads, the CIFAR net's (N=128)
-0.59x and 0.65x. Models whose layers tie a batch's samples together (batchnorm, dropout)
-use BLAS threads instead.
+A model computes each batch in shards fixed by the batch size alone (`Sequential._shards`,
+`CpuBackend.shards`), each shard on one BLAS thread, and sums the shards' losses and
+gradients in shard order: so the numbers never depend on how many threads run them, and the
+thread count is free to follow the machine's load. The shards run on `backend.threads`
+runners at once: forked worker processes where they can (`xpnn.workers`: Linux, a model whose
+layers keep no state), else threads (`map_in_threads`), which take turns with Python's lock
+between NumPy calls: measured on two cores, the MNIST CNN's step took 0.69x of its one-thread
+time in processes and 0.94x on threads, the CIFAR net's (N=128) 0.59x and 0.65x. A model whose
+layers tie a training batch's samples together (batchnorm, dropout) keeps each training batch
+whole, on one thread (its test-mode passes still run in shards).
 
-Either way, more threads help only an idle machine: when another program keeps a core busy
-(a browser, an IDE, a second run: a laptop's normal state), threads that wait for each other
-make a step several (reportedly up to 40) times slower, while one thread loses almost
-nothing. No fixed choice is right on every machine, so `ThreadPolicy` measures:
+More threads help only an idle machine: when another program keeps a core busy (a browser,
+an IDE, a second run: a laptop's normal state), threads that wait for each other make a step
+several times slower, while one thread loses almost nothing. No fixed choice is right on
+every machine, so `ThreadPolicy` measures, on the training steps themselves (they give the
+same numbers on any count, so nothing is spent on steps that are thrown away):
 
-  1. probe: one training batch's loss and gradients, not applied (the test-mode forward pass
-     for a model with batchnorm or dropout), a few times in a row with each thread count
-     1..max (after a warm-up run), the counts taking turns twice; the median times are
-     recorded. Nothing moves (no parameter, batchnorm average or dropout stream), so probing
-     never alters training. (The forward pass alone understated what two shards gain: at 50
-     MNIST images the fixed cost of handing a shard to a worker is a larger part of it);
-  2. keep the current count (1 at the start) unless another is clearly faster (MARGIN):
-     on an idle machine two close counts do not take turns;
-  3. probe again at every epoch, and as soon as a training step takes far longer than the
-     steps just after the last choice (the machine's load changed).
+  1. check: each count 1..max takes a turn of a few steps (the first of a turn untimed: it
+     wakes the workers), twice; the median step time of each count is kept;
+  2. keep the current count (1 at the start) unless another is clearly faster (MARGIN): on
+     an idle machine two close counts do not take turns;
+  3. check again when a window of steps runs clearly slower (SLOW) than the chosen count did
+     in its check (the machine's load changed), and at an epoch's end once enough steps have
+     passed since the last check (the load may have gone).
 
-The thread count changes results in the last bits (how a batch is sharded, how OpenBLAS
-splits a product), so a run is reproducible bit for bit as long as its count stays the same:
-the count is kept in checkpoints (a resumed run starts from it) and every choice is
-recorded. `ThreadPolicy(threads=N)` (`--threads N`) fixes the count instead. The policy
-changes only this process's BLAS pools and the CPU backend's `threads`, and only while
-training; `finish` gives them their original settings back.
+`ThreadPolicy(threads=N)` (`--threads N`) fixes the count instead. The policy changes only
+this process's BLAS pools (one thread each while training) and the CPU backend's `threads`,
+and only while training; `finish` gives them their original settings back.
 """
 from __future__ import annotations
 
@@ -42,6 +36,7 @@ import contextvars
 import os
 import statistics
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import threadpoolctl
@@ -125,117 +120,156 @@ def map_in_threads(fn, items: list) -> list:
 class ThreadPolicy:
     MARGIN = 0.85       # another count must take under 85% of the current one's time (two MNIST
                         # shards of 25 images took 0.73-0.8x: 0.8 missed them one run in four)
-    SLOW = 3.0          # a step this many times the steps after the last choice: probe again
-    TRIALS = 3          # timed probe runs per count and turn, after one warm-up run
-    ROUNDS = 2          # turns of each count
+    TRIAL = 3           # timed steps per count and turn, after one untimed step
+    ROUNDS = 2          # turns of each count in a check
+    WINDOW = 20         # steps between two looks at the step time
+    SLOW = 1.5          # a window's median this many times the chosen count's: check again
+    EPOCH_STEPS = 400   # at an epoch's end, check again if this many steps passed since the last
 
     def __init__(self, threads: int | None = None, max_threads: int | None = None,
                  clock=time.perf_counter, backend=None, split_batches=False):
-        """`backend`: the CPU backend, whose `threads` the model's batches are split over
-        when `split_batches` (a model that can: `Sequential.splits_steps`), else kept at 1
-        while the count goes to BLAS."""
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        """`backend`: the CPU backend, whose `threads` run the model's shards; `split_batches`:
+        whether training batches are split (a model that can: `Sequential.splits_steps`; else
+        training steps run on one thread whatever the count, and nothing is measured)."""
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        self.fixed = threads
         self.max_threads = max_threads or available_cores()
+        if threads is not None and threads > self.max_threads:
+            warnings.warn(f"threads={threads}, but this process may run on {self.max_threads} "
+                          f"core(s): using {self.max_threads}", stacklevel=2)
+            threads = self.max_threads
+        self.fixed = threads
         self.threads = threads or 1          # the count training steps run with
-        self.history: list[tuple[str, int]] = []    # (why, count chosen), for the record
-        self.probe_ms: list[dict] = []       # each probe's median time per count, likewise
-        self.slowed = False                  # a step took SLOW x longer: probe before the next
-        self._clock = clock
-        # Scanned now, not shared with blas_controller(): every BLAS loaded by the time training
-        # starts (SciPy's too, once scikit-learn loaded it) gets the count.
-        self._controller = threadpoolctl.ThreadpoolController()
-        self._backend, self.split_batches = backend, split_batches
+        self.split_batches = split_batches
+        self.checks: dict[str, int] = {}     # why -> how many checks, for the record
+        self.steps: dict[int, int] = {}      # count -> training steps run with it
+        self.step_ms: dict[int, float] = {}  # the last check's median step time per count
+        self.check_seconds = 0.0             # time the checks' steps took beyond the chosen count's
+        self.total_seconds = 0.0             # all training steps' time
+        self._clock, self._backend = clock, backend
         self._original = None
-        self._after_choice: list[float] = []      # the first steps' times after a choice
+        self._turns: list[int] = []          # a check under way: the counts still to take a turn
+        self._trial: list[float] = []        # this turn's step times (the first one untimed)
+        self._times: dict[int, list[float]] = {}
+        self._check_times: list[float] = []  # every step time of the check under way
+        self._window: list[float] = []
+        self._since_check = 0
+        self._why = ""
+        self._controller = None
 
-    def start(self, probe):
-        """Before training: apply the count; unless it is fixed, probe with `probe()`."""
+    @property
+    def measures(self) -> bool:
+        return not self.fixed and self.split_batches and self.max_threads > 1
+
+    def start(self):
+        """Before training: one BLAS thread per shard, the count applied; a first check."""
+        # Scanned now, not shared with blas_controller(): every BLAS loaded by the time training
+        # starts (SciPy's too, once scikit-learn loaded it) gets one thread.
+        self._controller = threadpoolctl.ThreadpoolController()
         self._original = self._controller.limit(limits=1, user_api="blas")
         if self._backend is not None:
-            self._original_shards = self._backend.threads
+            self._original_threads = self._backend.threads
         self._apply(self.threads)
-        if self.fixed:
-            self.history.append(("fixed", self.fixed))
-        else:
-            self.recheck(probe, "start")
+        if self.measures:
+            self.check("start")
 
     def finish(self):
-        """After training: give the BLAS pools back their original sizes."""
+        """After training: give the BLAS pools and the backend their original settings back."""
         if self._original is not None:
             self._original.restore_original_limits()
             self._original = None
-        if self._backend is not None:
-            self._backend.threads = self._original_shards
+            if self._backend is not None:
+                self._backend.threads = self._original_threads
 
-    def recheck(self, probe, why: str):
-        """Time `probe()` with each count; switch only to a clearly faster one."""
-        if self.fixed or self.max_threads == 1:
-            return
-        current, counts = self.threads, range(1, self.max_threads + 1)
-        times = {n: [] for n in counts}
-        for _ in range(self.ROUNDS):                  # the counts take turns, so that a drift of the
-            for n in counts:                          # machine's speed hits them alike; within a turn
-                self._set(n)                          # the runs follow each other, as steps do
-                probe()                               # warm-up: wakes the shards' workers, fills caches
-                times[n] += [self._time(probe) for _ in range(self.TRIALS)]
-        medians = {n: statistics.median(t) for n, t in times.items()}
-        best = min(medians, key=medians.get)
-        chosen = best if medians[best] < self.MARGIN * medians[current] else current
-        self._set(chosen)
-        self.history.append((why, chosen))
-        self.probe_ms.append({n: round(m * 1e3, 3) for n, m in medians.items()})
-        self._after_choice, self.slowed = [], False
+    def check(self, why: str):
+        """Let each count take its turns on the next training steps, then choose."""
+        self._why = why
+        self.checks[why] = self.checks.get(why, 0) + 1
+        counts = list(range(1, self.max_threads + 1))
+        counts.remove(self.threads)                    # the current count first: a fresh time
+        self._turns = ([self.threads] + counts) * self.ROUNDS   # for it under today's load
+        self._times = {n: [] for n in counts + [self.threads]}
+        self._check_times, self._trial = [], []
+        self._previous = self.threads
+        self._apply(self._turns[0])
 
     def timed(self, step):
-        """Run `step()` (one training step), noticing a sudden slowdown; return its result."""
+        """Run `step()` (one training step) with the count in use; return its result."""
         start = self._clock()
         result = step()
         self.record(self._clock() - start)
         return result
 
     def record(self, seconds: float):
-        if len(self._after_choice) < self.TRIALS:
-            self._after_choice.append(seconds)
-        elif seconds > self.SLOW * statistics.median(self._after_choice):
-            self.slowed = True
+        """A training step took `seconds` with the count in use."""
+        self.steps[self.threads] = self.steps.get(self.threads, 0) + 1
+        self.total_seconds += seconds
+        if self._turns:
+            self._check_times.append(seconds)
+            self._trial.append(seconds)
+            if len(self._trial) == 1 + self.TRIAL:       # the turn's first step is not counted
+                self._times[self._turns.pop(0)] += self._trial[1:]
+                self._trial = []
+                if self._turns:
+                    self._apply(self._turns[0])
+                else:
+                    self._choose()
+            return
+        if not self.measures:
+            return
+        self._since_check += 1
+        self._window.append(seconds)
+        if len(self._window) == self.WINDOW:
+            slow = statistics.median(self._window) > self.SLOW * self.step_ms[self.threads] / 1e3
+            self._window = []
+            if slow:
+                self.check("slowdown")
+
+    def epoch_end(self):
+        """At an epoch's end: check again if enough steps ran since the last check."""
+        if self.measures and not self._turns and self._since_check >= self.EPOCH_STEPS:
+            self.check("epoch")
+
+    def _choose(self):
+        medians = {n: statistics.median(t) for n, t in self._times.items()}
+        best = min(medians, key=medians.get)
+        chosen = best if medians[best] < self.MARGIN * medians[self._previous] else self._previous
+        self._apply(chosen)
+        self.step_ms = {n: round(m * 1e3, 3) for n, m in sorted(medians.items())}
+        # What the check cost: its steps' time beyond what the chosen count would have taken.
+        self.check_seconds += max(0.0, sum(self._check_times) - len(self._check_times) * medians[chosen])
+        self._window, self._since_check = [], 0
 
     @property
     def kind(self) -> str:
-        """How the threads share a step: "batch shards" or "BLAS"."""
-        return "batch shards" if self.split_batches else "BLAS"
+        return "batch shards" if self.split_batches else "one thread: batchnorm/dropout keep batches whole"
 
     def describe(self) -> str:
-        """One line for the user: the count now, and each choice with what caused it."""
+        """One line for the user: the count now, and how it was chosen."""
         if self.fixed:
-            return f"{self.fixed} ({self.kind}; fixed with --threads)"
-        steps = ", ".join(f"{n} ({why})" for why, n in self.history)
+            return f"{self.fixed} ({'batch shards' if self.split_batches else 'test-mode shards'}; fixed with --threads)"
+        if not self.measures:
+            return f"1 of {self.max_threads} cores ({self.kind})"
+        checks = ", ".join(f"{n} {why}" for why, n in self.checks.items())
+        used = ", ".join(f"{n} thread{'s' * (n > 1)}: {steps}" for n, steps in sorted(self.steps.items()))
         return (f"{self.threads} of {self.max_threads} cores ({self.kind}), chosen by timing "
-                f"a training batch: {steps}")
+                f"training steps: checks {checks}; steps run with {used}; the checks cost "
+                f"{self.overhead():.1%} of the training time")
+
+    def overhead(self) -> float:
+        """The share of the steps' time that the checks' slower counts added."""
+        return self.check_seconds / self.total_seconds if self.total_seconds else 0.0
 
     def record_of_choices(self) -> dict:
-        """For metrics.json: the policy and each choice it made."""
-        return {"policy": "fixed" if self.fixed else "measured", "threads": self.threads,
-                "kind": self.kind, "cores": self.max_threads,
-                "choices": [{"when": why, "threads": n} for why, n in self.history],
-                "probes_ms": self.probe_ms}
-
-    def _time(self, fn) -> float:
-        start = self._clock()
-        fn()
-        return self._clock() - start
-
-    def _set(self, n: int):
-        if n != self.threads:
-            self._apply(n)
-            self.threads = n
+        """For metrics.json: the policy, its checks and how many steps each count ran."""
+        return {"policy": "fixed" if self.fixed else "measured" if self.measures else "one thread",
+                "threads": self.threads, "kind": self.kind, "cores": self.max_threads,
+                "checks": dict(self.checks), "steps": {str(n): k for n, k in sorted(self.steps.items())},
+                "step_ms": {str(n): m for n, m in self.step_ms.items()},
+                "check_overhead": round(self.overhead(), 4)}
 
     def _apply(self, n: int):
-        """n shards of each batch, each with one BLAS thread; or one batch, n BLAS threads."""
-        if self.split_batches:
+        """n runners for the batch's shards (each with one BLAS thread)."""
+        self.threads = n
+        if self._backend is not None:
             self._backend.threads = n
-        else:
-            self._controller.limit(limits=n, user_api="blas")
-            if self._backend is not None:
-                self._backend.threads = 1      # test-mode passes too: BLAS has the cores

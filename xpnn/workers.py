@@ -1,21 +1,25 @@
 """Shard processes: forked copies of a model that run shards of its batches on other cores.
 
-A model splits a CPU batch into shards, one per thread of its backend (`Sequential._shards`).
+A model splits a CPU batch into shards fixed by the batch alone (`Sequential._shards`), and
+runs them on its backend's `threads` runners at once: shard k on runner k mod threads. Each
+shard's loss and gradients come back separately and the model sums them in shard order, so
+the numbers are the same whether one runner takes every shard in turn or each has its own.
+
 Threads of one Python process take turns holding the interpreter's lock between NumPy calls,
 and a thread that finds it taken sleeps until it is handed over: on the MNIST CNN (~200 NumPy
 calls per shard, most shorter than 50 us) two threads slept 84 times a step, and two shards
 took 0.94x of the one-thread step. A process has an interpreter of its own: two shards in two
 processes took 0.69x (MNIST CNN) and 0.59x (CIFAR net, N=128; 0.65x on threads).
 
-How: the first time a model splits a batch into n > 1 shards, it forks n - 1 workers (on
-Linux; elsewhere, and where forking is unsafe, the shards run on threads:
+How: the first time a model runs its shards on n > 1 runners, it forks n - 1 workers (on
+Linux; elsewhere, and where forking is unsafe, the runners are threads:
 `threads.map_in_threads`). Each worker is a copy of the process as it was, model included,
-and shares three buffers with the parent: the parameters, its shard of X and y, and what it
-sends back (gradients, or scores in test mode). A step then copies the parameters and the
-shards of X in (they change every step), sends each worker its labels (a pipe: they are
-small), computes shard 0 in the parent and takes the workers' replies (loss, label range,
-warnings) and gradients, which the model combines in shard order. A worker runs exactly the code a thread would, with one
-BLAS thread, so the numbers are the same bit for bit.
+and shares three buffers with the parent: the parameters, its shards of X, and what it sends
+back (each shard's gradients, or scores in test mode). A step then copies the parameters and
+the shards of X in (they change every step), sends each worker its labels (a pipe: they are
+small), computes runner 0's shards in the parent and takes the workers' replies (losses,
+label ranges, warnings) and gradients. A worker runs exactly the code the parent would, with
+one BLAS thread, so the numbers are the same bit for bit.
 
 A worker's copy of the model does not follow later changes to it other than its parameters,
 so workers serve only models whose layers keep no state (no batchnorm averages, no dropout
@@ -47,23 +51,32 @@ _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # model -> it
 _busy = threading.Lock()        # one step at a time uses the pools; another thread uses threads
 
 
-def map_shards(model, X, y, shards: list[slice]) -> list:
-    """Run `model` on each shard of X (and y) at once, in processes where it can, else on
-    threads: with y, each shard's (loss, grads, label_range) from `model._data_loss`, the loss
-    and gradients weighted by the shard's share of the batch (the model sums them); without,
-    its test-mode scores. Results from workers are views of their buffers, valid until the
-    next call: the model combines them at once."""
-    if len(shards) > 1 and _can_fork(model, X) and _busy.acquire(blocking=False):
-        try:
-            return _pool_for(model, X, shards).run(model, X, y, shards)
-        except BaseException:       # Ctrl-C or an error: the workers' replies would be stale
-            pool = _pools.pop(model, None)
-            if pool is not None:
-                pool.close()
-            raise
-        finally:
-            _busy.release()
-    return map_in_threads(lambda rows: _shard(model, X, y, rows, _share(rows, shards)), shards)
+def map_shards(model, X, y, shards: list[slice], runners: int) -> list:
+    """Run `model` on each shard of X (and y), `runners` at a time, in processes where it can,
+    else on threads: shard k on runner k mod runners, each runner's shards in order. With y,
+    each shard's (loss, grads, label_range) from `model._data_loss`, the loss and gradients
+    weighted by the shard's share of the batch (the model sums them); without, its test-mode
+    scores. The list is in shard order, whoever ran each shard. Results from workers are views
+    of their buffers, valid until the next call: the model combines them at once."""
+    if len(shards) == 1:        # the whole batch as it came (labels that do not fit X included)
+        with one_blas_thread():
+            return [model._test_forward(X) if y is None else model._data_loss((X, y))]
+    runners = max(1, min(runners, len(shards)))
+    with one_blas_thread():                      # one core for each runner, the parent's too
+        if runners > 1 and _can_fork(model, X) and _busy.acquire(blocking=False):
+            try:
+                return _pool_for(model, X, shards, runners).run(model, X, y, shards, runners)
+            except BaseException:   # Ctrl-C or an error: the workers' replies would be stale
+                pool = _pools.pop(model, None)
+                if pool is not None:
+                    pool.close()
+                raise
+            finally:
+                _busy.release()
+        groups = [shards[r::runners] for r in range(runners)]
+        done = map_in_threads(lambda group: [_shard(model, X, y, rows, _share(rows, shards))
+                                             for rows in group], groups)
+        return [done[k % runners][k // runners] for k in range(len(shards))]
 
 
 def _share(rows: slice, shards: list[slice]) -> float:
@@ -98,9 +111,9 @@ def _can_fork(model, X) -> bool:
             and not (mpi is not None and mpi.Is_initialized()))
 
 
-def _pool_for(model, X, shards) -> _Pool:
+def _pool_for(model, X, shards, runners) -> _Pool:
     """The model's pool, made anew (with room for what the old one had) if it cannot serve."""
-    needs = _Needs.of(model, X, shards)
+    needs = _Needs.of(model, X, shards, runners)
     pool = _pools.get(model)
     if pool is not None and pool.owner == os.getpid() and pool.needs.covers(needs):
         return pool
@@ -122,33 +135,38 @@ def _shared(shape, dtype) -> np.ndarray:
 
 class _Needs:
     """What a pool was made for: its model's loss, layers and parameters (a worker's copy of
-    the model is as it was then), the shard count, and room for `rows` samples of X and of
-    the scores."""
+    the model is as it was then), the runners (the parent and its workers), and room in each
+    worker for `slots` shards holding `rows` samples of X and of the scores in all."""
 
-    def __init__(self, model_key, count, x, rows):
-        self.model_key, self.count, self.x, self.rows = model_key, count, x, rows
+    def __init__(self, model_key, runners, x, slots, rows):
+        self.model_key, self.runners, self.x, self.slots, self.rows = model_key, runners, x, slots, rows
         self.inputs = (model_key, x)        # what the workers' copies and buffers are made for
 
     @classmethod
-    def of(cls, model, X, shards):
+    def of(cls, model, X, shards, runners):
         model_key = (model.loss_name, [layer.spec() for layer in model.layers],
                      [(name, p.shape, p.dtype) for name, p in model.params.items()],
                      tuple(model.output_shape))
-        return cls(model_key, len(shards), (X.shape[1:], X.dtype), max(s.stop - s.start for s in shards))
+        groups = [shards[r::runners] for r in range(runners)]
+        return cls(model_key, runners, (X.shape[1:], X.dtype), max(len(g) for g in groups),
+                   max(sum(s.stop - s.start for s in g) for g in groups))
 
     def covers(self, other) -> bool:
-        return self.inputs == other.inputs and self.count >= other.count and self.rows >= other.rows
+        return (self.inputs == other.inputs and self.runners >= other.runners
+                and self.slots >= other.slots and self.rows >= other.rows)
 
     def union(self, old):
-        """These needs, keeping the workers and rows the old pool had: the thread policy's
-        probes (1..n shards), training and larger test batches then share one pool."""
+        """These needs, keeping the workers and room the old pool had: training with 2 or 3
+        runners and larger test batches then share one pool."""
         if self.inputs != old.inputs:
             return self
-        return _Needs(self.model_key, max(self.count, old.count), self.x, max(self.rows, old.rows))
+        return _Needs(self.model_key, max(self.runners, old.runners), self.x,
+                      max(self.slots, old.slots), max(self.rows, old.rows))
 
 
 class _Pool:
-    """The worker processes of one model: worker k (1, 2, ...) runs shard k."""
+    """The worker processes of one model: with r runners, worker k (1, 2, ... r - 1) runs
+    shards k, k + r, k + 2r..."""
 
     def __init__(self, model, needs: _Needs):
         self.needs, self.owner, self.step = needs, os.getpid(), 0
@@ -160,10 +178,11 @@ class _Pool:
             if stream is not None:                  # twice: again by a worker
                 stream.flush()
         (x_shape, x_dtype), out_shape = needs.x, needs.model_key[3]
-        for _ in range(needs.count - 1):
+        for _ in range(needs.runners - 1):
             buffers = {"x": _shared((needs.rows, *x_shape), x_dtype),
                        "out": _shared((needs.rows, *out_shape), x_dtype),
-                       "grads": {name: _shared(p.shape, p.dtype) for name, p in self.params.items()}}
+                       "grads": [{name: _shared(p.shape, p.dtype) for name, p in self.params.items()}
+                                 for _ in range(needs.slots)]}
             here, there = multiprocessing.Pipe()
             with one_blas_thread():                  # which the worker keeps
                 pid = _fork(lambda: _serve(model, there, self.params, buffers),
@@ -172,30 +191,38 @@ class _Pool:
             there.close()
             self.workers.append((pid, here, buffers))
 
-    def run(self, model, X, y, shards):
-        """[shard 0's result (computed here), then each worker's], as map_in_threads gives them."""
+    def run(self, model, X, y, shards, runners):
+        """Each shard's result in shard order, as map_shards gives them: runner 0's computed
+        here, the others' by the workers meanwhile."""
         for name, p in self.params.items():
             p[...] = model.params[name]
         self.step += 1
         errors = np.geterr()           # the caller's floating-point error settings, for the workers
-        working = list(zip(self.workers, shards[1:]))
-        for (pid, pipe, buffers), rows in working:
-            n = rows.stop - rows.start
-            buffers["x"][:n] = X[rows, ...]
+        working = []                   # (pid, pipe, buffers, [(shard index, offset, rows)...])
+        for runner, (pid, pipe, buffers) in enumerate(self.workers[:runners - 1], start=1):
+            jobs, offset = [], 0
+            for k in range(runner, len(shards), runners):
+                n = shards[k].stop - shards[k].start
+                buffers["x"][offset:offset + n] = X[shards[k], ...]
+                jobs.append((k, offset, n))
+                offset += n
             try:
-                pipe.send((self.step, n, None if y is None else y[rows, ...], _share(rows, shards), errors))
+                pipe.send((self.step, [(offset, n, None if y is None else y[shards[k], ...],
+                                        _share(shards[k], shards)) for k, offset, n in jobs], errors))
             except OSError:                          # its end of the pipe is closed: it died
                 raise _stopped(pid) from None
-        with one_blas_thread():                      # one core for each shard, as on threads
-            results = [_shard(model, X, y, shards[0], _share(shards[0], shards))]
-        for (pid, pipe, buffers), rows in working:
-            reply = _reply(pid, pipe, self.step)
-            n = rows.stop - rows.start
-            if y is None:
-                results.append(buffers["out"][:n])
-            else:
-                loss, label_range = reply
-                results.append((loss, buffers["grads"], label_range))
+            working.append((pid, pipe, buffers, jobs))
+        results = [None] * len(shards)
+        for k in range(0, len(shards), runners):
+            results[k] = _shard(model, X, y, shards[k], _share(shards[k], shards))
+        for pid, pipe, buffers, jobs in working:
+            replies = _reply(pid, pipe, self.step)
+            for slot, (k, offset, n) in enumerate(jobs):
+                if y is None:
+                    results[k] = buffers["out"][offset:offset + n]
+                else:
+                    loss, label_range = replies[slot]
+                    results[k] = (loss, buffers["grads"][slot], label_range)
         return results
 
 
@@ -249,27 +276,30 @@ def _fork(work, close_in_child) -> int:
 
 
 def _serve(model, pipe, params, buffers):
-    """A worker's life: wait for a shard, run it, reply; return when the parent's pipe closes."""
+    """A worker's life: wait for its shards, run them in order, reply; return when the
+    parent's pipe closes."""
     model.params = params                            # the parent copies each step's in
     while True:
         try:
-            step, n, y, share, errors = pipe.recv()
+            step, jobs, errors = pipe.recv()
         except EOFError:
             return
-        error, reply = None, None
+        error, replies = None, []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")          # the parent's filters decide, when it re-issues them
             try:
                 with np.errstate(**errors):
-                    result = _shard(model, buffers["x"], y, slice(0, n), share, out=buffers["grads"])
-                if y is None:
-                    buffers["out"][:n] = result
-                else:
-                    reply = (result[0], result[2])              # its gradients are in the buffers
+                    for slot, (offset, n, y, share) in enumerate(jobs):
+                        X = buffers["x"][offset:offset + n]
+                        result = _shard(model, X, y, slice(0, n), share, out=buffers["grads"][slot])
+                        if y is None:
+                            buffers["out"][offset:offset + n] = result
+                        else:                        # its gradients are in the buffers
+                            replies.append((result[0], result[2]))
             except Exception as e:
                 error = _picklable(e)
         try:
-            pipe.send((step, error, [_picklable_warning(w) for w in caught], reply))
+            pipe.send((step, error, [_picklable_warning(w) for w in caught], replies))
         except OSError:                              # the parent is gone, or gave up the step
             return
 
