@@ -272,8 +272,10 @@ def make_parser():
     sweep.add_argument("--batch-size", type=int_list, default=[50], metavar="SIZES",
                        help="batch sizes to try (default: 50)")
     sweep.add_argument("--random", type=positive_int, metavar="K",
-                       help="try K random settings instead of the grid (log-uniform lr and reg "
-                            "between the given extremes)")
+                       help="try K distinct random settings instead of the grid: lr and reg "
+                            "log-uniform between the given extremes when given as two or more "
+                            "positive numbers, other values chosen from those given; a space of "
+                            "fewer than K settings runs each once")
     sweep.add_argument("--out", metavar="DIR", help="output directory (default: runs/sweep-MODEL-DATASET)")
 
     selftest = command("selftest", "check this installation: the CUDA kernels, GPU training against "
@@ -301,9 +303,11 @@ def unrecognized(unknown, command_parser) -> str:
 
 
 def add_training_args(p, sweep):
-    default_dataset = "digits" if sweep else "mnist"
-    p.add_argument("--model", choices=MODELS, default="mnist-cnn",
-                   help="the network to train (default: mnist-cnn)")
+    # A sweep trains many models: on digits' 8x8 images by default, where a fully connected
+    # net is the model that fits (mnist-cnn is made for 28x28).
+    default_dataset, default_model = ("digits", "fc") if sweep else ("mnist", "mnist-cnn")
+    p.add_argument("--model", choices=MODELS, default=default_model,
+                   help=f"the network to train (default: {default_model})")
     p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
                    help=f"the images to learn; digits (8x8) trains in seconds (default: {default_dataset})")
     p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
@@ -852,19 +856,42 @@ def cmd_info(args):
 # ---------------------------------------------------------------------------- sweep
 
 def sweep_settings(args):
-    """(lr, reg, hidden, batch_size) to try: the grid of the given values, or --random K draws."""
+    """(lr, reg, hidden, batch_size) to try, each setting once: the grid of the given values,
+    or --random K draws. A list of two or more positive numbers (lr, reg) is a range, drawn
+    log-uniformly (3 significant digits); any other list is a set of values to choose from.
+    When every list is a set and they make fewer than K settings, each setting is run once
+    (the grid), and the command says so."""
     hidden = args.hidden or ([100] if MODELS[args.model].hidden_layers != 0 else [None])
+    dimensions = [list(dict.fromkeys(v)) for v in (args.lr, args.reg, hidden, args.batch_size)]
     if not args.random:
-        return list(itertools.product(args.lr, args.reg, hidden, args.batch_size))
+        return list(itertools.product(*dimensions))
     rng = np.random.default_rng(args.seed)
+    ranges = [i < 2 and len(v) > 1 and min(v) > 0 for i, v in enumerate(dimensions)]
+    if not any(ranges):
+        grid = list(itertools.product(*dimensions))
+        if len(grid) <= args.random:
+            print(f"sweep: --random {args.random}, but the values given make only {len(grid)} "
+                  f"distinct setting{'s' * (len(grid) > 1)}: running each once (give lr or reg "
+                  "as two or more positive numbers to draw from their range)")
+            return grid
+        return [grid[i] for i in sorted(rng.choice(len(grid), size=args.random, replace=False))]
 
-    def log_uniform(values):
+    def draw(values, is_range):
+        if not is_range:
+            return values[rng.integers(len(values))]
         lo, hi = min(values), max(values)
-        if lo <= 0 or lo == hi:
-            return float(rng.choice(values))
-        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    return [(log_uniform(args.lr), log_uniform(args.reg), hidden[rng.integers(len(hidden))],
-             int(rng.choice(args.batch_size))) for _ in range(args.random)]
+        value = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        return min(max(float(f"{value:.3g}"), lo), hi)
+    settings = []
+    for _ in range(100 * args.random):          # a repeat is drawn again
+        setting = tuple(draw(v, r) for v, r in zip(dimensions, ranges))
+        if setting not in settings:
+            settings.append(setting)
+            if len(settings) == args.random:
+                return settings
+    raise ValueError(f"--random {args.random}: the values given hold fewer distinct settings "
+                     f"than that at 3 significant digits (found {len(settings)}); widen the "
+                     "ranges or ask for fewer")
 
 
 SWEEP_COLUMNS = ["lr", "reg", "hidden", "batch_size", "train_acc", "val_acc", "seconds"]
