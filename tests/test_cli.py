@@ -188,6 +188,31 @@ def test_train_and_eval_on_cifar_files(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "model.npz"), "--dataset", "cifar10",
                  "--data-dir", str(cifar)]) == 0
     assert "cifar10 test accuracy" in capsys.readouterr().out
+    # The run records its --data-dir (run.json): eval of a checkpoint in it needs none.
+    assert main(["eval", "--checkpoint", str(out / "checkpoint_epoch_1.npz")]) == 0
+    said = capsys.readouterr().out
+    assert f"note: reading cifar10 from {cifar} (the --data-dir of {out / 'run.json'})" in said
+    assert "cifar10 test accuracy" in said
+
+
+def test_eval_finds_a_relative_data_dir_from_where_the_run_started(tmp_path, monkeypatch, capsys):
+    from xpnn import data
+    rng = np.random.default_rng(0)
+    project = tmp_path / "project"
+    (project / "data" / "cifar").mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data.write_cifar_batch(project / "data" / "cifar" / name,
+                               rng.integers(0, 256, (20, 3072)), np.arange(20) % 10)
+    monkeypatch.chdir(project)
+    assert main(["train", "--model", "softmax", "--dataset", "cifar10", "--data-dir", "data/cifar",
+                 "--epochs", "1", "--batch-size", "10", "--out", "runs/r", "--quiet"]) == 0
+    monkeypatch.chdir(tmp_path)                   # elsewhere: data/cifar is not found from here
+    assert main(["eval", "--checkpoint", "project/runs/r/model.npz"]) == 0
+    said = capsys.readouterr().out
+    assert f"reading cifar10 from {project / 'data' / 'cifar'}" in said and "test accuracy" in said
+    # Another data set than the run's: its --data-dir is not that one's.
+    assert main(["eval", "--checkpoint", "project/runs/r/model.npz", "--dataset", "mnist"]) == 2
+    assert "reading" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- eval and info

@@ -250,7 +250,9 @@ def make_parser():
     ev.add_argument("--dataset", choices=DATASETS,
                     help="whose test split to evaluate on (default: the data set the model was "
                          "trained on)")
-    ev.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    ev.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP.replace(
+        "(default: ", "(default: the --data-dir of the run the checkpoint sits in, from its "
+        "run.json; else "))
     ev.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or cuda:N")
     ev.add_argument("--predictions", metavar="CSV",
                     help="write the test-set predictions to this CSV file (Id,Category)")
@@ -766,7 +768,10 @@ def cmd_eval(args):
     if dataset is None:
         raise ValueError(f"{args.checkpoint} does not record the data set it was trained on; "
                          f"name one with --dataset ({', '.join(DATASETS)})")
-    data = get_data(dataset, data_dir=args.data_dir, subtract_mean=False)
+    data_dir = args.data_dir
+    if data_dir is None and DATASETS[dataset].takes_data_dir:
+        data_dir = recorded_data_dir(args.checkpoint, dataset)
+    data = get_data(dataset, data_dir=data_dir, subtract_mean=False)
     X, y = data["X_test"], data["y_test"]
     check_data_fits(model, X, y, dataset, args.checkpoint)
     if model.dataset not in (None, dataset):
@@ -799,6 +804,28 @@ def cmd_eval(args):
         raise OSError(f"cannot write {picture} ({e.strerror or e}); choose a directory with --out") from None
     print(f"wrote {picture}")
     return 0
+
+
+def recorded_data_dir(checkpoint, dataset):
+    """The --data-dir that trained the run a checkpoint sits in (its run.json), when it
+    trained on `dataset`; else None. A relative one not found from here is taken from where
+    the run was started (the run's --out, relative, leads from there to the run)."""
+    settings_path = Path(checkpoint).parent / RUN_SETTINGS
+    if not settings_path.is_file():
+        return None
+    settings = read_json(settings_path)
+    recorded = settings.get("data_dir")
+    if not recorded or settings.get("dataset") != dataset:
+        return None
+    path = Path(recorded)
+    if not path.is_absolute() and not path.exists():
+        out, run_dir = Path(settings.get("out") or "."), settings_path.parent.resolve()
+        if not out.is_absolute() and ".." not in out.parts and out.parts \
+                and run_dir.parts[-len(out.parts):] == out.parts:
+            path = run_dir.parents[len(out.parts) - 1] / path
+    print(f"note: reading {dataset} from {path} (the --data-dir of {settings_path}); "
+          "give --data-dir to read another copy")
+    return str(path)
 
 
 def check_data_fits(model, X, y, dataset, source):
