@@ -43,9 +43,17 @@ def test_notebook_loss(cell_type, lo, hi, expected):
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
-def test_gradients_of_every_parameter(xp, cell_type):
-    # The notebook's gradient check (batch 2, 3 steps, 4 features, word vectors 5, hidden 6),
-    # on every backend: the parameters and inputs are made there.
+def test_gradients_of_every_parameter(cell_type):
+    check_gradients(np, cell_type)
+
+
+def test_gradients_on_every_backend(xp):
+    check_gradients(xp, "lstm")
+
+
+def check_gradients(xp, cell_type):
+    """The notebook's gradient check (batch 2, 3 steps, 4 features, word vectors 5, hidden 6),
+    with the parameters and inputs made in xp."""
     rng = np.random.default_rng(231)
     word_to_idx = {"<NULL>": 0, "cat": 2, "dog": 3}
     captions = xp.asarray(rng.integers(len(word_to_idx), size=(2, 3)))

@@ -18,8 +18,10 @@ from .rnn_layers import (lstm_backward, lstm_forward, lstm_step_forward, rnn_bac
                          rnn_forward, rnn_step_forward, temporal_affine_backward,
                          temporal_affine_forward, temporal_softmax_loss,
                          word_embedding_backward, word_embedding_forward)
+from .transformer_layers import (Embedding, Linear, Module, PositionalEncoding,
+                                 TransformerDecoder, TransformerDecoderLayer, _Init)
 
-__all__ = ["CaptioningRNN"]
+__all__ = ["CaptioningRNN", "CaptioningTransformer"]
 
 _CELLS = {"rnn": (rnn_forward, rnn_backward, 1), "lstm": (lstm_forward, lstm_backward, 4)}
 
@@ -122,3 +124,81 @@ class CaptioningRNN:
             word = xp.argmax(h @ p["W_vocab"] + p["b_vocab"], axis=1)
             captions.append(word)
         return xp.stack(captions, axis=1)
+
+
+class CaptioningTransformer(Module):
+    """Image features -> a caption with a Transformer decoder, as the assignment's module:
+    the projected image is the memory the caption's words attend to.
+
+    `transformer(features (N, D), captions (N, T))` -> scores (N, T, V), each step seeing
+    only the words before it. `loss(features, captions)` -> (loss, grads): the assignment's
+    training step (predict captions[:, 1:] from captions[:, :-1]; loss = mean over all
+    N x (T-1) positions of mask x cross-entropy, <NULL> unmasked as its torch.mean(ce * mask)).
+    `sample(features, max_length=30)` greedy. params: PyTorch's names (visual_projection.*,
+    embedding.weight, transformer.layers.K.*, output.*) and layouts; initialized as the
+    assignment's (normal(0, 0.02) Linear and Embedding weights, zero biases, except `output`,
+    which keeps PyTorch's default). xpnn's extras: dtype, device, seed, and dim_feedforward
+    (the assignment's decoder layers have 2048).
+    """
+
+    def __init__(self, word_to_idx, input_dim, wordvec_dim, num_heads=4, num_layers=2,
+                 max_length=50, dtype="float32", device="cpu", seed=None, dim_feedforward=2048):
+        super().__init__()
+        self.vocab_size = V = len(word_to_idx)
+        self._null = word_to_idx["<NULL>"]
+        self._start = _word_index(word_to_idx, "<START>")
+        self._end = _word_index(word_to_idx, "<END>")
+        init = _Init(dtype, device, seed)
+        scaled = init.with_std(0.02)
+        self.backend = init.backend
+        self.add_module("visual_projection", Linear(input_dim, wordvec_dim, scaled))
+        self.add_module("embedding", Embedding(V, wordvec_dim, scaled, padding_idx=self._null,
+                                               std=0.02))
+        self.add_module("positional_encoding", PositionalEncoding(wordvec_dim, max_len=max_length))
+        self.add_module("transformer", TransformerDecoder(
+            lambda: TransformerDecoderLayer(wordvec_dim, num_heads, dim_feedforward, init=scaled),
+            num_layers))
+        self.add_module("output", Linear(wordvec_dim, V, init))
+
+    def forward(self, features, captions):
+        xp = namespace_of(features, captions, *self._params.values())
+        features = xp.astype(features, self._p("visual_projection.weight").dtype, copy=False)
+        T = captions.shape[1]
+        words = self.positional_encoding(self.embedding(captions))
+        memory = self.visual_projection(features)[:, None, :]          # (N, 1, W)
+        causal = xp.tril(xp.ones((T, T), dtype=xp.bool, device=device_of(words)))
+        return self.output(self.transformer(words, memory, tgt_mask=causal))
+
+    def backward(self, dscores):
+        """The gradients of every parameter for the last forward call, from dscores (N, T, V)."""
+        dx, grads = self.output.backward(dscores)
+        dx, dmemory, g = self.transformer.backward(dx)
+        grads.update(g)
+        grads.update(self.embedding.backward(self.positional_encoding.backward(dx))[1])
+        namespace = namespace_of(dmemory)
+        grads.update(self.visual_projection.backward(namespace.sum(dmemory, axis=1))[1])
+        return {name: grads[name] for name in self._params}        # PyTorch's order
+
+    def loss(self, features, captions):
+        """The assignment's training loss for one batch and the gradients of every parameter."""
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        scores = self.forward(features, captions_in)
+        # temporal_softmax_loss sums over time and averages over N: over T-1 more steps, the
+        # assignment's mean over every position.
+        steps = captions_out.shape[1]
+        loss, dscores = temporal_softmax_loss(scores, captions_out, captions_out != self._null)
+        return loss / steps, self.backward(dscores / steps)
+
+    def sample(self, features, max_length=30):
+        """Greedy captions (N, max_length) for image features (N, D): each step reruns the
+        decoder on the words so far and appends its most likely next word. Runs in whatever
+        mode the model is in, as the assignment's."""
+        if self._start is None:
+            raise ValueError("sample needs a <START> token in word_to_idx")
+        xp = namespace_of(features, *self._params.values())
+        words = xp.full((features.shape[0], 1), self._start, dtype=xp.int64,
+                        device=device_of(features))
+        for _ in range(max_length):
+            scores = self.forward(features, words)[:, -1, :]
+            words = xp.concat([words, xp.argmax(scores, axis=1)[:, None]], axis=1)
+        return words[:, 1:]

@@ -103,6 +103,10 @@ class CaptioningSolverTransformer(CaptioningSolver):
     """
 
     def __init__(self, model, data, idx_to_word, **kwargs):
+        unknown = set(kwargs) - {"learning_rate", "batch_size", "num_epochs", "print_every",
+                                 "verbose"}
+        if unknown:
+            raise ValueError(f"Unrecognized arguments {', '.join(map(repr, sorted(unknown)))}")
         self.idx_to_word = idx_to_word
         self.learning_rate = kwargs.pop("learning_rate", 0.001)
         super().__init__(model, data, update_rule="adam",
