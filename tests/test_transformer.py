@@ -415,3 +415,67 @@ def test_captioning_transformer_matches_pytorch(torch_reference):
     assert abs(loss - loss_ref.item()) < 1e-10 * abs(loss_ref.item())
     for name, p in ref.named_parameters():
         assert_same_gradient(name, grads[name], p.grad.numpy())
+
+
+# ---------------------------------------------------------------------------- the layout
+
+@pytest.fixture
+def cs231n():
+    """`xpnn.cs231n.install()` for one test, undone afterwards."""
+    import sys
+
+    import xpnn.cs231n
+    before = {k: v for k, v in sys.modules.items() if k == "cs231n" or k.startswith("cs231n.")}
+    xpnn.cs231n.install()
+    yield
+    for name in [k for k in sys.modules if k == "cs231n" or k.startswith("cs231n.")]:
+        del sys.modules[name]
+    sys.modules.update(before)
+
+
+def test_notebook_imports_and_cells_through_the_layout(cs231n):
+    # The Transformer_Captioning notebook's imports and its fixed-parameters cell, NumPy in.
+    from cs231n.captioning_solver_transformer import CaptioningSolverTransformer as Solver
+    from cs231n.classifiers.transformer import CaptioningTransformer as LayoutTransformer
+    from cs231n.transformer_layers import MultiHeadAttention as LayoutAttention
+    from cs231n.transformer_layers import PositionalEncoding as LayoutPositional
+    assert Solver is CaptioningSolverTransformer
+    assert issubclass(LayoutAttention, MultiHeadAttention)
+    assert issubclass(LayoutPositional, PositionalEncoding)
+    N, D, W, T = 4, 20, 30, 3
+    word_to_idx = {"<NULL>": 0, "cat": 2, "dog": 3}
+    transformer = LayoutTransformer(word_to_idx, input_dim=D, wordvec_dim=W, num_heads=2,
+                                    num_layers=2, max_length=30)
+    for p in transformer.parameters():
+        p.data = np.linspace(-1.4, 1.3, num=p.numel()).reshape(*p.shape)
+    features = np.linspace(-1.5, 0.3, num=N * D).reshape(N, D)
+    captions = (np.arange(N * T) % len(word_to_idx)).reshape(N, T)
+    scores = transformer.eval()(features, captions)
+    assert np.max(np.abs(scores[2] - np.array([-17.2172, 4.7701, 26.7574]))) < 6e-5
+
+
+def test_notebook_cells_with_pytorch_tensors(cs231n):
+    torch = pytest.importorskip("torch")
+    from cs231n.classifiers.transformer import CaptioningTransformer as LayoutTransformer
+    from cs231n.transformer_layers import MultiHeadAttention as LayoutAttention
+    from cs231n.transformer_layers import PositionalEncoding as LayoutPositional
+    torch.manual_seed(231)
+    attn = LayoutAttention(8, num_heads=2).eval()
+    data = torch.randn(1, 3, 8)
+    mask = torch.randn(3, 3) < 0.5
+    mask[:, 0] = True
+    out = attn(query=data, key=data, value=data, attn_mask=mask)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 8)
+    expected = attn(query=data.numpy(), key=data.numpy(), value=data.numpy(), attn_mask=mask.numpy())
+    assert np.array_equal(out.detach().numpy(), expected)
+    pe = LayoutPositional(6).eval()(torch.zeros(1, 2, 6, dtype=torch.float64))
+    assert torch.allclose(pe[0, 1, :2], torch.tensor([math.sin(1), math.cos(1)], dtype=torch.float64))
+    transformer = LayoutTransformer({"<NULL>": 0, "cat": 2, "dog": 3}, input_dim=20, wordvec_dim=30,
+                                    num_heads=2, num_layers=2, max_length=30)
+    for p in transformer.parameters():
+        p.data = torch.tensor(np.linspace(-1.4, 1.3, num=p.numel()).reshape(*p.shape))
+    features = torch.tensor(np.linspace(-1.5, 0.3, num=80).reshape(4, 20))
+    captions = torch.tensor((np.arange(12) % 3).reshape(4, 3))
+    scores = transformer.eval()(features, captions)
+    assert isinstance(scores, torch.Tensor) and scores.dtype == torch.float64
+    assert np.max(np.abs(scores[2].numpy() - np.array([-17.2172, 4.7701, 26.7574]))) < 6e-5

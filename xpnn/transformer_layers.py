@@ -350,6 +350,7 @@ class MultiHeadAttention(Module):
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be a multiple of num_heads {num_heads}")
         init = init or _Init(dtype, device, seed)
+        self.backend = init.backend
         for name in ("key", "query", "value", "proj"):     # PyTorch's registration order
             self.add_module(name, Linear(embed_dim, embed_dim, init))
         self.add_module("attn_drop", Dropout(dropout))

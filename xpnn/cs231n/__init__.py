@@ -24,6 +24,9 @@ every other `cs231n.*` module imports the student's own file, from the `cs231n` 
     cs231n.classifiers.rnn        CaptioningRNN (+ every layer and recurrent layer)
     cs231n.captioning_solver      CaptioningSolver;  cs231n.coco_utils: load_coco_data,
                                   sample_coco_minibatch, decode_captions (xpnn.coco)
+    cs231n.transformer_layers     PositionalEncoding, MultiHeadAttention (xpnn.transformer_layers)
+    cs231n.classifiers.transformer  CaptioningTransformer (+ the decoder layers)
+    cs231n.captioning_solver_transformer  CaptioningSolverTransformer
 
     cs231n.features, cs231n.classifiers.k_nearest_neighbor, .linear_classifier, .softmax,
     any module a student adds     the student's files, untouched
@@ -60,7 +63,8 @@ __all__ = ["install", "uninstall", "use_device", "default_device", "MODULES"]
 MODULES = ("layers", "fast_layers", "layer_utils", "gradient_check", "optim", "solver",
            "data_utils", "vis_utils", "classifiers", "classifiers.fc_net", "classifiers.cnn",
            # assignment 3
-           "rnn_layers", "classifiers.rnn", "captioning_solver", "coco_utils")
+           "rnn_layers", "classifiers.rnn", "captioning_solver", "coco_utils",
+           "transformer_layers", "classifiers.transformer", "captioning_solver_transformer")
 
 _device = "cpu"
 
