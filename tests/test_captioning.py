@@ -3,8 +3,11 @@ losses, numerical gradients of every parameter, overfitting a small data set and
 captions back, the loader on small files the tests write, and the notebooks' imports through
 xpnn.cs231n."""
 import json
+import os
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +268,16 @@ def test_layout_model_on_the_gpu_takes_numpy_cells(cs231n):
         assert isinstance(sampled, np.ndarray) and sampled.shape == (2, 4)
     finally:
         xpnn.cs231n.use_device("cpu")
+
+
+# ---------------------------------------------------------------------------- the example
+
+def test_shapes_captioning_example_runs_end_to_end():
+    # examples/shapes_captioning.py as a user runs it: makes its data, trains an LSTM
+    # captioner with CaptioningSolver, captions new pictures.
+    script = Path(__file__).resolve().parents[1] / "examples" / "shapes_captioning.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ") for line in done.stdout.splitlines() if "exact match" in line)
+    assert float(lines["train exact match"]) >= 0.95 and float(lines["val exact match"]) >= 0.95
