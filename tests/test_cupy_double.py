@@ -357,3 +357,85 @@ def test_subprocesses_get_the_double_through_their_environment():
     out = subprocess.run([sys.executable, "-c", "import cupy; print(cupy.__version__)"],
                          env=cupy_double_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("+double")
+
+
+# -- NCCL and events (cupy_backends/cuda/libs/nccl.pyx, cupy/cuda/stream.pyx) ------------------
+
+def _ranks_on(cp, devices, body):
+    """body(rank, communicator) on one thread per rank, each with its device current (NCCL
+    ranks meet in ncclCommInitRank); returns each rank's result or exception."""
+    import threading
+    uid, results = cp.cuda.nccl.get_unique_id(), [None] * len(devices)
+
+    def run(rank):
+        try:
+            with cp.cuda.Device(devices[rank]):
+                results[rank] = body(rank, cp.cuda.nccl.NcclCommunicator(len(devices), uid, rank))
+        except Exception as e:            # noqa: BLE001 - returned to the test
+            results[rank] = e
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(len(devices))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_nccl_ids_are_cupys_tuples_of_chars(cp):
+    uid = cp.cuda.nccl.get_unique_id()
+    assert type(uid) is tuple and len(uid) == 128 and all(-128 <= c <= 127 for c in uid)
+    assert uid != cp.cuda.nccl.get_unique_id()
+    with pytest.raises(TypeError, match=r"Argument 'commId' has incorrect type \(expected tuple, got bytes\)"):
+        cp.cuda.nccl.NcclCommunicator(1, bytes(128), 0)
+    with pytest.raises(AssertionError):
+        cp.cuda.nccl.NcclCommunicator(1, uid[:64], 0)
+
+
+def test_nccl_all_reduce_sums_over_the_ranks_and_completes_on_the_device(cp):
+    def body(rank, comm):
+        buf = cp.asarray(np.arange(5, dtype=np.float32) * (rank + 1))
+        comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, cp.cuda.nccl.NCCL_FLOAT32,
+                       cp.cuda.nccl.NCCL_SUM, cp.cuda.get_current_stream().ptr)
+        done = cp.cuda.Event(disable_timing=True)
+        done.record()
+        done.synchronize()
+        assert done.done
+        return cp.asnumpy(buf), buf.device.id
+    results = _ranks_on(cp, [0, 1], body)
+    for rank, (summed, device) in enumerate(results):
+        np.testing.assert_array_equal(summed, np.arange(5, dtype=np.float32) * 3)
+        assert device == rank
+
+
+def test_nccl_refuses_two_ranks_on_one_gpu(cp):
+    results = _ranks_on(cp, [1, 1], lambda rank, comm: comm)
+    for error in results:
+        assert isinstance(error, cp.cuda.nccl.NcclError), results
+        assert str(error) == "NCCL_ERROR_INVALID_USAGE: invalid usage (run with NCCL_DEBUG=WARN for details)"
+    assert cp.cuda.runtime.deviceGetPCIBusId(0) != cp.cuda.runtime.deviceGetPCIBusId(1)
+    assert cp.cuda.Device(1).pci_bus_id == cp.cuda.runtime.deviceGetPCIBusId(1)
+
+
+def test_nccl_waits_for_its_peers_and_abort_releases_it(cp):
+    """A one-rank-short all-reduce never finishes (its event stays not done) until aborted."""
+    import time
+    uid = cp.cuda.nccl.get_unique_id()
+    comm = cp.cuda.nccl.NcclCommunicator(1, uid, 0)
+    comm._ndev = 2                       # as if a peer had joined, then died
+    buf = cp.ones(3, dtype=cp.float64)
+    comm.allReduce(buf.data.ptr, buf.data.ptr, 3, cp.cuda.nccl.NCCL_FLOAT64, cp.cuda.nccl.NCCL_SUM, 0)
+    event = cp.cuda.Event(block=False, disable_timing=True, interprocess=False)
+    event.record(cp.cuda.get_current_stream())
+    time.sleep(0.05)
+    assert not event.done
+    comm.abort()
+    event.synchronize()
+    assert event.done
+    np.testing.assert_array_equal(cp.asnumpy(buf), np.ones(3))      # left as it was
+
+
+def test_events_take_cupys_arguments(cp):
+    with pytest.raises(ValueError, match="Timing must be disabled for interprocess events"):
+        cp.cuda.Event(interprocess=True)
+    event = cp.cuda.get_current_stream().record()
+    assert isinstance(event, cp.cuda.Event) and event.done

@@ -23,6 +23,7 @@ from xpnn.cli import main as cli_main
 from xpnn.io import load_npz
 from xpnn.solver import Solver
 
+from .conftest import USING_CUPY_DOUBLE, cupy_double_env
 from .distributed_worker import SETTINGS, small_problem
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,7 @@ def run_ranks(n, *args, timeout=120, env=None, module=None):
     (CompletedProcess, seconds)."""
     environment = {**os.environ, **(env or {})}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(HERE),
+                                                             cupy_double_env().get("PYTHONPATH"),
                                                              environment.get("PYTHONPATH")]))
     environment.setdefault("OPENBLAS_NUM_THREADS", "1")    # K ranks share a small machine
     command = [mpiexec(), "-n", str(n), sys.executable, *(["-m", module] if module else []), *args]
@@ -71,12 +73,16 @@ def test_shards_cover_the_batch_once_with_shares_summing_to_one(n, size):
 
 
 def test_one_gpu_per_rank_on_each_node():
-    assert [distributed.rank_device("cuda", r, 4) for r in range(6)] == \
-        ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
-    assert [distributed.rank_device("cuda:2", r, 4) for r in range(3)] == ["cuda:2", "cuda:3", "cuda:0"]
-    assert distributed.rank_device("cpu", 5, 0) == "cpu"
+    assert [distributed.rank_device("cuda", r, 4, 4) for r in range(4)] == \
+        ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert [distributed.rank_device("cuda:2", r, 4, 3) for r in range(3)] == ["cuda:2", "cuda:3", "cuda:0"]
+    assert distributed.rank_device("cpu", 5, 0, 6) == "cpu"
     with pytest.raises(distributed.DistributedError, match="no GPU"):
         distributed.rank_device("cuda", 0, 0)
+    # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): 6 ranks on 4 GPUs would.
+    with pytest.raises(distributed.DistributedError, match=r"this node has 4 GPU\(s\) and 6 ranks "
+                                                           r"of this job: NCCL needs one GPU per rank"):
+        distributed.rank_device("cuda", 5, 4, 6)
 
 
 def test_sweep_map_records_a_failure_and_keeps_the_rest():
@@ -481,3 +487,61 @@ def test_a_gpu_solver_trains_through_the_nccl_path_as_without_it(monkeypatch):
     for name, value in alone.model.params.items():
         np.testing.assert_array_equal(to_numpy(together.model.params[name]), to_numpy(value), err_msg=name)
     assert together.loss_history == alone.loss_history
+
+
+# ---------------------------------------------------------------------------- NCCL under mpiexec
+
+def _gpus():
+    import cupy
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_two_gpus_through_nccl_as_one_process(tmp_path):
+    """Two ranks, one GPU each, gradients summed by NCCL on the devices (the CuPy double's
+    NCCL sums across the processes): the one-process model, up to float32 summation order."""
+    if _gpus() < 2:
+        pytest.skip("needs two GPUs (the CuPy test double has two)")
+    out = tmp_path / "run"
+    done, _ = run_ranks(2, *CLI_TRAIN, "--device", "cuda", "--out", str(out), module="xpnn.cli",
+                        timeout=300)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distributed"]["transport"] == "NcclTransport"
+    alone = tmp_path / "alone"                     # one process, no MPI
+    done = subprocess.run([sys.executable, "-m", "xpnn.cli", *CLI_TRAIN, "--device", "cuda",
+                           "--out", str(alone)], capture_output=True, text=True, timeout=300,
+                          env={**cupy_double_env(), "OPENBLAS_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    for name, value in params_of(alone / "model.npz").items():
+        np.testing.assert_allclose(params_of(out / "model.npz")[name], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+@pytest.mark.gpu
+def test_more_ranks_than_gpus_are_refused_before_nccl_is_asked(tmp_path):
+    gpus = _gpus()
+    done, seconds = run_ranks(gpus + 1, *CLI_TRAIN, "--device", "cuda", "--out", str(tmp_path / "run"),
+                              module="xpnn.cli", timeout=120)
+    assert done.returncode != 0
+    assert f"this node has {gpus} GPU(s) and {gpus + 1} ranks of this job: NCCL needs one GPU per rank" \
+        in done.stderr
+    assert seconds < 60
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not USING_CUPY_DOUBLE, reason="the double's CUPY_DOUBLE_VISIBLE_DEVICES")
+def test_two_ranks_on_one_gpu_are_refused_by_pci_bus_id(tmp_path):
+    """Rank 0 sees GPUs 0,1 and takes its first; rank 1 sees them as 1,0 and takes its second:
+    device numbers differ, the GPU is the same (as with per-rank CUDA_VISIBLE_DEVICES)."""
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), cupy_double_env().get("PYTHONPATH"),
+                                                             environment.get("PYTHONPATH")]))
+    command = [mpiexec(), "-n", "1", "-env", "CUPY_DOUBLE_VISIBLE_DEVICES", "0,1", sys.executable, "-m",
+               "xpnn.cli", *CLI_TRAIN, "--device", "cuda", "--out", str(tmp_path / "run"), ":",
+               "-n", "1", "-env", "CUPY_DOUBLE_VISIBLE_DEVICES", "1,0", sys.executable, "-m",
+               "xpnn.cli", *CLI_TRAIN, "--device", "cuda", "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert done.returncode != 0
+    assert "ranks 0, 1 would share one GPU (PCI bus 0000:17:00.0 on" in done.stderr, done.stderr
+    assert "NCCL refuses two ranks on one GPU" in done.stderr

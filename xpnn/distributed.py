@@ -76,14 +76,20 @@ def launched_by_mpi() -> bool:
     return any(name in os.environ for name in _LAUNCHER_VARIABLES)
 
 
-def rank_device(device, local_rank: int, gpu_count: int) -> str:
+def rank_device(device, local_rank: int, gpu_count: int, local_size: int | None = None) -> str:
     """The device of the rank with this node-local index: "cpu" stays "cpu"; "cuda:i" gives
-    consecutive GPUs from i, wrapping around (rank r on cuda:(i + r) % gpu_count)."""
+    consecutive GPUs from i, wrapping around (rank r on cuda:(i + r) % gpu_count). NCCL refuses
+    two ranks on one GPU: given the node's number of ranks, more ranks than GPUs are refused."""
     kind, index = parse_device(device)
     if kind == "cpu":
         return "cpu"
     if gpu_count < 1:
         raise DistributedError(f"device {device!r} was asked for, but this node has no GPU")
+    if local_size is not None and local_size > gpu_count:
+        raise DistributedError(
+            f"this node has {gpu_count} GPU(s) and {local_size} ranks of this job: NCCL needs one "
+            f"GPU per rank (it refuses two ranks on one GPU); start at most {gpu_count} ranks per "
+            "node (mpiexec -n), or train on device cpu")
     return f"cuda:{(index + local_rank) % gpu_count}"
 
 
@@ -133,13 +139,13 @@ class Communicator:
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
         # The rank among the processes of this node (one GPU each): MPI's own node split.
         node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = node.Get_rank()
+        self.local_rank, local_size = node.Get_rank(), node.Get_size()
         node.Free()
         self.timeout = float(timeout) if timeout is not None else _timeout_from_environment()
         if not self.timeout > 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         gpus = _gpu_count() if parse_device(device)[0] == "cuda" else 0
-        self.device = rank_device(device, self.local_rank, gpus)
+        self.device = rank_device(device, self.local_rank, gpus, local_size)
         self.transport = None          # chosen by `prepare`, from the model's backend
         # What the gradient all-reduces cost: counts, bytes per rank, seconds spent in them.
         self.allreduce_calls, self.allreduce_bytes, self.allreduce_seconds = 0, 0, 0.0
@@ -531,10 +537,32 @@ class NcclTransport:
                                "as CuPy's installation guide says) or train on device cpu")
         self.comm, self.backend, self.nccl, self.cupy = comm, backend, nccl, cupy
         self.dtypes = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}
+        self._one_gpu_per_rank(comm, backend, cupy)
         uid = nccl.get_unique_id() if comm.is_writer else None
         uid = comm.bcast(uid, "the NCCL id broadcast")
         with backend:
             self.nccl_comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
+
+    @staticmethod
+    def _one_gpu_per_rank(comm: Communicator, backend: CudaBackend, cupy) -> None:
+        """NCCL refuses two ranks on one GPU ("Duplicate GPU detected"); so does this, first,
+        with what to change. GPUs are compared by PCI bus id on each host: device numbers
+        depend on each process's CUDA_VISIBLE_DEVICES."""
+        import socket
+        here = (socket.gethostname(), cupy.cuda.runtime.deviceGetPCIBusId(backend.index),
+                cupy.cuda.runtime.getDeviceCount())
+        everyone = comm.allgather(here, "the GPU check")
+        for rank, (host, bus, _) in enumerate(everyone):
+            sharing = [r for r, (h, b, _) in enumerate(everyone) if (h, b) == (host, bus)]
+            if len(sharing) > 1:
+                on_host = [r for r, (h, _, _) in enumerate(everyone) if h == host]
+                gpus = max(n for h, _, n in everyone if h == host)
+                raise DistributedError(
+                    f"ranks {', '.join(map(str, sharing))} would share one GPU (PCI bus {bus} on "
+                    f"{host}): NCCL refuses two ranks on one GPU. {host} runs {len(on_host)} "
+                    f"ranks of this job and its processes see {gpus} GPU(s): give each rank "
+                    "its own GPU (at most as many ranks per node as GPUs; check "
+                    "CUDA_VISIBLE_DEVICES), or train on device cpu")
 
     def allreduce(self, buf, what):
         cupy = self.cupy

@@ -20,6 +20,9 @@ What it models, following CuPy's own rules (each rule names the CuPy source it m
     would fault or misbehave on a GPU (cupy/_raw.py);
   - a per-device memory budget (env CUPY_DOUBLE_MEMORY_BYTES) raising OutOfMemoryError;
   - cupy.random on its own bit generator (Philox, not NumPy's default PCG64);
+  - cupy.cuda.nccl (cuda/nccl.py): CuPy's tuple ids, ranks that meet at init (threads or
+    processes), NCCL's refusal of two ranks on one GPU (by PCI bus id), an actual all-reduce
+    that completes in a thread, seen through cuda.Event's `done`;
   - counters of launches, syncs and transfers: cupy._double.stats() / reset_stats().
 
 What it does not model: asynchrony (work is done when issued; streams are only sync

@@ -4,8 +4,9 @@ Tests reach this module as `cupy._double` (conftest's `cupy_double` fixture). Ev
 test may want to set or read lives here; the rest of the double (`cupy`, `cupyx`) only
 follows CuPy's public behaviour on top of it.
 
-Environment: CUPY_DOUBLE_DEVICES (how many GPUs, default 2), CUPY_DOUBLE_MEMORY_BYTES (each
-GPU's memory, default 16 GiB). At run time: enable_peer_access, set_memory_limit; read
+Environment: CUPY_DOUBLE_DEVICES (how many GPUs, default 2), CUPY_DOUBLE_VISIBLE_DEVICES (which
+of them this process sees, as CUDA_VISIBLE_DEVICES), CUPY_DOUBLE_MEMORY_BYTES (each GPU's
+memory, default 16 GiB). At run time: enable_peer_access, set_memory_limit; read
 stats() (launches, syncs, transfers), compile_log(); reset_stats().
 """
 from __future__ import annotations
@@ -15,7 +16,18 @@ import os
 import threading
 import weakref
 
-DEVICE_COUNT = int(os.environ.get("CUPY_DOUBLE_DEVICES", "2"))
+PHYSICAL_DEVICES = int(os.environ.get("CUPY_DOUBLE_DEVICES", "2"))
+# The physical GPUs this process sees, in order, as CUDA_VISIBLE_DEVICES would select them
+# (env CUPY_DOUBLE_VISIBLE_DEVICES="1,0": device 0 is physical GPU 1); the double's own
+# variable, so that a CUDA_VISIBLE_DEVICES set for real GPUs never changes the double.
+VISIBLE = [int(v) for v in os.environ.get("CUPY_DOUBLE_VISIBLE_DEVICES", "").split(",") if v.strip()] \
+    or list(range(PHYSICAL_DEVICES))
+DEVICE_COUNT = len(VISIBLE)
+
+
+def pci_bus_id(device: int) -> str:
+    """The PCI bus id of visible device `device` (its physical GPU's): '0000:17:00.0', ..."""
+    return f"0000:{0x17 + VISIBLE[device]:02X}:00.0"
 DEFAULT_MEMORY_BYTES = int(os.environ.get("CUPY_DOUBLE_MEMORY_BYTES", str(16 << 30)))
 
 # One record per kernel launch. kind: "elementwise", "reduction", "matmul", "copy", "fill"
@@ -103,6 +115,22 @@ def sync_allowed() -> bool:
 
 def set_sync_allowed(allowed: bool) -> None:
     _thread.sync_allowed = allowed
+
+
+# -- work still running (NCCL collectives wait for their peers in a thread) -------------------
+
+_pending: dict = collections.defaultdict(list)      # device -> [threading.Thread]
+
+
+def start_work(device: int, thread: threading.Thread) -> None:
+    """Work that runs on after its call returns, as a GPU's does: a cuda.Event recorded on
+    `device` after it is done only once the thread has finished."""
+    _pending[device] = [t for t in _pending[device] if t.is_alive()] + [thread]
+    thread.start()
+
+
+def pending_work(device: int) -> tuple:
+    return tuple(t for t in _pending[device] if t.is_alive())
 
 
 # -- events the rest of the double reports ----------------------------------------------------

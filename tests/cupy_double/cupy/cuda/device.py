@@ -36,6 +36,10 @@ class Device:
         return f"{props['major']}{props['minor']}"
 
     @property
+    def pci_bus_id(self) -> str:
+        return runtime.deviceGetPCIBusId(self.id)
+
+    @property
     def mem_info(self):
         with self:
             return runtime.memGetInfo()

@@ -33,6 +33,11 @@ def setDevice(device) -> None:
     _double.set_current_device(_check(device))
 
 
+def deviceGetPCIBusId(device) -> str:
+    """runtime.pyx `deviceGetPCIBusId`: the device's PCI bus id, '0000:17:00.0'."""
+    return _double.pci_bus_id(_check(device))
+
+
 def memGetInfo() -> tuple[int, int]:
     """(free, total) bytes of the *current* device; the pool's cached blocks count as used."""
     m, d = _double.machine, getDevice()
@@ -45,7 +50,8 @@ def getDeviceProperties(device) -> dict:
             _double.machine.memory_limit[device], "major": 8, "minor": 0,
             "multiProcessorCount": 108, "maxThreadsPerBlock": 1024,
             "maxThreadsDim": (1024, 1024, 64), "maxGridSize": (2**31 - 1, 65535, 65535),
-            "sharedMemPerBlock": 48 << 10, "warpSize": 32, "pciBusID": device}
+            "sharedMemPerBlock": 48 << 10, "warpSize": 32,
+            "pciBusID": int(_double.pci_bus_id(device).split(":")[1], 16)}
 
 
 def deviceCanAccessPeer(device, peer) -> int:
