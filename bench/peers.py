@@ -3,6 +3,8 @@
     python bench/peers.py                                   # all: ~half an hour on 2 cores
     python bench/peers.py --nets mnist --rounds 3 --steps 5 # a quick look
     python bench/peers.py --json peers.json --python-chainer /path/to/venv/bin/python
+    python bench/peers.py --frameworks xpnn torch --xpnn-before /tmp/xpnn-old   # xpnn against
+                                            # another checkout of itself (git worktree), too
 
 What it times: one training step (forward, backward, SGD update with learning rate 1e-3,
 float32, random inputs with a fixed seed) of the same nets in each framework:
@@ -54,7 +56,7 @@ import time
 NETS = {"mnist": ("MNIST CNN, N=100", 100, (1, 28, 28)),
         "cifar50": ("CIFAR 3-layer CNN, N=50", 50, (3, 32, 32)),
         "cifar128": ("CIFAR 3-layer CNN, N=128", 128, (3, 32, 32))}
-FRAMEWORKS = ["xpnn", "torch", "chainer"]
+FRAMEWORKS = ["xpnn", "xpnn-before", "torch", "chainer"]
 LOADS = {"idle": "idle", "busy": "1 core busy"}
 THREAD_VARIABLES = ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"]
 LEARNING_RATE = 1e-3
@@ -72,7 +74,7 @@ def build_step(framework, net, threads):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((N, *shape), dtype=np.float32)
     y = rng.integers(0, 10, N)
-    if framework == "xpnn":
+    if framework in ("xpnn", "xpnn-before"):     # xpnn-before: another checkout, on PYTHONPATH
         import xpnn
         from xpnn import optim
         from xpnn.models import ThreeLayerConvNet, mnist_cnn
@@ -181,8 +183,10 @@ def die_with_parent():
 
 
 class Worker:
-    def __init__(self, python, framework, net, threads, steps):
+    def __init__(self, python, framework, net, threads, steps, before=None):
         env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+        if framework == "xpnn-before":
+            env["PYTHONPATH"] = before
         command = [python, os.path.abspath(__file__), "--worker", framework, net, str(threads),
                    "--steps", str(steps)]
         # A session of its own: Ctrl-C reaches only the driver, which then closes the workers.
@@ -215,7 +219,7 @@ class Worker:
 def start_worker(python, framework, net, threads, args):
     """(the worker, its hello), or (None, {"error": why}) when the framework cannot run."""
     try:
-        worker = Worker(python, framework, net, threads, args.steps)
+        worker = Worker(python, framework, net, threads, args.steps, args.xpnn_before)
     except (OSError, RuntimeError) as error:       # no such interpreter, or it crashed
         return None, {"error": str(error)}
     if "error" in worker.hello:
@@ -268,6 +272,9 @@ def summarize(net, threads, load, times):
         for framework in times.keys() - {"torch"}:
             ratios = [a / b for a, b in zip(times[framework], times["torch"])]
             row["ratio_to_torch"][framework] = {**spread(ratios), "per_round": ratios}
+    if "xpnn-before" in times and "xpnn" in times:
+        ratios = [a / b for a, b in zip(times["xpnn"], times["xpnn-before"])]
+        row["xpnn_to_before"] = {**spread(ratios), "per_round": ratios}
     return row
 
 
@@ -278,15 +285,21 @@ def condition_name(threads, load):
 def report(header, rows):
     shown = [fw for fw in FRAMEWORKS if any(fw in r["median_ms"] for r in rows)]
     compared = [fw for fw in shown if fw != "torch" and any(fw in r["ratio_to_torch"] for r in rows)]
+    before = any("xpnn_to_before" in r for r in rows)
     lines = [*header, "",
              "| net | condition | " + " | ".join(f"{fw} ms" for fw in shown)
-             + "".join(f" | {fw}/torch median [min–max] (IQR)" for fw in compared) + " |",
-             "|---|---|" + "---:|" * (len(shown) + len(compared))]
+             + "".join(f" | {fw}/torch median [min–max] (IQR)" for fw in compared)
+             + (" | xpnn/xpnn-before median [min–max] (IQR)" if before else "") + " |",
+             "|---|---|" + "---:|" * (len(shown) + len(compared) + before)]
     for r in rows:
         cells = [NETS[r["net"]][0], condition_name(r["threads"], r["load"])]
         cells += [f"{r['median_ms'][fw]:.2f}" if fw in r["median_ms"] else "–" for fw in shown]
         for fw in compared:
             s = r["ratio_to_torch"].get(fw)
+            cells.append(f"{s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}] "
+                         f"({s['q1']:.2f}–{s['q3']:.2f})" if s else "–")
+        if before:
+            s = r.get("xpnn_to_before")
             cells.append(f"{s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}] "
                          f"({s['q1']:.2f}–{s['q3']:.2f})" if s else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -306,7 +319,8 @@ def machine_header(args):
 
 
 def drive(args):
-    pythons = {"xpnn": args.python, "torch": args.python, "chainer": args.python_chainer}
+    pythons = {"xpnn": args.python, "xpnn-before": args.python, "torch": args.python,
+               "chainer": args.python_chainer}
     frameworks, hellos, rows, rng = list(args.frameworks), {}, [], random.Random(args.seed)
     for net in args.nets:
         for threads in args.threads:
@@ -345,7 +359,10 @@ def main():
     parser.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--loads", nargs="+", choices=list(LOADS), default=list(LOADS))
-    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=FRAMEWORKS)
+    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS,
+                        default=[fw for fw in FRAMEWORKS if fw != "xpnn-before"])
+    parser.add_argument("--xpnn-before", metavar="PATH", help="also time the xpnn of another "
+                        "checkout (e.g. `git worktree add /tmp/xpnn-old HEAD~3`), as xpnn-before")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round (K)")
     parser.add_argument("--seed", type=int, default=0, help="for the order of each round")
@@ -356,6 +373,8 @@ def main():
     parser.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "NET", "THREADS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.xpnn_before and "xpnn-before" not in args.frameworks:
+        args.frameworks.append("xpnn-before")
     if args.worker:
         framework, net, threads = args.worker
         run_worker(framework, net, int(threads), args.steps)

@@ -24,8 +24,9 @@ def run(build, N, shape, threads):
         t = time.perf_counter(); real(idx); times.append(time.perf_counter() - t)
     solver._step = timed
     solver.train()
-    choices = ", ".join(f"{why} {n}" for why, n in solver.thread_policy.history)
-    return statistics.median(times[10:]), choices
+    record = solver.thread_policy.record_of_choices()
+    steps = ", ".join(f"{n}: {k} steps" for n, k in record["steps"].items())
+    return statistics.median(times[10:]), f"{steps}; checks cost {record['check_overhead']:.1%}"
 
 
 

@@ -48,7 +48,7 @@ def policy_on(machine, **kwargs):
 
 
 def check_length(policy):
-    return policy.ROUNDS * policy.max_threads * (1 + policy.TRIAL)
+    return policy.ROUNDS * policy.max_threads * (policy.WARMUP + policy.TRIAL)
 
 
 def test_one_thread_when_more_collapse():
@@ -66,12 +66,11 @@ def test_more_threads_only_when_clearly_faster_and_no_flip_flop():
     for two_threads, expected in [(0.009, 1), (0.006, 2)]:
         machine = Machine({1: 0.010, 2: two_threads})
         policy = policy_on(machine)
-        for epoch in range(4):                              # epochs on a steady machine
-            machine.steps(check_length(policy) + policy.EPOCH_STEPS)
-            assert policy.threads == expected
-            policy.epoch_end()
         machine.steps(check_length(policy))
-        assert policy.threads == expected and policy.checks == {"start": 1, "epoch": 4}
+        for interval in (200, 400, 800, 1600, 3200, 3200):  # a steady machine: ever fewer checks
+            assert policy.threads == expected and policy._interval == interval
+            machine.steps(interval + check_length(policy))
+        assert policy.threads == expected and policy.checks == {"start": 1, "periodic": 6}
         assert policy._backend.threads == expected          # the runners of the model's shards
 
 
@@ -83,23 +82,25 @@ def test_a_slowdown_changes_the_count_within_a_bounded_number_of_steps():
     machine.seconds_for = {1: 0.011, 2: 0.300}            # then another program starts
     machine.steps(policy.WINDOW + check_length(policy))   # noticed within a window, then checked
     assert policy.threads == 1 and policy.checks == {"start": 1, "slowdown": 1}
-    machine.steps(500)                                    # one thread is fast again: no more checks
+    machine.steps(150)                                    # one thread is fast again: no new check
     assert policy.checks == {"start": 1, "slowdown": 1}
-    machine.seconds_for = {1: 0.010, 2: 0.006}            # the other program ends: the next epoch's
-    policy.epoch_end()                                    # check finds 2 threads again
-    machine.steps(check_length(policy))
-    assert policy.threads == 2
+    machine.seconds_for = {1: 0.010, 2: 0.006}            # the other program ends: the next
+    machine.steps(50 + check_length(policy))              # periodic check finds 2 threads again
+    assert policy.threads == 2 and policy.checks == {"start": 1, "slowdown": 1, "periodic": 1}
 
 
 def test_the_checks_cost_is_measured_and_small_on_a_long_run():
-    machine = Machine({1: 0.010, 2: 0.300})
+    machine = Machine({1: 0.010, 2: 0.020})               # two threads twice as slow
     policy = policy_on(machine)
-    machine.steps(3000)
-    # The check ran 2 x 4 steps with 2 threads (0.29 s each beyond one thread's time).
-    assert policy.check_seconds == pytest.approx(8 * 0.290)
-    assert policy.overhead() == pytest.approx(8 * 0.290 / (2992 * 0.010 + 8 * 0.300))
+    machine.steps(12000)
+    # Checks at 0, 224, 648, 1472, 3096, 6320 and 9544 steps: each ran 2 x 6 steps with 2
+    # threads, 10 ms each beyond one thread's time.
+    assert policy.checks == {"start": 1, "periodic": 6}
+    assert policy.check_seconds == pytest.approx(7 * 12 * 0.010)
+    assert policy.overhead() == pytest.approx(7 * 12 * 0.010 / (12000 * 0.010 + 7 * 12 * 0.010))
+    assert policy.overhead() < 0.01
     record = policy.record_of_choices()
-    assert record["steps"] == {"1": 2992, "2": 8} and record["checks"] == {"start": 1}
+    assert record["steps"] == {"1": 12000 - 7 * 12, "2": 7 * 12} and record["checks"] == policy.checks
     assert json.loads(json.dumps(record)) == record       # compact, and JSON as it is
 
 
@@ -108,12 +109,18 @@ def test_fixed_or_whole_batch_policies_never_check_and_restore_after():
     for kwargs, threads in [({"threads": 2}, 2), ({"split_batches": False}, 1)]:
         machine = Machine({1: 1.0, 2: 0.001})
         policy = policy_on(machine, **kwargs)
-        machine.steps(300)
-        policy.epoch_end()
-        machine.steps(300)
+        machine.steps(5000)
         assert set(machine.threads_seen) == {threads} and policy.checks == {}
         policy.finish()
         assert blas_threads() == before and policy._backend.threads == 5
+
+
+def test_a_short_run_is_not_checked():
+    machine = Machine({1: 0.010, 2: 0.005})
+    machine.policy = policy = ThreadPolicy(max_threads=2, clock=machine.clock, split_batches=True)
+    policy.start(steps=policy.SHORT * check_length(policy) - 1)
+    machine.steps(policy.SHORT * check_length(policy) - 1)
+    assert set(machine.threads_seen) == {1} and policy.checks == {} and "too short" in policy.describe()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])

@@ -15,10 +15,18 @@ import math
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm import autonotebook, std
+
+from tqdm import std
+
+with warnings.catch_warnings():
+    # In a notebook without ipywidgets tqdm warns "IProgress not found", then shows its text
+    # bar: what the Solver wants there, so without the warning.
+    warnings.simplefilter("ignore", category=std.TqdmWarning)
+    from tqdm import autonotebook
 from tqdm.auto import tqdm
 
 from . import optim
@@ -273,13 +281,11 @@ class Solver:
         # about the overflow behind it would only repeat that, a line per operation.
         policy = self.thread_policy
         if policy is not None:
-            policy.start()
+            policy.start(total - self.t)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 while self.epoch < self.num_epochs:
                     self._train_epoch(N, per_epoch, total, bar)
-                    if policy is not None:
-                        policy.epoch_end()         # the load may have changed
             finally:
                 bar.close()
                 if policy is not None:

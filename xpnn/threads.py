@@ -17,13 +17,14 @@ several times slower, while one thread loses almost nothing. No fixed choice is 
 every machine, so `ThreadPolicy` measures, on the training steps themselves (they give the
 same numbers on any count, so nothing is spent on steps that are thrown away):
 
-  1. check: each count 1..max takes a turn of a few steps (the first of a turn untimed: it
-     wakes the workers), twice; the median step time of each count is kept;
+  1. check: each count 1..max takes a turn of a few steps (the first ones untimed: they
+     wake the workers), twice; the median step time of each count is kept;
   2. keep the current count (1 at the start) unless another is clearly faster (MARGIN): on
      an idle machine two close counts do not take turns;
   3. check again when a window of steps runs clearly slower (SLOW) than the chosen count did
-     in its check (the machine's load changed), and at an epoch's end once enough steps have
-     passed since the last check (the load may have gone).
+     in its check (the machine's load changed), and every RECHECK steps (the load may have
+     gone), an interval that doubles each time a check keeps the count: on a steady machine
+     the checks cost well under 1% of the training time, and the policy says how much.
 
 `ThreadPolicy(threads=N)` (`--threads N`) fixes the count instead. The policy changes only
 this process's BLAS pools (one thread each while training) and the CPU backend's `threads`,
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 import statistics
 import time
@@ -120,11 +122,16 @@ def map_in_threads(fn, items: list) -> list:
 class ThreadPolicy:
     MARGIN = 0.85       # another count must take under 85% of the current one's time (two MNIST
                         # shards of 25 images took 0.73-0.8x: 0.8 missed them one run in four)
-    TRIAL = 3           # timed steps per count and turn, after one untimed step
+    WARMUP = 2          # untimed steps at the start of a count's turn (they wake its workers,
+                        # whose first steps after a fork or a pause ran up to 3x slower)
+    TRIAL = 4           # timed steps per count and turn
     ROUNDS = 2          # turns of each count in a check
     WINDOW = 20         # steps between two looks at the step time
     SLOW = 1.5          # a window's median this many times the chosen count's: check again
-    EPOCH_STEPS = 400   # at an epoch's end, check again if this many steps passed since the last
+    RECHECK = 200       # steps to the next check (the load may have gone), doubled after each
+    MAX_RECHECK = 3200  # check that keeps the count: a steady machine is checked ever less often
+    SHORT = 25          # a run of fewer than SHORT checks' steps is not checked at all: one
+                        # check could cost more than it saves (the checks stay under ~3% of a run)
 
     def __init__(self, threads: int | None = None, max_threads: int | None = None,
                  clock=time.perf_counter, backend=None, split_batches=False):
@@ -153,7 +160,7 @@ class ThreadPolicy:
         self._times: dict[int, list[float]] = {}
         self._check_times: list[float] = []  # every step time of the check under way
         self._window: list[float] = []
-        self._since_check = 0
+        self._since_check, self._interval = 0, self.RECHECK
         self._why = ""
         self._controller = None
 
@@ -161,8 +168,9 @@ class ThreadPolicy:
     def measures(self) -> bool:
         return not self.fixed and self.split_batches and self.max_threads > 1
 
-    def start(self):
-        """Before training: one BLAS thread per shard, the count applied; a first check."""
+    def start(self, steps: int | None = None):
+        """Before training (`steps` of it, if known): one BLAS thread per shard, the count
+        applied; a first check, unless the run is too short for one to pay (SHORT)."""
         # Scanned now, not shared with blas_controller(): every BLAS loaded by the time training
         # starts (SciPy's too, once scikit-learn loaded it) gets one thread.
         self._controller = threadpoolctl.ThreadpoolController()
@@ -170,7 +178,9 @@ class ThreadPolicy:
         if self._backend is not None:
             self._original_threads = self._backend.threads
         self._apply(self.threads)
-        if self.measures:
+        if self.measures and steps is not None and steps < self.SHORT * self._check_steps():
+            self._interval = math.inf         # a short run: one thread, no check
+        elif self.measures:
             self.check("start")
 
     def finish(self):
@@ -180,6 +190,9 @@ class ThreadPolicy:
             self._original = None
             if self._backend is not None:
                 self._backend.threads = self._original_threads
+
+    def _check_steps(self) -> int:
+        return self.ROUNDS * self.max_threads * (self.WARMUP + self.TRIAL)
 
     def check(self, why: str):
         """Let each count take its turns on the next training steps, then choose."""
@@ -207,15 +220,15 @@ class ThreadPolicy:
         if self._turns:
             self._check_times.append(seconds)
             self._trial.append(seconds)
-            if len(self._trial) == 1 + self.TRIAL:       # the turn's first step is not counted
-                self._times[self._turns.pop(0)] += self._trial[1:]
+            if len(self._trial) == self.WARMUP + self.TRIAL:
+                self._times[self._turns.pop(0)] += self._trial[self.WARMUP:]
                 self._trial = []
                 if self._turns:
                     self._apply(self._turns[0])
                 else:
                     self._choose()
             return
-        if not self.measures:
+        if not self.measures or not self.step_ms:      # fixed, or a short run never checked
             return
         self._since_check += 1
         self._window.append(seconds)
@@ -224,11 +237,9 @@ class ThreadPolicy:
             self._window = []
             if slow:
                 self.check("slowdown")
-
-    def epoch_end(self):
-        """At an epoch's end: check again if enough steps ran since the last check."""
-        if self.measures and not self._turns and self._since_check >= self.EPOCH_STEPS:
-            self.check("epoch")
+                return
+        if self._since_check >= self._interval:
+            self.check("periodic")
 
     def _choose(self):
         medians = {n: statistics.median(t) for n, t in self._times.items()}
@@ -239,6 +250,8 @@ class ThreadPolicy:
         # What the check cost: its steps' time beyond what the chosen count would have taken.
         self.check_seconds += max(0.0, sum(self._check_times) - len(self._check_times) * medians[chosen])
         self._window, self._since_check = [], 0
+        kept = chosen == self._previous and self._why != "start"
+        self._interval = min(2 * self._interval, self.MAX_RECHECK) if kept else self.RECHECK
 
     @property
     def kind(self) -> str:
@@ -250,6 +263,8 @@ class ThreadPolicy:
             return f"{self.fixed} ({'batch shards' if self.split_batches else 'test-mode shards'}; fixed with --threads)"
         if not self.measures:
             return f"1 of {self.max_threads} cores ({self.kind})"
+        if not self.checks:
+            return f"1 of {self.max_threads} cores ({self.kind}; a run too short to time the counts)"
         checks = ", ".join(f"{n} {why}" for why, n in self.checks.items())
         used = ", ".join(f"{n} thread{'s' * (n > 1)}: {steps}" for n, steps in sorted(self.steps.items()))
         return (f"{self.threads} of {self.max_threads} cores ({self.kind}), chosen by timing "
