@@ -184,7 +184,10 @@ def test_resume_extends_a_run_and_keeps_a_finished_one(tmp_path, capsys):
     assert {name: (out / name).read_bytes() for name in before} == before
 
     assert main(["train", "--resume", str(out), "--epochs", "1"]) == 2     # fewer: refused
-    assert "--epochs must be at least 2" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert (f"--epochs 1: {out} has already trained 2 epochs; to train it for longer: "
+            f"xpnn train --resume {out} --epochs N (N > 2)") in said.err
+    assert said.out == ""              # said first, before the model's summary or any work
 
     assert main(["train", "--resume", str(out), "--epochs", "4", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -496,3 +499,66 @@ def test_keep_checkpoints_keeps_the_newest(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", *FC, "--keep-checkpoints", "0", *QUICK])
     assert "argument --keep-checkpoints: expected a positive integer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- small things
+
+def test_python_dash_m_xpnn_is_the_command():
+    done = subprocess.run([sys.executable, "-m", "xpnn", "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("xpnn "), done.stderr
+
+
+@pytest.mark.parametrize("command", ["info", "eval"])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, command):
+    # `xpnn eval ... | head -1`: the reader is gone before (most of) the output is written.
+    out = tmp_path / "run"
+    assert main(["train", "--model", "softmax", "--epochs", "1", "--out", str(out), *QUICK]) == 0
+    pictures = ["--out", str(tmp_path)] if command == "eval" else []
+    proc = subprocess.Popen([sys.executable, "-m", "xpnn", command, "--checkpoint",
+                             str(out / "model.npz"), *pictures],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                            # as `head` does once it has its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err      # SIGPIPE's status, as Unix tools
+    assert err == ""                       # no "[Errno 32] Broken pipe", no traceback
+
+
+def test_eval_and_selftest_threads_help_speaks_of_their_own_work():
+    _, commands = make_parser()
+    for name in ("eval", "selftest"):
+        text = next(a.help for a in commands[name]._actions if "--threads" in a.option_strings)
+        assert "train" not in text, (name, text)
+    text = next(a.help for a in commands["train"]._actions if "--threads" in a.option_strings)
+    assert "training steps" in text
+
+
+def test_in_a_notebook_without_ipywidgets_the_progress_bar_is_text_without_a_warning(tmp_path):
+    # Jupyter without ipywidgets: tqdm.auto warned "IProgress not found" before falling back.
+    source = """
+        import sys, types, warnings
+        import IPython
+        sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")   # a kernel
+        sys.modules["ipywidgets"] = None                                              # no widgets
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from tqdm import std
+            import xpnn.solver
+        assert not caught, [str(w.message) for w in caught]
+        assert xpnn.solver.autonotebook.tqdm is std.tqdm        # the text bar
+        print("ok")
+    """
+    import textwrap
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_readmes_output_files_are_git_ignored():
+    import fnmatch
+    import re
+    root = cli.Path(cli.__file__).resolve().parents[1]
+    ignored = [l.strip() for l in (root / ".gitignore").read_text().splitlines() if l.strip()]
+    readme = (root / "README.md").read_text()
+    for name in re.findall(r"--predictions (\S+)", readme) + ["runs/"]:
+        assert any(fnmatch.fnmatch(name, pattern) or name == pattern for pattern in ignored), name

@@ -285,7 +285,7 @@ def make_parser():
     selftest.add_argument("--device", type=device_arg, default=None,
                           help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
     for fixed in (ev, selftest):
-        add_threads_arg(fixed)
+        add_threads_arg(fixed, training=False)
     return parser, sub.choices
 
 
@@ -335,13 +335,16 @@ def add_training_args(p, sweep):
     add_threads_arg(p)
 
 
-def add_threads_arg(p):
+def add_threads_arg(p, training=True):
+    default = ("Default: measured on the training steps and re-checked when they slow down, so "
+               "a busy core cannot slow training down many times" if training else
+               "Default: as many as BLAS is given (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS), "
+               "else one per core")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads: each batch's shards (fixed by the batch size) run N at "
                         "a time, in worker processes on Linux, with one BLAS thread each; at "
                         "most the cores available. The results are the same with any N. "
-                        "Default: measured on the training steps and re-checked when they "
-                        "slow down, so a busy core cannot slow training down many times")
+                        + default)
 
 
 def capped_threads(n: int) -> int:
@@ -355,6 +358,20 @@ def capped_threads(n: int) -> int:
 
 
 def main(argv=None):
+    """The `xpnn` command: its exit status. When its reader goes away (`xpnn info ... | head`)
+    it stops quietly, with SIGPIPE's status (141), as Unix tools do."""
+    try:
+        return _command(argv)
+    except BrokenPipeError:
+        try:      # what is still buffered for stdout goes nowhere, at exit too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):    # a stdout with no file behind it
+            pass
+        return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def _command(argv=None):
     parser, commands = make_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:                         # bare `xpnn`: say what it can do, start nothing
@@ -373,6 +390,8 @@ def main(argv=None):
                 return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
             return {"eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
                     "selftest": cmd_selftest}[args.command](args)
+        except BrokenPipeError:
+            raise                                        # the reader went away: see main
         except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
                 MemoryError, KeyError, OSError) as e:    # OSError: disk full, permissions...
             print(f"xpnn {args.command}: error: {e}", file=sys.stderr)
@@ -442,6 +461,7 @@ def _environment(device):
         import cupy
         env["cupy"] = cupy.__version__
         env["gpu"] = cupy.cuda.runtime.getDeviceProperties(get_backend(device).index)["name"].decode()
+        env["gpu_numerics"] = get_backend(device).numerics()     # TF32 and the like: see selftest
     return env
 
 
@@ -528,6 +548,12 @@ def resume_settings(args, given):
     return out, latest_checkpoint(out)
 
 
+def refuse_fewer_epochs(out, trained, epochs):
+    if trained > epochs:
+        raise ValueError(f"--epochs {epochs}: {out} has already trained {trained} epochs; to "
+                         f"train it for longer: {resume_command(out, 'N')} (N > {trained})")
+
+
 def training_data(args):
     """get_data for train and sweep; --num-train beyond the training split is refused (it
     would be a smaller run than asked for, silently)."""
@@ -543,6 +569,8 @@ def training_data(args):
 def cmd_train(args, given=frozenset()):
     if args.resume:
         out, resume_from = resume_settings(args, given)
+        if resume_from is not None:      # before any work: the checkpoint's name says its epoch
+            refuse_fewer_epochs(out, _epoch_of(resume_from), args.epochs)
     else:
         check_applicable(args)
         resume_from = None
@@ -580,9 +608,7 @@ def cmd_train(args, given=frozenset()):
                     comm=comm, threads=args.threads)
     if resume_from is not None:
         solver.load_checkpoint(resume_from)
-        if solver.epoch > args.epochs:
-            raise ValueError(f"{out} has already trained {solver.epoch} epochs: --epochs must be "
-                             f"at least {solver.epoch}")
+        refuse_fewer_epochs(out, solver.epoch, args.epochs)
         print(f"resuming from {resume_from} (epoch {solver.epoch} of {args.epochs})")
     elif args.resume:
         print(f"no epoch of {out} had finished: starting it again from the beginning")
