@@ -142,8 +142,10 @@ def test_lstm_step_gradients(xp, rng):
     dh, dc = arrays(xp, rng, (3, 5), (3, 5))
     grads = lstm_step_backward(dh, dc, cache)
     for k, g in enumerate(grads):
-        num = (eval_numerical_gradient_array(lambda _: lstm_step_forward(*inputs)[0], inputs[k], dh)
-               + eval_numerical_gradient_array(lambda _: lstm_step_forward(*inputs)[1], inputs[k], dc))
+        next_h_of = lambda _: lstm_step_forward(*inputs)[0]  # noqa: E731
+        next_c_of = lambda _: lstm_step_forward(*inputs)[1]  # noqa: E731
+        num = (eval_numerical_gradient_array(next_h_of, inputs[k], dh)
+               + eval_numerical_gradient_array(next_c_of, inputs[k], dc))
         assert type(g) is type(x) and g.dtype == x.dtype
         assert scaled_error(g, num) < 1e-8, f"gradient {k}: {scaled_error(g, num)}"
 

@@ -280,7 +280,8 @@ def torch_reference():
             N, S, E = query.shape
             T = value.shape[1]
             split = lambda x, L: x.view(N, L, self.h, E // self.h).transpose(1, 2)  # noqa: E731
-            q, k, v = split(self.query(query), S), split(self.key(key), T), split(self.value(value), T)
+            q = split(self.query(query), S)
+            k, v = split(self.key(key), T), split(self.value(value), T)
             scores = q @ k.transpose(-2, -1) / math.sqrt(E // self.h)
             if attn_mask is not None:
                 scores = scores.masked_fill(attn_mask == 0, float("-inf"))
@@ -403,7 +404,8 @@ def test_captioning_transformer_matches_pytorch(torch_reference):
     captions = torch.randint(6, (3, 7))
     captions[0, 4:] = 0
     expected = ref(features, captions)
-    assert scaled_error(model(features.numpy(), captions.numpy()), expected.detach().numpy()) < 1e-10
+    scores = model(features.numpy(), captions.numpy())
+    assert scaled_error(scores, expected.detach().numpy()) < 1e-10
     # the assignment's training step: scores for captions[:, :-1], torch.mean(ce * mask)
     target = captions[:, 1:]
     scores = ref(features, captions[:, :-1])
@@ -466,10 +468,12 @@ def test_notebook_cells_with_pytorch_tensors(cs231n):
     mask[:, 0] = True
     out = attn(query=data, key=data, value=data, attn_mask=mask)
     assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 8)
-    expected = attn(query=data.numpy(), key=data.numpy(), value=data.numpy(), attn_mask=mask.numpy())
+    expected = attn(query=data.numpy(), key=data.numpy(), value=data.numpy(),
+                    attn_mask=mask.numpy())
     assert np.array_equal(out.detach().numpy(), expected)
     pe = LayoutPositional(6).eval()(torch.zeros(1, 2, 6, dtype=torch.float64))
-    assert torch.allclose(pe[0, 1, :2], torch.tensor([math.sin(1), math.cos(1)], dtype=torch.float64))
+    first = torch.tensor([math.sin(1), math.cos(1)], dtype=torch.float64)
+    assert torch.allclose(pe[0, 1, :2], first)
     transformer = LayoutTransformer({"<NULL>": 0, "cat": 2, "dog": 3}, input_dim=20, wordvec_dim=30,
                                     num_heads=2, num_layers=2, max_length=30)
     for p in transformer.parameters():
