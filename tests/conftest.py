@@ -18,6 +18,10 @@ def _real_cupy_importable() -> bool:
     return spec is not None and CUPY_DOUBLE_DIR not in Path(spec.origin or "").resolve().parents
 
 
+# GPU results are compared with the CPU's: no TF32 matrix products (CuPy reads this at import).
+os.environ["CUPY_TF32"] = "0"
+os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
+
 USING_CUPY_DOUBLE = os.environ.get("XPNN_NO_CUPY_DOUBLE") != "1" and not _real_cupy_importable()
 if USING_CUPY_DOUBLE and str(CUPY_DOUBLE_DIR) not in sys.path:
     sys.path.insert(0, str(CUPY_DOUBLE_DIR))

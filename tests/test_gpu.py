@@ -8,6 +8,7 @@ the grid emulation. The layer and gradient tests in test_layers.py and
 test_conv_pool_reference.py also run on CuPy through the `xp` fixture.
 """
 import json
+import re
 import subprocess
 import sys
 
@@ -498,10 +499,14 @@ def test_cli_trains_and_selftests_on_the_second_gpu(cp, tmp_path):
     assert train.returncode == 0, train.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["environment"]["device"] == "cuda:1" and metrics["test_acc"] > 0.5
+    assert metrics["environment"]["gpu_numerics"] == {"tf32": False, "environment": {
+        "CUPY_TF32": "0", "NVIDIA_TF32_OVERRIDE": "0"}}          # conftest turns TF32 off
     selftest = subprocess.run([sys.executable, "-m", "xpnn.cli", "selftest", "--device", "cuda:1"],
                               capture_output=True, text=True, timeout=600, env=env)
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
     assert "FAIL" not in selftest.stdout and selftest.stdout.count("PASS") == 5
+    assert re.search(r"cuda:1 numerics\s+INFO\s+TF32 off; numerics environment variables: CUPY_TF32=0",
+                     selftest.stdout), selftest.stdout
 
 
 # ---------------------------------------------------------------------------- on the double only
@@ -531,3 +536,68 @@ def test_running_out_of_gpu_memory_names_the_batch_size(cupy_double, cp):
     cupy_double.set_memory_limit(cupy_double.stats()["memory_used"][0] + (1 << 20), device=0)
     with pytest.raises(MemoryError, match=r"cuda:0 ran out of memory .* batch_size=1000"):
         solver.train()
+
+
+def test_a_cupy_that_cannot_compile_gets_the_install_hint(cupy_double, cp, monkeypatch):
+    """CuPy 14.1+ without the CUDA headers (a plain cupy-cuda12x): CuPy imports and sees the
+    GPUs, but any RawModule fails to compile. Making the backend says so, with the hint."""
+    import functools
+    from xpnn import backend
+
+    class Headerless:
+        def __init__(self, code, options=(), **kwargs):
+            self.code = code
+
+        def get_function(self, name):
+            raise cp.cuda.compiler.CompileException(
+                '/tmp/tmpxyz/kern.cu(1): catastrophic error: cannot open source file "cuda_fp16.h"\n',
+                self.code, "kern", ())
+    monkeypatch.setattr(cp, "RawModule", Headerless)
+    monkeypatch.setattr(cuda, "compile_probe", functools.cache(cuda.compile_probe.__wrapped__))
+    monkeypatch.setattr(backend, "_get_backend", functools.cache(backend._get_backend.__wrapped__))
+    with pytest.raises(RuntimeError, match=r"CuPy sees \d GPU\(s\) but cannot compile a CUDA kernel "
+                                           r"\(CompileException: .*cannot open source file \"cuda_fp16.h\"\)"
+                                           r".*pip install '\.\[cuda12\]'"):
+        get_backend("cuda:1")
+
+
+def test_making_the_backend_compiles_a_probe_with_the_kernels_options(cupy_double):
+    get_backend("cuda")
+    compiled = [r for r in cupy_double.compile_log() if r.code == cuda.PROBE_SOURCE]
+    assert compiled and all(r.options == cuda.CupyLauncher.OPTIONS for r in compiled)
+
+
+def test_numerics_that_change_gpu_results_are_reported(gpu, monkeypatch):
+    """CUPY_TF32=1 makes cuBLAS round float32 products to 10-bit mantissas (1e-3 from the CPU);
+    NVIDIA_TF32_OVERRIDE=0 turns TF32 off whatever CuPy asks."""
+    from xpnn.selftest import describe_numerics
+    monkeypatch.setenv("CUPY_TF32", "1")
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    monkeypatch.setenv("CUPY_ACCELERATORS", "cub")
+    numerics = gpu.numerics()
+    assert numerics == {"tf32": True, "environment": {"CUPY_TF32": "1", "CUPY_ACCELERATORS": "cub"}}
+    assert describe_numerics(numerics).startswith("TF32 ON: float32 matrix products keep 10 mantissa bits")
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    assert gpu.numerics()["tf32"] is False
+
+
+def test_seeded_dropout_keeps_one_generator_and_repeats_its_mask(cp, gpu, monkeypatch):
+    """A seeded dropout gives the same mask at every call; on the GPU it reseeds one cuRAND
+    generator instead of building one per forward pass."""
+    from xpnn.layers import dropout_forward
+    made = []
+    real_init = cp.random.RandomState.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(args)
+        real_init(self, *args, **kwargs)
+    monkeypatch.setattr(cp.random.RandomState, "__init__", counted)
+    x = gpu.to_device(np.ones((4, 50), np.float32))
+    masks = [to_numpy(dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 123})[1][1])
+             for _ in range(3)]
+    assert len(made) <= 1
+    for mask in masks[1:]:
+        np.testing.assert_array_equal(mask, masks[0])
+    fresh = gpu.generator(123).bernoulli((4, 50), 0.5, dtype="float32") / 0.5
+    np.testing.assert_array_equal(masks[0], to_numpy(fresh))
+    assert 0 < masks[0].mean() < 2

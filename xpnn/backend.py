@@ -189,6 +189,11 @@ class Backend:
         """A new random generator making arrays on this device (seed=None: see draw_seed)."""
         return Generator(self, seed)
 
+    def seeded_generator(self, seed) -> Generator:
+        """A generator at the start of `seed`'s stream, for draws made at once (a seeded
+        dropout's mask, the same at every call). The CUDA backend reuses one per seed."""
+        return self.generator(seed)
+
     def to_device(self, x, dtype=None):
         """Copy a host (NumPy) array onto this backend's device."""
         out = self.xp.asarray(np.asarray(x), device=self.device)
@@ -269,12 +274,17 @@ class ArrayApiBackend(Backend):
 
 
 class CudaGenerator(Generator):
-    """CuPy's own generator (cuRAND-backed), making the numbers directly on the backend's GPU."""
+    """CuPy's own generator (cuRAND-backed), making the numbers directly on the backend's GPU.
+    Reseeding keeps its cuRAND generator (CuPy's RandomState.seed restarts the stream)."""
 
     def seed(self, seed=None):
         import cupy
+        seed = draw_seed() if seed is None else seed
         with self.backend:
-            self._gen = cupy.random.RandomState(draw_seed() if seed is None else seed)
+            if getattr(self, "_gen", None) is None:
+                self._gen = cupy.random.RandomState(seed)
+            else:
+                self._gen.seed(seed)
 
     def normal(self, shape, scale=1.0, dtype="float32"):
         with self.backend:
@@ -324,6 +334,39 @@ class CudaBackend(Backend):
 
     def generator(self, seed=None) -> Generator:
         return CudaGenerator(self, seed)
+
+    SEEDED_GENERATORS = 16      # at most this many kept (a seed per step would grow without end)
+
+    def seeded_generator(self, seed) -> Generator:
+        """One generator per seed, reseeded at each call, instead of a new cuRAND generator
+        (an allocation and a setup kernel) for every forward pass of a seeded dropout."""
+        seeded = self.__dict__.setdefault("_seeded", {})
+        generator = seeded.pop(seed, None)
+        if generator is None:
+            generator = CudaGenerator(self, seed)
+        else:
+            generator.seed(seed)
+        seeded[seed] = generator                      # the most recently used last
+        while len(seeded) > self.SEEDED_GENERATORS:
+            seeded.pop(next(iter(seeded)))
+        return generator
+
+    # Environment variables that change what the GPU computes (CuPy's and NVIDIA's libraries
+    # read them at start): TF32 matrix products (float32 rounded to 10-bit mantissas: 1e-3
+    # errors), CUB/cuTENSOR reductions (another summation order), cuBLAS workspaces.
+    NUMERICS_ENVIRONMENT = ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE", "CUPY_ACCELERATORS",
+                            "CUPY_REDUCTION_ACCELERATORS", "CUPY_ROUTINE_ACCELERATORS",
+                            "CUBLAS_WORKSPACE_CONFIG")
+
+    @classmethod
+    def numerics(cls) -> dict:
+        """What changes this GPU's float results from the CPU's, for selftest and metrics.json:
+        whether float32 matrix products use TF32 (CUPY_TF32=1, unless NVIDIA_TF32_OVERRIDE=0
+        turns it off everywhere), and every numerics variable that is set."""
+        import os
+        settings = {k: os.environ[k] for k in cls.NUMERICS_ENVIRONMENT if k in os.environ}
+        tf32 = settings.get("CUPY_TF32", "0") != "0" and settings.get("NVIDIA_TF32_OVERRIDE") != "0"
+        return {"tf32": tf32, "environment": settings}
 
     def to_device(self, x, dtype=None):
         import cupy
@@ -462,6 +505,17 @@ def _cuda_backend(index: int) -> CudaBackend:
     if index >= count:
         raise RuntimeError(f"device 'cuda:{index}' does not exist: CuPy sees {count} GPU(s), "
                            f"cuda:0 to cuda:{count - 1}")
+    from . import cuda
+    try:
+        with cupy.cuda.Device(index):
+            cuda.compile_probe()
+    except Exception as e:     # NVRTC missing, CUDA headers missing (CuPy 14.1+), a bad driver
+        lines = [line for line in str(e).splitlines() if line.strip()] or [""]
+        said = next((line for line in lines if "error" in line.lower()), lines[0]).strip()
+        raise RuntimeError(f"CuPy sees {count} GPU(s) but cannot compile a CUDA kernel "
+                           f"({type(e).__name__}: {said}); xpnn's kernels "
+                           f"need NVRTC and the CUDA headers, which the [ctk] extra of CuPy "
+                           f"brings: {_INSTALL_HINT}") from None
     return CudaBackend(index)
 
 

@@ -694,7 +694,7 @@ def dropout_forward(x, dropout_param, rng=None):
         raise ValueError(f"invalid dropout mode {mode!r}: use 'train' or 'test'")
     backend = backend_of(x)
     if dropout_param.get("seed") is not None:
-        rng = backend.generator(dropout_param["seed"])
+        rng = backend.seeded_generator(dropout_param["seed"])   # the same mask at every call
     elif rng is None:
         rng = backend.rng
     mask = rng.bernoulli(tuple(x.shape), p, dtype=x.dtype) / p

@@ -224,6 +224,8 @@ def run(device=None, out=print) -> bool:
         gpu_step = time_step(gpu)
         timing += f"; {gpu.label} {gpu_step * 1e3:.2f} ms ({cpu_step / gpu_step:.1f}x the CPU's speed)"
     rows.append(("MNIST CNN step, N=100, float32", "INFO", timing))
+    if gpu is not None:
+        rows.append((f"{gpu.label} numerics", "INFO", describe_numerics(gpu.numerics())))
 
     width = max(len(r[0]) for r in rows)
     out(f"\n{'check'.ljust(width)}  verdict  detail")
@@ -231,6 +233,15 @@ def run(device=None, out=print) -> bool:
         out(f"{name.ljust(width)}  {verdict.ljust(7)}  {detail}")
     out("\n" + ("FAILED: see the rows above" if failed else "all checks passed (SKIP rows were not checked here)"))
     return not failed
+
+
+def describe_numerics(numerics: dict) -> str:
+    """One line on what changes the GPU's float results (CudaBackend.numerics)."""
+    settings = ", ".join(f"{k}={v}" for k, v in numerics["environment"].items()) or "none set"
+    if numerics["tf32"]:
+        return (f"TF32 ON: float32 matrix products keep 10 mantissa bits (float32 results differ "
+                f"from the CPU's by ~1e-3; CUPY_TF32=0 for parity); environment: {settings}")
+    return f"TF32 off; numerics environment variables: {settings}"
 
 
 def _raise(error):
