@@ -206,6 +206,52 @@ def test_install_after_the_students_imports_and_after_a_change_of_directory(tmp_
     assert out.strip() == "ok"
 
 
+def test_the_working_directory_is_searched_when_sys_path_lacks_it(tmp_path):
+    # A script (or a kernel started elsewhere) has its own folder, not the working
+    # directory, on sys.path: the student's files are still the working directory's.
+    write_assignment(tmp_path / "assignment1")
+    script = tmp_path / "elsewhere" / "notebook.py"
+    script.parent.mkdir()
+    script.write_text(textwrap.dedent("""
+        import sys
+        assert "" not in sys.path
+        import xpnn.cs231n; xpnn.cs231n.install()
+        from cs231n.features import extract_features
+        from cs231n.classifiers import KNearestNeighbor
+        import cs231n
+        print(cs231n.__file__)
+    """))
+    import subprocess
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path / "assignment1",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "assignment1" / "cs231n" / "__init__.py")
+
+
+def test_the_notebooks_autoreload_reloads_the_students_files_and_keeps_xpnns(tmp_path):
+    # Every assignment notebook starts with %load_ext autoreload / %autoreload 2.
+    write_assignment(tmp_path)
+    out = run_python("""
+        import pathlib, time
+        from IPython.testing.globalipapp import start_ipython
+        ip = start_ipython()
+        ip.run_line_magic("load_ext", "autoreload")
+        ip.run_line_magic("autoreload", "2")
+        def cell(source):
+            result = ip.run_cell(source)
+            assert result.success, result.error_in_exec or result.error_before_exec
+        cell("import xpnn.cs231n; xpnn.cs231n.install()\\n"
+             "from cs231n.classifiers.fc_net import *\\nimport cs231n.my_helper")
+        time.sleep(1.1)                                  # a newer modification time
+        pathlib.Path("cs231n/my_helper.py").write_text("ANSWER = 43\\n")
+        cell("assert cs231n.my_helper.ANSWER == 43, cs231n.my_helper.ANSWER\\n"
+             "assert affine_forward.__module__ == 'xpnn.layers'\\n"
+             "from cs231n.solver import Solver\\nassert Solver.__module__ == 'xpnn.solver'")
+        print("ok")
+    """, cwd=tmp_path)
+    assert out.strip().endswith("ok")
+
+
 def test_a_missing_student_module_names_install_and_the_folder(tmp_path):
     source = """
         import xpnn.cs231n; xpnn.cs231n.install()
@@ -217,7 +263,7 @@ def test_a_missing_student_module_names_install_and_the_folder(tmp_path):
     """
     out = run_python(source, cwd=tmp_path)
     assert "No module named 'cs231n.features'" in out
-    assert "install()" in out and "no cs231n folder was found on sys.path" in out
+    assert "install()" in out and "no cs231n folder was found on sys.path or in the working" in out
     assert str(tmp_path) in out
     write_assignment(tmp_path, {"cs231n/__init__.py": ""})
     out = run_python(source.replace("cs231n.features", "cs231n.classifiers.softmax"), cwd=tmp_path)

@@ -7,7 +7,7 @@ runs on xpnn with one line added at its top and no other edit.
 (`import xpnn.cs231n.shim` is the first line as a single import.) `install` overlays the
 assignment's `cs231n` package: each module xpnn provides (the table MODULES) imports xpnn's,
 every other `cs231n.*` module imports the student's own file, from the `cs231n` folder on
-`sys.path` (the notebook's working directory):
+`sys.path` or, failing that, in the working directory (the notebook's):
 
     cs231n.layers                 xpnn.layers: affine, relu, conv (+ _naive), max-pool, batch /
                                   layer / spatial batch / spatial group norm, dropout, losses
@@ -129,6 +129,8 @@ class _Overlay(importlib.abc.MetaPathFinder):
         # The student's module or package (the ordinary search); a package xpnn also
         # provides (cs231n, classifiers) is xpnn's when the student has none.
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None and not sub:     # the notebook's working directory, on sys.path or not
+            spec = importlib.machinery.PathFinder.find_spec(fullname, [os.getcwd()])
         if spec is not None:
             return spec
         if sub == "" or sub in self.provided:
@@ -139,9 +141,9 @@ class _Overlay(importlib.abc.MetaPathFinder):
         top = sys.modules.get(self.name)
         provided = ", ".join(sorted(self.provided))
         if top is None or top.__name__ == __name__:
-            where = (f"no {self.name} folder was found on sys.path (the working directory is "
-                     f"{os.getcwd()}): run the notebook in the assignment's folder (the one "
-                     f"holding {self.name}/), or sys.path.insert(0, that folder)")
+            where = (f"no {self.name} folder was found on sys.path or in the working "
+                     f"directory ({os.getcwd()}): run the notebook in the assignment's folder "
+                     f"(the one holding {self.name}/), or sys.path.insert(0, that folder)")
         else:
             folder = parent.__name__[len(__name__) + 1:].replace(".", "/")
             where = (f"the assignment's {self.name} package ({list(top.__path__)[0]}) has no "
