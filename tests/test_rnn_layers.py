@@ -212,3 +212,20 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"\(N, T, D\)"):
         rnn_forward(np.zeros((2, 3)), np.zeros((2, 4)), np.zeros((3, 4)), np.zeros((4, 4)),
                     np.zeros(4))
+
+
+def test_layers_run_on_pytorch_tensors(rng):
+    # Any Array-API library array-api-compat wraps: PyTorch tensors in, PyTorch tensors out,
+    # the same numbers as NumPy's.
+    torch = pytest.importorskip("torch")
+    inputs = arrays(np, rng, (2, 4, 3), (2, 5), (3, 20), (5, 20), (20,))
+    h, cache = lstm_forward(*inputs)
+    grads = lstm_backward(np.ones_like(h), cache)
+    h_t, cache_t = lstm_forward(*map(torch.from_numpy, inputs))
+    grads_t = lstm_backward(torch.ones_like(h_t), cache_t)
+    assert isinstance(h_t, torch.Tensor) and np.allclose(h_t.numpy(), h, rtol=1e-12)
+    assert all(np.allclose(g_t.numpy(), g, rtol=1e-12, atol=1e-14)
+               for g_t, g in zip(grads_t, grads))
+    words = torch.tensor([[0, 2], [1, 1]])
+    out, _ = word_embedding_forward(words, torch.from_numpy(inputs[2]))
+    assert np.array_equal(out.numpy(), inputs[2][words.numpy()])

@@ -419,6 +419,22 @@ def test_captioning_transformer_matches_pytorch(torch_reference):
         assert_same_gradient(name, grads[name], p.grad.numpy())
 
 
+def test_modules_compute_on_pytorch_tensors(torch_reference):
+    # Parameters and inputs as PyTorch tensors: the same code runs in PyTorch's namespace
+    # (array-api-compat), and gives NumPy's numbers.
+    torch = torch_reference[0]
+    model = small_transformer(np).eval()
+    rng = np.random.default_rng(4)
+    features, captions = rng.standard_normal((2, 6)), rng.integers(5, size=(2, 4))
+    loss, grads = model.loss(features, captions)
+    model.params = {k: torch.from_numpy(v) for k, v in model.params.items()}
+    loss_t, grads_t = model.loss(torch.from_numpy(features), torch.from_numpy(captions))
+    assert abs(loss_t - loss) < 1e-12
+    for name, g in grads.items():
+        assert isinstance(grads_t[name], torch.Tensor)
+        assert np.allclose(grads_t[name].numpy(), g, rtol=1e-10, atol=1e-14), name
+
+
 # ---------------------------------------------------------------------------- the layout
 
 @pytest.fixture

@@ -445,7 +445,7 @@ class TransformerDecoder(Module):
     def backward(self, dout):
         """dout (N, T, W) -> (dtgt, dmemory, grads): memory's gradient summed over layers."""
         grads, dmemory = {}, 0
-        for layer in reversed(self.layers._list):
+        for layer in reversed(list(self.layers)):
             dout, dm, g = layer.backward(dout)
             dmemory = dmemory + dm
             grads.update(g)
