@@ -92,6 +92,7 @@ def test_sweep_summary(tmp_path):
                                        "got '100,,50' (an empty item)"),
     (["sweep", "--lr", "1e-3,"], "argument --lr: expected comma-separated numbers, got '1e-3,'"),
     (["train", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["sweep", "--lr", "0,1e-3"], "argument --lr: expected a number > 0, got 0"),
     (["sweep", "--seed", "x"], "argument --seed: expected an integer >= 0, got 'x'"),
 ])
 def test_invalid_cli_values(args, message, capsys):
@@ -390,3 +391,6 @@ def test_predictions_into_a_missing_directory_are_refused_before_any_work(traine
     err = capsys.readouterr().err
     assert f"directory {target.parent} does not exist; create it first" in err
     assert not (tmp_path / "nonexistent").exists()
+    assert main(["eval", "--checkpoint", str(trained_fc[0] / "model.npz"), "--predictions",
+                 str(tmp_path)]) == 2
+    assert f"--predictions {tmp_path} is a directory: name a file" in capsys.readouterr().err

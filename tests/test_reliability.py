@@ -124,6 +124,13 @@ def test_non_finite_input_data(rng, value):
     ({"lr_decay": 0}, "lr_decay must be a positive number"),
     ({"on_nonfinite": "ignore"}, "on_nonfinite must be 'stop' or 'continue'"),
     ({"optimizer": "adam"}, "Unrecognized arguments optimizer"),
+    ({"print_every": 0}, "print_every must be a positive integer, got 0"),
+    ({"num_train_samples": -5}, "num_train_samples must be a positive integer or None"),
+    ({"num_val_samples": 0.5}, "num_val_samples must be a positive integer or None"),
+    ({"optim_config": {"learning_rate": "1e-3"}}, r"optim_config\['learning_rate'\] must be a "
+                                                  "positive number, got '1e-3'"),
+    ({"optim_config": {"learning_rate": -1e-3}}, "must be a positive number, got -0.001"),
+    ({"optim_config": {"learning_rate": float("nan")}}, "must be a positive number, got nan"),
 ])
 def test_bad_solver_arguments(rng, kwargs, message):
     with pytest.raises(ValueError, match=message):

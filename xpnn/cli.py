@@ -159,6 +159,10 @@ def float_list(text):
     return [non_negative_float(v) for v in _items(text, "numbers")]
 
 
+def positive_float_list(text):
+    return [positive_float(v) for v in _items(text, "numbers")]
+
+
 def device_arg(text):
     from .backend import parse_device
     try:
@@ -265,7 +269,7 @@ def make_parser():
 
     sweep = command("sweep", "grid or random search over hyperparameters")
     add_training_args(sweep, sweep=True)
-    sweep.add_argument("--lr", type=float_list, default=[1e-3, 3e-3], metavar="RATES",
+    sweep.add_argument("--lr", type=positive_float_list, default=[1e-3, 3e-3], metavar="RATES",
                        help="learning rates to try, comma-separated (default: 1e-3,3e-3)")
     sweep.add_argument("--reg", type=float_list, default=[0.0, 1e-3], metavar="STRENGTHS",
                        help="L2 regularisation strengths to try (default: 0,1e-3)")
@@ -784,6 +788,9 @@ def reporting(solver_class):
 def cmd_eval(args):
     if args.predictions:         # before any work; a file is written, never a directory made
         folder = Path(args.predictions).parent
+        if Path(args.predictions).is_dir():
+            raise ValueError(f"--predictions {args.predictions} is a directory: name a file, "
+                             f"e.g. {Path(args.predictions) / 'predictions.csv'}")
         if not folder.is_dir():
             raise ValueError(f"--predictions {args.predictions}: directory {folder} "
                              + ("is not a directory" if folder.exists() else "does not exist")

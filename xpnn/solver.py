@@ -12,6 +12,7 @@ everything needed to resume bit for bit (`Solver.load_checkpoint`).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import sys
 import time
@@ -101,6 +102,12 @@ class Solver:
             raise ValueError(f"on_nonfinite must be 'stop' or 'continue', got {self.on_nonfinite!r}")
         if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay > 0):
             raise ValueError(f"lr_decay must be a positive number, got {self.lr_decay!r}")
+        if not (isinstance(self.print_every, numbers.Integral) and self.print_every > 0):
+            raise ValueError(f"print_every must be a positive integer, got {self.print_every!r}")
+        for name in ("num_train_samples", "num_val_samples"):
+            value = getattr(self, name)
+            if not (value is None or (isinstance(value, numbers.Integral) and value > 0)):
+                raise ValueError(f"{name} must be a positive integer or None (all), got {value!r}")
 
         # Any object with `params` and `loss(X, y=None)` trains: an xpnn model knows its
         # backend; a hand-written one (NumPy params, as in the assignments) is found from them.
@@ -427,6 +434,10 @@ def _check_optim_config(rule, config):
     (an unknown key would be ignored: `{"lr": 1e-3}` trained at the default rate). The keys a
     rule reads are those it sets on a first call (each sets every one of its defaults and
     state arrays); a rule given as a function is trusted with its own keys."""
+    rate = config.get("learning_rate")
+    if rate is not None and not (isinstance(rate, numbers.Real) and not isinstance(rate, bool)
+                                 and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"optim_config['learning_rate'] must be a positive number, got {rate!r}")
     if not isinstance(rule, str) or not config:
         return
     import difflib
