@@ -439,3 +439,11 @@ def test_events_take_cupys_arguments(cp):
         cp.cuda.Event(interprocess=True)
     event = cp.cuda.get_current_stream().record()
     assert isinstance(event, cp.cuda.Event) and event.done
+
+
+def test_empty_memory_is_poisoned_so_unwritten_outputs_show(cp):
+    """cupy.empty's memory is a reused block's garbage: the double's is every byte 0xFF."""
+    assert np.isnan(cp.empty((3, 4), cp.float32).get()).all()
+    assert np.isnan(cp.empty_like(cp.zeros(5)).get()).all()
+    assert (cp.empty(4, cp.int32).get() == -1).all() and (cp.ndarray((2,), cp.int64).get() == -1).all()
+    assert (cp.zeros(3).get() == 0).all()               # zeros are zeros

@@ -8,6 +8,7 @@ the grid emulation. The layer and gradient tests in test_layers.py and
 test_conv_pool_reference.py also run on CuPy through the `xp` fixture.
 """
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -180,6 +181,24 @@ def test_subnormals(gpu, rng):
     flushed = np.where(np.abs(dcol32) < np.finfo(np.float32).tiny, np.float32(0), dcol32)
     exact, ftz = ops.col2im(dcol32, 6, 6, 1, 1), ops.col2im(flushed, 6, 6, 1, 1)
     assert np.array_equal(got, exact) or np.array_equal(got, ftz)
+
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64", "i686"),
+                    reason="the double models -ftz=true with x86's MXCSR")
+def test_the_double_flushes_float32_subnormals_as_cupys_ftz(cupy_double, gpu):
+    """CuPy compiles with -ftz=true: float32 arithmetic sees subnormal inputs as zero, float64
+    keeps them. The double's kernels do the same, so an unflushed result would show here."""
+    tiny32 = np.float32(np.finfo(np.float32).smallest_subnormal) * 5
+    tiny64 = np.float64(np.finfo(np.float64).smallest_subnormal) * 5
+    x32, x64 = np.full((1, 1, 4, 4), tiny32), np.full((1, 1, 4, 4), tiny64)
+    assert (ops.avg_pool_forward(x32, 2, 2, 2) > 0).all()          # the portable code keeps them
+    np.testing.assert_array_equal(gpu.ops["avg_pool_forward"](gpu.to_device(x32), 2, 2, 2).get(), 0)
+    np.testing.assert_array_equal(gpu.ops["avg_pool_forward"](gpu.to_device(x64), 2, 2, 2).get(),
+                                  ops.avg_pool_forward(x64, 2, 2, 2))
+    # copies keep them (im2col), as on a GPU
+    np.testing.assert_array_equal(gpu.ops["im2col"](gpu.to_device(x32), 2, 2, 2, 0).get(),
+                                  ops.im2col(x32, 2, 2, 2, 0))
 
 
 def test_large_launch_uses_grid_stride(gpu, rng):

@@ -1,10 +1,14 @@
 """The CUDA kernels in kernels/*.cu, checked without a GPU:
-  1. every kernel compiles with NVRTC for sm_75, sm_80 and sm_90;
+  1. every kernel compiles with NVRTC, with CuPy 14.2's own options, to a cubin (ptxas runs)
+     for sm_75, sm_80, sm_90 and sm_120 (CUDA 13) and sm_70 (CUDA 12: skipped by a newer NVRTC);
   2. the same source, run on the CPU through an emulation of the thread grid (cuda_emu.h),
      gives exactly the portable implementation's numbers on many geometries (the softmax loss,
      whose exp, log and row sums are not NumPy's: to within a few units in the last place).
 """
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,33 +33,74 @@ POOLS = [  # (N, C, H, W, ph, pw, stride)
 SOFTMAX_SHAPES = [(1, 1), (1, 10), (8, 3), (37, 10), (200, 10), (5, 300)]
 
 
-def test_every_kernel_compiles_with_nvrtc():
+def cupy_nvrtc_options(arch: str, include_dir) -> list:
+    """The options CuPy 14.2 hands NVRTC for `cupy.RawModule(code, options=CupyLauncher.OPTIONS)`,
+    in its order: cupy/_core/core.pyx `assemble_cupy_compiler_options` (CCCL's include dirs
+    first; the caller's options, whose -std keeps CuPy's --std=c++17 out; CuPy's and CUDA's
+    include dirs), cupy/cuda/compiler.py `_compile_with_cache_cuda` (-ftz=true) and
+    `_compile_using_nvrtc_no_warning` (-arch=sm_XX, so NVRTC makes a cubin and ptxas runs, as
+    `_get_arch_for_options_for_nvrtc` asks for an arch this NVRTC knows;
+    --device-as-default-execution-space). The include dirs are empty stand-ins: the source
+    includes nothing."""
+    cupy_include = include_dir / "cupy_include"
+    return [f"-I{cupy_include}/cupy/_cccl/cub", f"-I{cupy_include}/cupy/_cccl/thrust",
+            f"-I{cupy_include}/cupy/_cccl/libcudacxx", *cuda.CupyLauncher.OPTIONS,
+            f"-I{cupy_include}", f"-I{include_dir / 'cuda_include'}", "-ftz=true",
+            f"-arch={arch}", "--device-as-default-execution-space"]
+
+
+# CUDA 13 (the cuda13 extra) builds for Turing and newer; CUDA 12 (cuda12) also for Volta.
+ARCHS = {"sm_70": 12, "sm_75": 13, "sm_80": 13, "sm_90": 13, "sm_120": 13}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_kernel_compiles_to_a_cubin_with_cupys_options(arch, tmp_path):
+    """NVRTC with CuPy's exact options, to a cubin (so ptxas runs, as on a GPU): every entry
+    point is there under its own name, as RawModule.get_function looks it up."""
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="pip install cuda-bindings nvidia-cuda-nvrtc")
+    _, supported = nvrtc.nvrtcGetSupportedArchs()
+    _, major, minor = nvrtc.nvrtcVersion()
+    if int(arch[3:]) not in supported:
+        pytest.skip(f"NVRTC {major}.{minor} does not build {arch} (CUDA {ARCHS[arch]} does)")
     names = emulator.kernel_names()
     assert sorted(names) == sorted(f"{op}_{t}" for op in ACCELERATED_OPS for t in ("f32", "f64"))
-    for arch in ("sm_75", "sm_80", "sm_90"):
-        err, prog = nvrtc.nvrtcCreateProgram(cuda.module_source().encode(), b"xpnn.cu", 0, [], [])
-        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
-        # CuPy's options, as CupyLauncher passes them, and no include path: the source is whole.
-        options = [f"--gpu-architecture={arch}".encode(), b"-ftz=true",
-                   *(o.encode() for o in cuda.CupyLauncher.OPTIONS)]
-        (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
-        _, log_size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * log_size
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
-        _, ptx_size = nvrtc.nvrtcGetPTXSize(prog)
-        ptx = b" " * ptx_size
-        nvrtc.nvrtcGetPTX(prog, ptx)
-        for name in names:   # extern "C": the entry keeps its name, as RawModule looks it up
-            assert f".entry {name}(".encode() in ptx, f"{name} missing from the {arch} PTX"
-        nvrtc.nvrtcDestroyProgram(prog)
+    for d in ("cupy_include/cupy/_cccl/cub", "cupy_include/cupy/_cccl/thrust",
+              "cupy_include/cupy/_cccl/libcudacxx", "cuda_include"):
+        (tmp_path / d).mkdir(parents=True)
+    err, prog = nvrtc.nvrtcCreateProgram(cuda.module_source().encode(), b"kern.cu", 0, [], [])
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    options = [o.encode() for o in cupy_nvrtc_options(arch, tmp_path)]
+    (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+    _, log_size = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * log_size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
+    assert b"warning" not in log.lower(), log.decode(errors="replace")
+    _, size = nvrtc.nvrtcGetCUBINSize(prog)
+    cubin = b" " * size
+    nvrtc.nvrtcGetCUBIN(prog, cubin)
+    nvrtc.nvrtcDestroyProgram(prog)
+    assert cubin[:4] == b"\x7fELF", "not a cubin"
+    for name in names:   # extern "C": the symbol keeps its name
+        assert f"\0{name}\0".encode() in cubin, f"{name} missing from the {arch} cubin"
+
+
+def test_kernels_compile_unchanged_with_cupys_default_std(tmp_path):
+    """Without our -std=c++14 CuPy 14 would pass --std=c++17: the kernels build either way."""
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="pip install cuda-bindings nvidia-cuda-nvrtc")
+    err, prog = nvrtc.nvrtcCreateProgram(cuda.module_source().encode(), b"kern.cu", 0, [], [])
+    options = [o.encode() for o in ("--std=c++17", "--fmad=false", "-ftz=true", "-arch=compute_80",
+                                    "--device-as-default-execution-space")]
+    (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+    nvrtc.nvrtcDestroyProgram(prog)
+    assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS
 
 
 @pytest.fixture(scope="module")
 def kernel_ops(tmp_path_factory):
     """The accelerated-op table of xpnn.cuda, bound to the emulated launcher instead of CuPy."""
-    launcher = emulator.EmulatedLauncher(emulator.build(tmp_path_factory.mktemp("emu")))
+    sanitize = os.environ.get("XPNN_EMULATION_SANITIZE") == "1"     # see the ASan test below
+    launcher = emulator.EmulatedLauncher(emulator.build(tmp_path_factory.mktemp("emu"), sanitize))
     table = cuda.make_ops(launcher)
     table["launcher"] = launcher
     return table
@@ -298,3 +343,35 @@ def test_emulated_kernels_refuse_what_they_would_misread(kernel_ops):
         kernel_ops["max_pool_backward"](dout, np.zeros((1, 1, 2, 2), np.int8), 4, 4, 2, 2, 2)
     with pytest.raises(ValueError, match=r"argmax has shape \(1, 1, 1, 2\)"):
         kernel_ops["max_pool_backward"](dout, np.zeros((1, 1, 1, 2), np.int32), 4, 4, 2, 2, 2)
+    # The emulation's launcher checks on its own, from the preprocessed source: called directly.
+    launch, w = kernel_ops["launcher"], np.ones(3, np.float32)
+    with pytest.raises(TypeError, match=r"sgd_f32: argument 1 \(const float\* dw\) needs float32, got float64"):
+        launch("sgd_f32", 3, (w, w.astype(np.float64), w, np.int64(3), np.float32(0.1)))
+    with pytest.raises(TypeError, match=r"sgd_f32: argument 4 \(float lr\) needs float32, got float64"):
+        launch("sgd_f32", 3, (w, w, w, np.int64(3), np.float64(0.1)))
+    with pytest.raises(TypeError, match=r"argument 3 \(index_t n\) needs int64, got int32"):
+        launch("sgd_f32", 3, (w, w, w, np.int32(3), np.float32(0.1)))
+
+
+def test_the_emulated_kernels_under_address_sanitizer(tmp_path):
+    """Every kernel test above again, with the emulation built with AddressSanitizer and
+    UndefinedBehaviorSanitizer: a read or write past any array (NumPy's buffers come from the
+    preloaded libasan's malloc), or undefined arithmetic, aborts the run. Skipped only where
+    the compiler has no ASan."""
+    lib = subprocess.run([emulator.compiler(), "-print-file-name=libasan.so"], capture_output=True,
+                         text=True).stdout.strip()
+    probe = tmp_path / "probe.cpp"
+    probe.write_text("int main() { return 0; }\n")
+    if not os.path.isabs(lib) or subprocess.run(
+            [emulator.compiler(), *emulator.SANITIZE, str(probe), "-o", str(tmp_path / "probe")],
+            capture_output=True).returncode != 0:
+        pytest.skip(f"{emulator.compiler()} has no AddressSanitizer")
+    env = {**os.environ, "LD_PRELOAD": lib, "XPNN_EMULATION_SANITIZE": "1",
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1",
+           "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           __file__, "-k", "not sanitizer and not cubin and not default_std "
+                                           "and not every_backend and not compiled_source"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "passed" in done.stdout and "ERROR: AddressSanitizer" not in done.stderr

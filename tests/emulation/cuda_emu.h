@@ -43,6 +43,24 @@ static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, void**
     }
 }
 
+// CuPy compiles every kernel with -ftz=true: float32 arithmetic and comparisons treat
+// subnormal inputs as zero and flush subnormal results. The CuPy test double models it by
+// running a float32 kernel with the x86 MXCSR's flush-to-zero and denormals-are-zero bits set
+// (they act on double too, so a kernel with double parameters runs without). Returns the
+// previous MXCSR, for emu_ftz_end; 0xFFFFFFFF where this CPU has no such bits (not modelled).
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+extern "C" unsigned emu_ftz_begin() {
+    const unsigned previous = _mm_getcsr();
+    _mm_setcsr(previous | 0x8000u /* FTZ */ | 0x0040u /* DAZ */);
+    return previous;
+}
+extern "C" void emu_ftz_end(unsigned previous) { _mm_setcsr(previous); }
+#else
+extern "C" unsigned emu_ftz_begin() { return 0xFFFFFFFFu; }
+extern "C" void emu_ftz_end(unsigned) {}
+#endif
+
 #define EMU_EXPORT(name) \
     extern "C" void emu_##name(unsigned grid, unsigned block, void** args) { \
         emu_launch(name, grid, block, args); }

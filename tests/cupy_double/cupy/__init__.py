@@ -19,6 +19,8 @@ What it models, following CuPy's own rules (each rule names the CuPy source it m
     the CPU with g++ through tests/emulation/cuda_emu.h and launched after refusing what
     would fault or misbehave on a GPU (cupy/_raw.py);
   - a per-device memory budget (env CUPY_DOUBLE_MEMORY_BYTES) raising OutOfMemoryError;
+  - uninitialised memory: cupy.empty, empty_like and ndarray(shape) hold poison (every byte
+    0xFF: NaN, -1), as a reused pool block holds garbage, so an unwritten output shows;
   - cupy.random on its own bit generator (Philox, not NumPy's default PCG64);
   - cupy.cuda.nccl (cuda/nccl.py): CuPy's tuple ids, ranks that meet at init (threads or
     processes), NCCL's refusal of two ranks on one GPU (by PCI bus id), an actual all-reduce
@@ -36,7 +38,7 @@ import builtins as _builtins
 import numpy as _np
 
 from . import _double, cuda, random  # noqa: F401
-from ._core import DATA_DEPENDENT as _DATA_DEPENDENT, call as _call, kind_of as _kind_of, ndarray
+from ._core import DATA_DEPENDENT as _DATA_DEPENDENT, call as _call, kind_of as _kind_of, ndarray, poison
 from ._raw import RawKernel, RawModule  # noqa: F401
 from .cuda.memory import MemoryPool as _MemoryPool, PinnedMemoryPool as _PinnedPool
 
@@ -62,7 +64,20 @@ _SKIP = {"array", "asarray", "asanyarray", "asnumpy", "load", "loadtxt", "save",
 _INPLACE = {"copyto", "place", "put", "putmask", "fill_diagonal"}
 
 
+def _poisoned(func):
+    """cupy.empty's memory is whatever the pool's block last held: here every byte 0xFF (NaN
+    for floats, -1 for integers), so a kernel or function that leaves an output unwritten
+    gives NaN or -1, never the zeros NumPy's fresh pages would show."""
+    def make(*args, **kwargs):
+        out = func(*args, **kwargs)
+        poison(out)
+        return out
+    return make
+
+
 def _wrap(func, name):
+    if name in ("empty", "empty_like"):
+        func = _poisoned(func)
     kind = "none" if name in ("empty", "empty_like") else \
         "fill" if name in _CREATION else _kind_of(name)
     check, sync, inplace = name not in _CREATION, name in _DATA_DEPENDENT, name in _INPLACE

@@ -11,6 +11,7 @@ was current when it was made. Every function goes through `call`, which plays Cu
 """
 from __future__ import annotations
 
+import ctypes
 import warnings
 
 import numpy as np
@@ -162,6 +163,13 @@ def _has_mask(key):
     return any(getattr(k, "dtype", None) == np.bool_ for k in keys)
 
 
+def poison(host: np.ndarray) -> None:
+    """Fill a freshly allocated (contiguous) host buffer with 0xFF bytes: what the double's
+    uninitialised device memory holds (cupy.empty; see cupy/__init__.py)."""
+    if host.nbytes:
+        ctypes.memset(host.ctypes.data, 0xFF, host.nbytes)
+
+
 class ndarray:
     """cupy.ndarray: a host buffer standing in for memory on GPU `device.id`."""
 
@@ -170,7 +178,9 @@ class ndarray:
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
         if memptr is not None or strides is not None:
             raise NotImplementedError("the CuPy double allocates its own memory")
-        self._set(np.empty(shape, dtype, order=order), _double.current_device(), None)
+        host = np.empty(shape, dtype, order=order)
+        poison(host)                   # uninitialised device memory
+        self._set(host, _double.current_device(), None)
 
     def _set(self, host, device, memory):
         self._a, self._device = host, device

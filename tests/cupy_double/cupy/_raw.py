@@ -5,11 +5,13 @@ Compilation (cupy/_core/raw.pyx, cupy/_core/core.pyx, cupy/cuda/compiler.py):
   - the module is compiled lazily, on first use, once per (code, options) *and device*
     (`_get_raw_module` is memoized for_each_device); each such compile is appended to
     cupy._double.compile_log() with the caller's code and options;
-  - CuPy prepends nothing to RawModule code (`prepend_cupy_headers=False`); it adds options:
-    `assemble_cupy_compiler_options` appends `--std=c++11` when no `-std=c++` is given
-    (the version read; the docs of CuPy 13+ say c++14) and CuPy's/CUDA's include dirs, and
-    `_compile_with_cache_cuda` appends `-ftz=true` and the GPU architecture. Its on-disk
-    cache key is the code text and options, *not* the files the code #includes;
+  - CuPy prepends nothing to RawModule code (`prepend_cupy_headers=False`); it adds options
+    (CuPy 14.2, see `_cupy_nvrtc_options`, logged as CompileRecord.cupy_options):
+    `assemble_cupy_compiler_options` puts CCCL's include dirs first, appends `--std=c++17`
+    when no `-std=` is given and CuPy's and CUDA's include dirs (it raises RuntimeError when it
+    finds no CUDA headers), `_compile_with_cache_cuda` appends `-ftz=true`, and the NVRTC
+    call `-arch=sm_XX` and `--device-as-default-execution-space`. Its on-disk cache key is the
+    code text and options, *not* the files the code #includes;
   - here the code is preprocessed with `g++ -E` (honouring -I/-D options) to read the
     kernels' signatures (so #define'd argument lists and typedefs are expanded), then built
     with tests/emulation/cuda_emu.h, cached per process and in a temp dir by a hash of the
@@ -23,9 +25,11 @@ checks nothing else. The double refuses, before running anything, what a GPU wou
 into a fault or wrong numbers: an array of another device (no peer access), a
 non-C-contiguous array, an array whose dtype is not the pointer's element type, a scalar
 whose C type differs from the parameter's, the wrong number of arguments, a block of more
-than 1024 threads or a grid beyond CUDA's limits. Not modelled: 2-D/3-D grids and blocks,
-shared memory, cooperative groups, name_expressions (templates), `path=` (cubin/ptx), and
-`-ftz=true` (the host build keeps float32 subnormals, as NVRTC would with -ftz=false).
+than 1024 threads or a grid beyond CUDA's limits. `-ftz=true` is modelled on x86: a kernel
+with float and no double parameters runs with the CPU's flush-to-zero and denormals-are-zero
+bits set (float32 arithmetic and comparisons see subnormals as zero; copies keep them). Not
+modelled: 2-D/3-D grids and blocks, shared memory, cooperative groups, name_expressions
+(templates), `path=` (cubin/ptx).
 """
 from __future__ import annotations
 
@@ -84,9 +88,20 @@ def _host_flags(options) -> list[str]:
     return [std, *flags]
 
 
-def _cupy_added_options(options) -> tuple:
-    added = () if any("-std=c++" in op for op in options) else ("--std=c++11",)
-    return added + ("-I<cupy>/_core/include", "-ftz=true", "--gpu-architecture=sm_80")
+CUPY_INCLUDE = "<site-packages>/cupy/_core/include"
+CUDA_INCLUDE = "<site-packages>/nvidia/cuda_runtime/include"
+
+
+def _cupy_nvrtc_options(options) -> tuple:
+    """Every option CuPy 14.2 hands NVRTC for RawModule(code, options), in its order:
+    cupy/_core/core.pyx `assemble_cupy_compiler_options` (CCCL's include dirs first;
+    --std=c++17 unless a -std= is given; CuPy's and CUDA's include dirs), cupy/cuda/compiler.py
+    `_compile_with_cache_cuda` (-ftz=true) and `_compile_using_nvrtc_no_warning` (-arch=sm_80
+    for this double's GPUs, a cubin; --device-as-default-execution-space)."""
+    std = () if any("-std=" in op for op in options) else ("--std=c++17",)
+    cccl = tuple(f"-I{CUPY_INCLUDE}/cupy/_cccl/{lib}" for lib in ("cub", "thrust", "libcudacxx"))
+    return (cccl + tuple(options) + std + (f"-I{CUPY_INCLUDE}", f"-I{CUDA_INCLUDE}", "-ftz=true",
+            "-arch=sm_80", "--device-as-default-execution-space"))
 
 
 def _parse_param(text: str, typedefs: dict):
@@ -155,7 +170,7 @@ def _get_raw_module(code: str, options: tuple) -> _Module:
     key = (code, options, device)
     if key not in _modules:
         _double.machine.compile_log.append(
-            _double.CompileRecord(code, options, device, _cupy_added_options(options)))
+            _double.CompileRecord(code, options, device, _cupy_nvrtc_options(options)))
         same_source = next((m for (c, o, _), m in _modules.items() if (c, o) == (code, options)), None)
         _modules[key] = same_source or _Module(code, options)
     return _modules[key]
@@ -226,8 +241,16 @@ class RawKernel:
             nbytes += arg.nbytes if isinstance(arg, ndarray) else 0
         pointers = (ctypes.c_void_p * len(values))(
             *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        getattr(module.lib, f"emu_{self.name}")(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]),
-                                                pointers)
+        # -ftz=true, which CuPy always passes: float32 subnormals flushed (see cuda_emu.h)
+        kinds = {dtype for _, dtype, _ in params if dtype is not None}
+        ftz = np.dtype(np.float32) in kinds and np.dtype(np.float64) not in kinds
+        previous = module.lib.emu_ftz_begin() if ftz else None
+        try:
+            getattr(module.lib, f"emu_{self.name}")(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]),
+                                                    pointers)
+        finally:
+            if previous is not None:
+                module.lib.emu_ftz_end(ctypes.c_uint(previous))
         _double.record_launch("raw", self.name, device, nbytes)
 
     def _argument(self, i, arg, param, device):
