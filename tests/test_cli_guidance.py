@@ -562,3 +562,46 @@ def test_the_readmes_output_files_are_git_ignored():
     readme = (root / "README.md").read_text()
     for name in re.findall(r"--predictions (\S+)", readme) + ["runs/"]:
         assert any(fnmatch.fnmatch(name, pattern) or name == pattern for pattern in ignored), name
+
+
+def test_ctrl_c_after_some_epochs_leaves_their_report(tmp_path):
+    """A real Ctrl-C to a real run, once its second checkpoint is there: metrics.json and
+    curves.png describe the epochs that finished (at least those two), status interrupted."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "mnist-cnn", "--epochs", "2000", "--batch-size", "10",
+            "--num-train", "200", "--out", str(out), *QUICK]
+    proc = subprocess.Popen([sys.executable, "-m", "xpnn", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not (out / "checkpoint_epoch_2.npz").exists() and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    try:
+        said, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    done = max(int(p.stem.split("_")[-1]) for p in out.glob("checkpoint_epoch_*.npz"))
+    assert metrics["status"] == "interrupted" and metrics["epochs_done"] == done >= 2
+    assert len(metrics["val_acc_history"]) == done + 1 and metrics["iterations"] == 20 * done
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"the {done} finished epochs (status: interrupted)" in said
+
+
+def test_an_interrupt_between_a_checkpoint_and_its_report_reports_that_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    ended = cli.RunReport.epoch_ended
+
+    def interrupted_at_the_second(self, solver, checkpoint):
+        if solver.epoch == 2:
+            raise KeyboardInterrupt          # checkpoint_epoch_2.npz is saved, its report not
+        ended(self, solver, checkpoint)
+    monkeypatch.setattr(cli.RunReport, "epoch_ended", interrupted_at_the_second)
+    assert main(["train", *FC, "--epochs", "4", "--out", str(out), *QUICK]) == 130
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "checkpoint_epoch_2.npz").is_file()
+    assert metrics["status"] == "interrupted" and metrics["epochs_done"] == 2
+    assert metrics["iterations"] == 48 and len(metrics["val_acc_history"]) == 3

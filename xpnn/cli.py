@@ -645,8 +645,7 @@ def train_and_report(args, out, data, model, solver, previous, comm=None):
     except NonFiniteLossError as e:
         stopped = NonFiniteLossError(e.what, "Lower --lr, or add --on-nonfinite continue to skip such steps")
     except KeyboardInterrupt:
-        if writer and report.last is not None:     # an epoch of this session finished
-            report.interrupted(solver)
+        if writer and report.interrupted(solver):     # an epoch of this session finished
             print(f"wrote {out}/metrics.json, curves.png: the {report.last['epochs_done']} "
                   "finished epochs (status: interrupted)")
         raise
@@ -693,13 +692,20 @@ class RunReport:
         self.last = None        # the metrics last written
         self.drawn = (-math.inf, None)    # when curves.png was drawn, and how far its histories go
 
-    def interrupted(self, solver):
-        """The report of the last epoch's end (what the run continues from), marked
-        interrupted, and its curves.png."""
+    def interrupted(self, solver) -> bool:
+        """The report of the last checkpoint (what the run continues from), marked
+        interrupted, and its curves.png; False when this session saved none."""
+        epoch = solver.epoch
+        saved = epoch >= self.first_epoch and (self.out / f"checkpoint_epoch_{epoch}.npz").is_file()
+        if saved and (self.last is None or self.last["epochs_done"] < epoch):
+            self.write(solver, "interrupted")   # stopped between a checkpoint and its report
+        elif self.last is None:
+            return False
         self.last["status"] = "interrupted"
         self.last["continue_with"] = resume_command(self.out)
         atomic_write_text(self.out / "metrics.json", strict_json(self.last))
         self._draw(solver, self.last["iterations"], self.last["epochs_done"])
+        return True
 
     def epoch_ended(self, solver, checkpoint):
         """After each epoch's checkpoint: drop the oldest beyond --keep-checkpoints, bring
