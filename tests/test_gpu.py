@@ -572,7 +572,6 @@ def test_a_cupy_that_cannot_compile_gets_the_install_hint(cupy_double, cp, monke
                 '/tmp/tmpxyz/kern.cu(1): catastrophic error: cannot open source file "cuda_fp16.h"\n',
                 self.code, "kern", ())
     monkeypatch.setattr(cp, "RawModule", Headerless)
-    monkeypatch.setattr(cuda, "compile_probe", functools.cache(cuda.compile_probe.__wrapped__))
     monkeypatch.setattr(backend, "_get_backend", functools.cache(backend._get_backend.__wrapped__))
     with pytest.raises(RuntimeError, match=r"CuPy sees \d GPU\(s\) but cannot compile a CUDA kernel "
                                            r"\(CompileException: .*cannot open source file \"cuda_fp16.h\"\)"
@@ -580,10 +579,20 @@ def test_a_cupy_that_cannot_compile_gets_the_install_hint(cupy_double, cp, monke
         get_backend("cuda:1")
 
 
-def test_making_the_backend_compiles_a_probe_with_the_kernels_options(cupy_double):
-    get_backend("cuda")
-    compiled = [r for r in cupy_double.compile_log() if r.code == cuda.PROBE_SOURCE]
-    assert compiled and all(r.options == cuda.CupyLauncher.OPTIONS for r in compiled)
+def test_making_the_backend_compiles_the_kernels_for_its_gpu(cupy_double, monkeypatch):
+    """The compile happens when the backend is made (CuPy compiles once per process and GPU:
+    the double's log has it once), and the launcher keeps the module for every launch."""
+    import functools
+    from xpnn import backend
+    monkeypatch.setattr(backend, "_get_backend", functools.cache(backend._get_backend.__wrapped__))
+    gpu1 = get_backend("cuda:1")
+    assert (1, cuda.PROBE_KERNEL) in gpu1.launcher._kernels
+    assert [(r.code, r.options) for r in cupy_double.compile_log() if r.device == 1].count(
+        (cuda.module_source(), cuda.CupyLauncher.OPTIONS)) == 1
+    lookups = cupy_double.stats()["function_lookups"]
+    x = gpu1.to_device(np.ones((1, 1, 4, 4), np.float32))
+    gpu1.ops["max_pool_forward"](x, 2, 2, 2)
+    assert cupy_double.stats()["function_lookups"] == lookups + 1       # from the kept module
 
 
 def test_numerics_that_change_gpu_results_are_reported(gpu, monkeypatch):

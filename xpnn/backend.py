@@ -506,9 +506,10 @@ def _cuda_backend(index: int) -> CudaBackend:
         raise RuntimeError(f"device 'cuda:{index}' does not exist: CuPy sees {count} GPU(s), "
                            f"cuda:0 to cuda:{count - 1}")
     from . import cuda
+    backend = CudaBackend(index)
     try:
-        with cupy.cuda.Device(index):
-            cuda.compile_probe()
+        with backend:
+            backend.launcher.kernel(cuda.PROBE_KERNEL)     # compiles kernels/*.cu, kept for later
     except Exception as e:     # NVRTC missing, CUDA headers missing (CuPy 14.1+), a bad driver
         lines = [line for line in str(e).splitlines() if line.strip()] or [""]
         said = next((line for line in lines if "error" in line.lower()), lines[0]).strip()
@@ -516,7 +517,7 @@ def _cuda_backend(index: int) -> CudaBackend:
                            f"({type(e).__name__}: {said}); xpnn's kernels "
                            f"need NVRTC and the CUDA headers, which the [ctk] extra of CuPy "
                            f"brings: {_INSTALL_HINT}") from None
-    return CudaBackend(index)
+    return backend
 
 
 @functools.cache

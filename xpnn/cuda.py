@@ -351,17 +351,10 @@ class CupyLauncher:
         self.kernel(name)((grid,), (block,), args)
 
 
-# What making the CUDA backend compiles first, with the kernels' options: NVRTC must work and
-# find what CuPy adds to every compile (CuPy 14 needs the CUDA headers for any RawModule).
-PROBE_SOURCE = 'extern "C" __global__ void xpnn_probe(float* x) { x[threadIdx.x] = 1.0f; }\n'
-
-
-@functools.cache
-def compile_probe() -> None:
-    """Compile and load a one-line kernel as the kernels are compiled (once per process; CuPy
-    keeps the binary in its on-disk cache): raises what CuPy raises when it cannot."""
-    import cupy
-    cupy.RawModule(code=PROBE_SOURCE, options=CupyLauncher.OPTIONS).get_function("xpnn_probe")
+# The kernel that making the CUDA backend looks up first: that compiles kernels/*.cu for its
+# GPU (once; the launcher keeps the module, CuPy the binary on disk), so that a CuPy which
+# cannot compile (no NVRTC; CuPy 14.1+ without the CUDA headers) is reported at once.
+PROBE_KERNEL = "sgd_f32"
 
 
 def make_ops(launch) -> dict:
