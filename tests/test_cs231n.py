@@ -78,7 +78,10 @@ ASSIGNMENT = {
         from cs231n.classifiers.linear_classifier import *
     """,
     "cs231n/classifiers/k_nearest_neighbor.py": """
+        from builtins import range
+        from builtins import object
         import numpy as np
+        from past.builtins import xrange            # as the assignment's file (the future package)
         class KNearestNeighbor(object):
             def train(self, X, y):
                 self.X_train, self.y_train = X, y
@@ -105,7 +108,13 @@ ASSIGNMENT = {
     """,
     "cs231n/classifiers/fc_net.py": "raise ImportError('the student fc_net was imported')\n",
     "cs231n/features.py": """
+        from __future__ import print_function
+        from builtins import zip
+        from builtins import range
+        from past.builtins import xrange
+        import matplotlib
         import numpy as np
+        from scipy.ndimage import uniform_filter
         from cs231n.layers import relu_forward      # a student file using a provided module
         def extract_features(imgs, feature_fns):
             return relu_forward(np.asarray(imgs, dtype=float).reshape(len(imgs), -1) - 1)[0]
