@@ -81,7 +81,6 @@ ASSIGNMENT = {
         from builtins import range
         from builtins import object
         import numpy as np
-        from past.builtins import xrange            # as the assignment's file (the future package)
         class KNearestNeighbor(object):
             def train(self, X, y):
                 self.X_train, self.y_train = X, y
@@ -111,7 +110,6 @@ ASSIGNMENT = {
         from __future__ import print_function
         from builtins import zip
         from builtins import range
-        from past.builtins import xrange
         import matplotlib
         import numpy as np
         from scipy.ndimage import uniform_filter
