@@ -23,8 +23,9 @@ same numbers on any count, so nothing is spent on steps that are thrown away):
      an idle machine two close counts do not take turns;
   3. check again when a window of steps runs clearly slower (SLOW) than the chosen count did
      in its check (the machine's load changed), and every RECHECK steps (the load may have
-     gone), an interval that doubles each time a check keeps the count: on a steady machine
-     the checks cost well under 1% of the training time, and the policy says how much.
+     gone), an interval that doubles each time a check keeps the count; no check while the
+     checks so far cost over BUDGET (2%) of the steps' time, so even a noisy machine cannot
+     make them take over a run; the policy reports what they cost.
 
 `ThreadPolicy(threads=N)` (`--threads N`) fixes the count instead. The policy changes only
 this process's BLAS pools (one thread each while training) and the CPU backend's `threads`,
@@ -130,6 +131,8 @@ class ThreadPolicy:
     SLOW = 1.5          # a window's median this many times the chosen count's: check again
     RECHECK = 200       # steps to the next check (the load may have gone), doubled after each
     MAX_RECHECK = 3200  # check that keeps the count: a steady machine is checked ever less often
+    BUDGET = 0.02       # no new check while the checks so far cost more than this share of
+                        # the steps' time: a noisy machine cannot make them take over a run
     SHORT = 25          # a run of fewer than SHORT checks' steps is not checked at all: one
                         # check could cost more than it saves (the checks stay under ~3% of a run)
 
@@ -232,13 +235,15 @@ class ThreadPolicy:
             return
         self._since_check += 1
         self._window.append(seconds)
+        # No new check while the checks so far cost more than their budget of the steps' time.
+        affordable = self.check_seconds <= self.BUDGET * self.total_seconds
         if len(self._window) == self.WINDOW:
             slow = statistics.median(self._window) > self.SLOW * self.step_ms[self.threads] / 1e3
             self._window = []
-            if slow:
+            if slow and affordable:
                 self.check("slowdown")
                 return
-        if self._since_check >= self._interval:
+        if self._since_check >= self._interval and affordable:
             self.check("periodic")
 
     def _choose(self):
