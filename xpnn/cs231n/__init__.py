@@ -162,7 +162,9 @@ def install(device=None, name="cs231n", own=()) -> None:
     """Overlay the assignment's `cs231n` package with xpnn's modules: `import cs231n.<module>`
     imports xpnn's for each module in MODULES (except those named in `own`), and the
     student's own file for every other module (cs231n.features, cs231n.classifiers.softmax,
-    ...), found on `sys.path` at the time of the import. With `device`, also
+    ...), found on `sys.path` (else in the working directory) at the time of the import.
+    Another module joins the layout by its file in xpnn/cs231n/ and its name in MODULES.
+    With `device`, also
     `use_device(device)`.
 
     A module of the table that the notebook imported from the student's folder before this
