@@ -384,9 +384,6 @@ class OneRank(distributed.Communicator):
     def bcast(self, obj, what):
         return obj
 
-    def allgather(self, obj, what):
-        return [obj]
-
     def allreduce_host(self, array, what):       # the sum over one rank
         return np.array(array, copy=True)
 

@@ -499,7 +499,7 @@ def test_check_arguments_holds_each_argument_against_the_kernels_parameters(cp, 
                                                           np.float32(0.1)),
             "'w' \\(float\\*\\) needs float32 data, got float64": (w.astype(np.float64), dw, out, n,
                                                                   np.float32(0.1)),
-            "'w' \\(float\\*\\) is on the host": (np.ones(6, np.float32), dw, out, n, np.float32(0.1)),
+            "'w' \\(float\\*\\) is on cpu, but the kernel runs on cuda:0": (np.ones(6, np.float32), dw, out, n, np.float32(0.1)),
         }
         for match, args in bad.items():
             with pytest.raises((TypeError, DeviceError), match=match):

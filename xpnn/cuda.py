@@ -148,9 +148,28 @@ def _where(kernel: str, i: int, param: Param) -> str:
     return f"{kernel}: argument {i} {param.name!r} ({param.ctype}{'*' if param.pointer else ''})"
 
 
-def _check_device(kernel, i, param, a, launch):
+def device_name(a) -> str:
+    """Where an array lives, as the error messages name it: "cuda:1" (CuPy), "cpu" (NumPy)."""
+    if isinstance(a, np.ndarray):
+        return "cpu"
+    device = getattr(a, "device", None)
+    if hasattr(device, "id"):
+        return f"cuda:{device.id}"
+    return f"{device} ({type(a).__module__}.{type(a).__name__})"
+
+
+def _launching_device(launch, args) -> str:
+    """The launcher's device (CuPy's current one); a launcher that does not say (a test's
+    stand-in) launches where its first array argument lives."""
+    device = getattr(launch, "device", None)
+    if device is not None:
+        return device()
+    return next(device_name(a) for a in args if not isinstance(a, np.generic))
+
+
+def _check_device(kernel, i, param, a, here):
     from .backend import DeviceError
-    here, there = launch.device(), launch.device_of(a)
+    there = device_name(a)
     if there != here:
         raise DeviceError(f"{_where(kernel, i, param)} is on {there}, but the kernel runs on "
                           f"{here}: arrays are never copied between devices silently; move it first")
@@ -159,9 +178,9 @@ def _check_device(kernel, i, param, a, launch):
 def _inputs(kernel, launch, *arrays):
     """The kernel's leading array arguments, checked to be on the launching device (before
     anything reads them), made C-contiguous."""
-    params = kernel_signatures()[kernel]
+    params, here = kernel_signatures()[kernel], _launching_device(launch, arrays)
     for i, (a, param) in enumerate(zip(arrays, params)):
-        _check_device(kernel, i, param, a, launch)
+        _check_device(kernel, i, param, a, here)
     return [launch.contiguous(a) for a in arrays]
 
 
@@ -176,13 +195,15 @@ def check_arguments(kernel, args, launch) -> None:
     if len(args) != len(params):
         raise TypeError(f"{kernel} takes {len(params)} arguments "
                         f"({', '.join(p.name for p in params)}), got {len(args)}")
+    here = None
     for i, (a, param) in enumerate(zip(args, params)):
         where = _where(kernel, i, param)
         if isinstance(a, np.generic) != (not param.pointer):
             raise TypeError(f"{where} takes {'an array' if param.pointer else 'a value'}, got "
                             f"{type(a).__module__}.{type(a).__name__}")
         if param.pointer:
-            _check_device(kernel, i, param, a, launch)
+            here = here or _launching_device(launch, args)
+            _check_device(kernel, i, param, a, here)
             if not a.flags.c_contiguous:
                 raise TypeError(f"{where} is not C-contiguous: the kernel would read it densely")
         if a.dtype != np.dtype(param.dtype):
@@ -325,11 +346,6 @@ class CupyLauncher:
         import cupy
         return f"cuda:{cupy.cuda.Device().id}"
 
-    def device_of(self, a) -> str:
-        import cupy
-        if isinstance(a, cupy.ndarray):
-            return f"cuda:{a.device.id}"
-        return f"the host ({type(a).__module__}.{type(a).__name__})"
 
     def kernel(self, name):
         import cupy

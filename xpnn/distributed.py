@@ -262,6 +262,8 @@ class Communicator:
         `training_settings`): they would train diverging copies and exit 0, or fall out of
         step. Every rank learns every rank's settings; rank 0 names each difference and the
         ranks that hold each value, the other ranks point to it."""
+        if self.size == 1:
+            return                     # nothing to compare (and no collective to wait for)
         everyone = self.allgather(settings, "the settings check")
         differences = settings_differences(everyone)
         if not differences:
@@ -340,6 +342,8 @@ class Communicator:
         ranks that fell out of step (trained different numbers of steps) would otherwise pair
         unrelated collectives, and rank 0 could finish, and report a finished run, while the
         others still wait. A rank that never arrives is a timeout (DistributedError)."""
+        if self.size == 1:
+            return
         steps = self.allgather(self.allreduce_calls, f"{what} (the ranks' step counts)")
         if len(set(steps)) > 1:
             counts = ", ".join(f"rank {r}: {n}" for r, n in enumerate(steps))
@@ -549,6 +553,8 @@ class NcclTransport:
         with what to change. GPUs are compared by PCI bus id on each host: device numbers
         depend on each process's CUDA_VISIBLE_DEVICES."""
         import socket
+        if comm.size == 1:
+            return
         here = (socket.gethostname(), cupy.cuda.runtime.deviceGetPCIBusId(backend.index),
                 cupy.cuda.runtime.getDeviceCount())
         everyone = comm.allgather(here, "the GPU check")

@@ -87,9 +87,6 @@ class EmulatedLauncher:
     def device(self) -> str:
         return "cpu"
 
-    def device_of(self, a) -> str:
-        return "cpu" if isinstance(a, np.ndarray) else f"{type(a).__module__}.{type(a).__name__}"
-
     def __call__(self, name, n, args):
         if n == 0:
             return
