@@ -436,13 +436,28 @@ def other_gpu_cases(cp):
     return cases
 
 
-def test_arrays_of_another_gpu_are_refused_before_any_launch(cp, launches):
+@pytest.mark.parametrize("peer_access", [False, True])
+def test_arrays_of_another_gpu_are_refused_before_any_launch(cp, launches, peer_access):
     """Without peer access a kernel given another GPU's pointer faults (and the fault kills
     the CUDA context); with it, it reads over the bus. Every update rule (its gradient and each
     state array), the pool backward and conv refuse, naming the array and both devices, before
-    anything is launched, copied or cast."""
+    anything is launched, copied or cast, whether or not the GPUs can reach each other."""
     two_gpus(cp)
-    for what, call in other_gpu_cases(cp):
+    double = getattr(cp, "_double", None)
+    if double is not None:
+        before = double.machine.peer_access
+        double.enable_peer_access(peer_access)
+    try:
+        _refuse_every_case(cp, launches)
+    finally:
+        if double is not None:
+            double.enable_peer_access(before)
+
+
+def _refuse_every_case(cp, launches):
+    cases = other_gpu_cases(cp)
+    assert len(cases) == 12 + 1 + 3          # the rules' dw and states, pool backward, conv
+    for what, call in cases:
         reset_launches(cp)
         launches.clear()
         with pytest.raises(DeviceError, match=r"cuda:1|Device 1") as error:
