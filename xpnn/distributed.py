@@ -23,7 +23,8 @@ The design follows PyTorch's DistributedDataParallel and ChainerMN:
   - The transport is the trusted engine of the device: MPI's all-reduce (mpi4py, on
     contiguous NumPy buffers) between CPU processes; NCCL (`cupy.cuda.nccl`) between GPUs,
     one rank per GPU, with NCCL's unique id broadcast over MPI (ChainerMN's "pure NCCL"
-    communicator). The GPU buffer is reduced in place on the device, never staged on the host.
+    communicator). NCCL refuses two ranks on one GPU: more ranks on a node than GPUs, or two
+    ranks whose GPUs have the same PCI bus id, are refused first, with the node's counts. The GPU buffer is reduced in place on the device, never staged on the host.
   - Batch normalisation: the forward pass uses each rank's own batch statistics (its slice),
     as DDP does without SyncBatchNorm, so a BN model on K ranks is *not* the same as one
     process with batch B. The running averages (used at test time) would drift apart per
