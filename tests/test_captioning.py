@@ -133,7 +133,7 @@ def test_solver_rejects_unknown_arguments_and_rules():
     with pytest.raises(ValueError, match="Unrecognized"):
         CaptioningSolver(model, data, learning_rate=1e-3)
     with pytest.raises(ValueError, match="update_rule"):
-        CaptioningSolver(model, data, update_rule="adamw")
+        CaptioningSolver(model, data, update_rule="adamax")
 
 
 def test_sample_coco_minibatch_and_decode():

@@ -265,8 +265,8 @@ def test_solver_lr_decay_and_unknown_arguments(rng):
     assert all(abs(c["learning_rate"] - 0.025) < 1e-12 for c in solver.optim_configs.values())
     with pytest.raises(ValueError, match="Unrecognized arguments bogus"):
         Solver(model, data, bogus=1)
-    with pytest.raises(ValueError, match="unknown update rule 'adamw'"):
-        Solver(model, data, update_rule="adamw")
+    with pytest.raises(ValueError, match="unknown update rule 'adamax'"):
+        Solver(model, data, update_rule="adamax")
 
 
 def test_check_accuracy_on_host_test_data(rng):

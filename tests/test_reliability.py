@@ -60,7 +60,7 @@ BAD_LAYER_CALLS = [
                           {"stride": 1, "pad": 0}), TypeError, "conv input x must be a float32 or float64"),
     (lambda: max_pool_forward(np.ones((1, 1, 4, 4), bool), {"pool_height": 2, "pool_width": 2, "stride": 2}),
      TypeError, "max-pool input x must be a float32 or float64"),
-    (lambda: FullyConnectedNet([10], normalization="groupnorm"), ValueError, "unknown normalization 'groupnorm'"),
+    (lambda: FullyConnectedNet([10], normalization="instancenorm"), ValueError, "unknown normalization 'instancenorm'"),
     (lambda: FullyConnectedNet([10], dtype="float16"), ValueError, "float32 or float64, got float16"),
     (lambda: FullyConnectedNet([10], init="orthogonal"), ValueError, "unknown weight init 'orthogonal'"),
     (lambda: ThreeLayerConvNet(input_dim=(3, 1, 1), filter_size=7), ValueError,

@@ -264,6 +264,49 @@ class LayerNorm(Layer):
         return dx, {self._gamma: dgamma, self._beta: dbeta}
 
 
+class GroupNorm(Layer):
+    """Group normalization (Wu & He, 2018) after weight layer k (gamma{k}, beta{k}): each
+    sample's channels in `groups` groups of consecutive channels, each group normalized over
+    its channels and pixels. No statistic crosses samples: train and test are the same, and
+    a batch may be split into shards. Flat (D,) features are D channels of one pixel.
+    groups=None: the largest divisor of the channel count C that is at most 32 and leaves
+    each group at least 16 values (C / groups channels times the pixels)."""
+
+    def __init__(self, groups: int | None = None, eps: float = 1e-5):
+        self.groups = None if groups is None else int(groups)
+        self.eps = float(eps)
+
+    def build(self, in_shape, k):
+        C, pixels = in_shape[0], math.prod(in_shape[1:])
+        G = self.groups or max(g for g in range(1, min(C, 32) + 1)
+                               if C % g == 0 and (C // g * pixels >= 16 or g == 1))
+        if G < 1 or C % G:
+            raise ValueError(f"GroupNorm: {self.groups} groups do not divide the {C} channels")
+        self._D, self._G, self._shape = C, G, in_shape
+        self._gamma, self._beta = f"gamma{k}", f"beta{k}"
+        return in_shape
+
+    init_params = BatchNorm.init_params
+
+    @property
+    def num_groups(self) -> int:
+        """The number of groups, once built (the chosen one when groups is None)."""
+        return self._G
+
+    def forward(self, x, params, train, needs_dx=True):
+        xp = namespace_of(x)
+        x4 = xp.reshape(x, (x.shape[0], self._D, *self._shape[1:], *(1,) * (3 - len(self._shape))))
+        out, cache = L.spatial_groupnorm_forward(x4, params[self._gamma], params[self._beta],
+                                                 self._G, {"eps": self.eps})
+        return xp.reshape(out, x.shape), cache
+
+    def backward(self, dout, cache):
+        xp = namespace_of(dout)
+        d4 = xp.reshape(dout, cache[0].shape)
+        dx, dgamma, dbeta = L.spatial_groupnorm_backward(d4, cache)
+        return xp.reshape(dx, dout.shape), {self._gamma: dgamma, self._beta: dbeta}
+
+
 class Dropout(Layer):
     """Inverted dropout keeping each unit with probability `keep`. With `seed` the mask is the
     same on every call (CS231n's convention, which gradient checks rely on)."""

@@ -181,7 +181,34 @@ def adam(w, dw, config=None):
     return w - config["learning_rate"] * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
 
 
-UPDATE_RULES = {f.__name__: f for f in (sgd, sgd_momentum, nesterov, adagrad, rmsprop, adam)}
+@on_input_device
+def adamw(w, dw, config=None):
+    """AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization"): Adam, with the
+    weights decayed directly instead of through the gradient, as torch.optim.AdamW does:
+    w *= 1 - lr * weight_decay, then Adam's step (the decay never enters m or v).
+    config: learning_rate (1e-3), weight_decay (1e-2), beta1 (0.9), beta2 (0.999),
+    epsilon (1e-8), t (0, the step count); state: m, v. Portable code on every backend."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-3)
+    config.setdefault("weight_decay", 1e-2)
+    config.setdefault("beta1", 0.9)
+    config.setdefault("beta2", 0.999)
+    config.setdefault("epsilon", 1e-8)
+    config.setdefault("t", 0)
+    _state(config, "m", w), _state(config, "v", w)
+    xp = _check("adamw", w, dw, config, ("m", "v"))
+    b1, b2, lr = config["beta1"], config["beta2"], config["learning_rate"]
+    config["t"] += 1
+    m = b1 * config["m"] + (1 - b1) * dw
+    v = b2 * config["v"] + (1 - b2) * dw * dw
+    config["m"], config["v"] = m, v
+    m_hat = m / (1 - b1 ** config["t"])
+    v_hat = v / (1 - b2 ** config["t"])
+    decayed = w * (1 - lr * config["weight_decay"])
+    return decayed - lr * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+
+
+UPDATE_RULES = {f.__name__: f for f in (sgd, sgd_momentum, nesterov, adagrad, rmsprop, adam, adamw)}
 
 
 def get_update_rule(rule):

@@ -67,7 +67,14 @@ class Solver:
     on_nonfinite ("stop" or "continue"), comm (None, or an xpnn.distributed communicator for
     data-parallel training), threads (None: the thread count is measured on the training steps
     of a CPU model and re-checked as the load changes; N: fixed; either way the numbers are
-    the same, only the speed changes; see xpnn.threads). Unknown keywords are an error.
+    the same, only the speed changes; see xpnn.threads), callbacks (a list of objects with
+    some of on_train_begin / on_step_end / on_epoch_end / on_train_end: see xpnn.callbacks;
+    setting `solver.stop_training = True` ends training), lr_schedule (None, or a callable
+    epoch -> multiplier of the base learning rate: see xpnn.schedules; not with lr_decay),
+    clip_grad_norm (None, or the largest global L2 norm of the gradients: larger ones are
+    scaled down to it, as torch.nn.utils.clip_grad_norm_), augment (None, "crop,flip" or an
+    xpnn.augment.Augment: random crops and flips of the training batches, seeded).
+    Unknown keywords are an error.
     """
 
     def __init__(self, model, data, **kwargs):
@@ -90,6 +97,10 @@ class Solver:
         self.threads = kwargs.pop("threads", None)
         # Data parallel over MPI ranks: an xpnn.distributed.Communicator (see that module).
         self.comm = kwargs.pop("comm", None)
+        self.callbacks = list(kwargs.pop("callbacks", None) or [])
+        self.lr_schedule = kwargs.pop("lr_schedule", None)
+        self.clip_grad_norm = kwargs.pop("clip_grad_norm", None)
+        self.augment = kwargs.pop("augment", None)
         if kwargs:
             raise ValueError(f"Unrecognized arguments {', '.join(sorted(kwargs))}")
         self.update_rule = optim.get_update_rule(self.update_rule_name)
@@ -108,6 +119,7 @@ class Solver:
             value = getattr(self, name)
             if not (value is None or (isinstance(value, numbers.Integral) and value > 0)):
                 raise ValueError(f"{name} must be a positive integer or None (all), got {value!r}")
+        self._check_toolkit_args(data)
 
         # Any object with `params` and `loss(X, y=None)` trains: an xpnn model knows its
         # backend; a hand-written one (NumPy params, as in the assignments) is found from them.
@@ -131,6 +143,52 @@ class Solver:
         self._reset()
         if self.comm is not None:
             self.comm.prepare(self)
+
+    def _check_toolkit_args(self, data):
+        """callbacks, lr_schedule, clip_grad_norm, augment: checked, and the schedule made
+        the first callback (xpnn.callbacks.LearningRateScheduler)."""
+        from . import augment, callbacks
+        hooks = ("on_train_begin", "on_step_end", "on_epoch_end", "on_train_end")
+        for cb in self.callbacks:
+            if not any(callable(getattr(cb, h, None)) for h in hooks):
+                raise TypeError(f"callback {cb!r} has none of the methods {', '.join(hooks)}")
+        if self.lr_schedule is not None:
+            if self.lr_decay != 1.0:
+                raise ValueError("give lr_decay or lr_schedule, not both "
+                                 "(lr_decay=d is lr_schedule=xpnn.schedules.exponential(d))")
+            self.callbacks.insert(0, callbacks.LearningRateScheduler(self.lr_schedule))
+        clip = self.clip_grad_norm
+        if clip is not None and not (isinstance(clip, numbers.Real) and not isinstance(clip, bool)
+                                     and math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip_grad_norm must be a positive number or None, got {clip!r}")
+        shape = np.shape(data["X_train"])[1:] if "X_train" in data else None
+        self.augment = augment.parse(self.augment, shape)
+        if self.augment is not None and len(shape) != 3:
+            raise ValueError(f"augment works on images (N, C, H, W), but X_train's examples have "
+                             f"shape {shape}")
+
+    def _callbacks(self, hook, *args):
+        """Call `hook` of every callback that has it, in order (larger `order` later)."""
+        for cb in sorted(self.callbacks, key=lambda c: getattr(c, "order", 0)):
+            method = getattr(cb, hook, None)
+            if method is not None:
+                method(self, *args)
+
+    def base_learning_rate(self):
+        """optim_config's learning_rate, or the update rule's default (what schedules scale)."""
+        if "learning_rate" in self.optim_config:
+            return float(self.optim_config["learning_rate"])
+        probe = np.zeros(1, dtype=np.float32)
+        try:
+            _, defaults = self.update_rule(probe, probe, {})
+            return float(defaults.get("learning_rate", 1e-2))
+        except Exception:        # a hand-written rule that wants more than w, dw, config
+            return 1e-2
+
+    def set_learning_rate(self, learning_rate):
+        """Every parameter's learning rate, from the next step on."""
+        for config in self.optim_configs.values():
+            config["learning_rate"] = learning_rate
 
     # ------------------------------------------------------------------ data
 
@@ -197,8 +255,12 @@ class Solver:
         self.val_acc_history = []
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
         # Without a seed, the seed comes from NumPy's global generator (np.random.seed works).
-        self.rng = np.random.default_rng(draw_seed() if self.seed is None else self.seed)
+        seed = draw_seed() if self.seed is None else self.seed
+        self.rng = np.random.default_rng(seed)
+        # Augmentation draws from a stream of its own: the batches' order is the same with it.
+        self.augment_rng = np.random.default_rng([seed, 1])
         self.checkpoint_path = None
+        self.stop_training = False
 
     def _step(self, idx):
         with self.backend:    # the model's device: its layers, and the update rules' state
@@ -215,12 +277,21 @@ class Solver:
             raise
 
     def _forward_backward_update(self, idx):
+        if self.augment is not None:  # drawn for the global batch: every rank draws the same
+            drawn = self.augment.draw(self.augment_rng, len(idx))
+            if self.comm is not None:
+                part, _ = self.comm.shard(np.arange(len(idx)))
+                drawn = tuple(a[part] for a in drawn)
         if self.comm is not None:     # this rank's slice of the global batch
             idx, share = self.comm.shard(idx)
         X_batch, y_batch = self._batch(self.X_train, self.y_train, idx)
+        if self.augment is not None:
+            X_batch = self.augment.apply(X_batch, drawn, self.backend)
         loss, grads = self._model_loss(X_batch, y_batch)
         if self.comm is not None:     # the global batch's mean loss and gradients, on every rank
             loss, grads = self.comm.allreduce_mean(loss, grads, share)
+        if self.clip_grad_norm is not None:
+            grads = _clipped(grads, self.clip_grad_norm)
         if not math.isfinite(loss):
             finite = [l for l in self.loss_history if math.isfinite(l)]
             last = f"{finite[-1]:.6g}" if finite else "none"
@@ -289,9 +360,11 @@ class Solver:
         policy = self.thread_policy
         if policy is not None:
             policy.start(total - self.t)
+        self.stop_training = False
+        self._callbacks("on_train_begin")
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
-                while self.epoch < self.num_epochs:
+                while self.epoch < self.num_epochs and not self.stop_training:
                     self._train_epoch(N, per_epoch, total, bar)
             finally:
                 bar.close()
@@ -299,6 +372,7 @@ class Solver:
                     policy.finish()
         if self.best_params:
             self.model.params = dict(self.best_params)
+        self._callbacks("on_train_end")
 
     def _train_epoch(self, N, per_epoch, total, bar):
         start = time.perf_counter()
@@ -306,6 +380,8 @@ class Solver:
         order = self.rng.permutation(N)
         if self.backend.owns(self.X_train):   # one host->device copy per epoch
             order = self.backend.to_device(order)
+        learning_rate = next(iter(self.optim_configs.values())).get("learning_rate")  # this epoch's
+        steps = 0
         for i in range(per_epoch):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if self.thread_policy is None:
@@ -313,7 +389,9 @@ class Solver:
             else:
                 self.thread_policy.timed(lambda: self._step(idx))
             self.t += 1
+            steps += 1
             bar.update(1)
+            self._callbacks("on_step_end", self.t, self.loss_history[-1])
             if self.t % self.print_every == 0:
                 if not bar.disable:
                     bar.set_postfix(loss=f"{self.loss_history[-1]:.4f}")
@@ -321,16 +399,21 @@ class Solver:
                     print(f"(Iteration {self.t} / {total}) loss: {self.loss_history[-1]:.4f}", flush=True)
             if self.t == 1:   # the assignments record accuracy before any epoch ends
                 self._end_of_epoch_check()
+            if self.stop_training:
+                break
         self.epoch += 1
-        learning_rate = next(iter(self.optim_configs.values())).get("learning_rate")  # this epoch's
         for config in self.optim_configs.values():
             config["learning_rate"] = config.get("learning_rate", 1e-2) * self.lr_decay
         train_acc, val_acc = self._end_of_epoch_check()
+        losses = [l for l in self.loss_history[-steps:] if math.isfinite(l)] if steps else []
+        logs = {"epoch": self.epoch, "loss": sum(losses) / len(losses) if losses else math.nan,
+                "train_acc": train_acc, "val_acc": val_acc, "lr": learning_rate,
+                "seconds": time.perf_counter() - start}
+        self._callbacks("on_epoch_end", self.epoch, logs)
         if self.verbose:
-            losses = [l for l in self.loss_history[-per_epoch:] if math.isfinite(l)]
-            mean_loss = f"{sum(losses) / len(losses):.5g}" if losses else "not finite"
-            skipped = (f"  skipped {per_epoch - len(losses)} non-finite steps"
-                       if len(losses) < per_epoch else "")
+            mean_loss = f"{logs['loss']:.5g}" if losses else "not finite"
+            skipped = (f"  skipped {steps - len(losses)} non-finite steps"
+                       if len(losses) < steps else "")
             sample = ("" if self.num_train_samples is None or self.num_train_samples >= N
                       else f" (on {self.num_train_samples:,} images)")
             rate = f"  lr {learning_rate:.2e}" if learning_rate is not None else ""
@@ -376,6 +459,11 @@ class Solver:
             "train_acc_history": self.train_acc_history, "val_acc_history": self.val_acc_history,
             "best_val_acc": self.best_val_acc, "optim_configs": optim_meta,
             "rng": self.rng.bit_generator.state,
+            "augment_rng": self.augment_rng.bit_generator.state,
+            "callbacks": [{"type": type(cb).__name__,
+                           "state": _state_to_meta(cb.state_dict(), f"callback/{i}", arrays)
+                           if hasattr(cb, "state_dict") else None}
+                          for i, cb in enumerate(self.callbacks)],
         }
         return atomic_savez(path, arrays, meta)
 
@@ -411,8 +499,58 @@ class Solver:
         self.best_val_acc = float(state["best_val_acc"])
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
+        if "augment_rng" in state:       # checkpoints from before augmentation lack it
+            self.augment_rng.bit_generator.state = state["augment_rng"]
+        self._load_callback_states(state.get("callbacks", []), arrays, path)
         self.checkpoint_path = Path(path)
         return self
+
+    def _load_callback_states(self, saved, arrays, path):
+        """Each callback's saved state, matched by position and class name; a callback
+        that the checkpoint does not hold starts afresh."""
+        for i, cb in enumerate(self.callbacks):
+            if i >= len(saved) or saved[i]["state"] is None:
+                continue
+            if saved[i]["type"] != type(cb).__name__ or not hasattr(cb, "load_state_dict"):
+                raise CheckpointError(f"{path} holds the state of a {saved[i]['type']} as callback "
+                                      f"{i}, but this solver's callback {i} is a {type(cb).__name__}: "
+                                      "give the callbacks in the order the run had them")
+            cb.load_state_dict(_state_from_meta(saved[i]["state"], arrays, self.backend.to_device))
+
+
+def _state_to_meta(state, prefix, arrays):
+    """A callback's state_dict as JSON for the checkpoint's meta: arrays (also inside dicts
+    and lists) go to `arrays` under prefix/... and are named by {"__array__": key}."""
+    if hasattr(state, "shape") and hasattr(state, "dtype"):
+        arrays[prefix] = to_numpy(state)
+        return {"__array__": prefix}
+    if isinstance(state, dict):
+        return {str(k): _state_to_meta(v, f"{prefix}/{k}", arrays) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [_state_to_meta(v, f"{prefix}/{i}", arrays) for i, v in enumerate(state)]
+    if isinstance(state, (np.integer, np.floating, np.bool_)):
+        return state.item()
+    return state
+
+
+def _state_from_meta(value, arrays, to_device):
+    """The inverse of _state_to_meta: arrays back on the model's device."""
+    if isinstance(value, dict):
+        if set(value) == {"__array__"}:
+            return to_device(arrays[value["__array__"]])
+        return {k: _state_from_meta(v, arrays, to_device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_state_from_meta(v, arrays, to_device) for v in value]
+    return value
+
+
+def _clipped(grads, max_norm):
+    """grads scaled by min(1, max_norm / (norm + 1e-6)), norm the L2 norm of all of them
+    together (torch.nn.utils.clip_grad_norm_'s rule), computed on the device: no host sync."""
+    xp = namespace_of(*grads.values())
+    total = sum(xp.sum(g * g) for g in grads.values())
+    scale = xp.minimum(max_norm / (xp.sqrt(total) + 1e-6), xp.ones_like(total))
+    return {k: g * xp.astype(scale, g.dtype) for k, g in grads.items()}
 
 
 def _fits(example_shape, input_shape) -> bool:
