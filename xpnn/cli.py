@@ -32,7 +32,7 @@ from . import __version__, distributed
 from .backend import get_backend, to_numpy
 from .data import DATASETS, DataError, get_data
 from .io import CheckpointError, atomic_write_text, load_npz
-from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, mnist_cnn
+from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, lenet5, mnist_cnn
 from .nn import Affine, model_from_arrays
 from .optim import UPDATE_RULES
 from .solver import NonFiniteLossError, Solver, latest_checkpoint
@@ -59,6 +59,8 @@ MODELS = {
                                      dropout_keep_ratio=args.dropout or 1, **common)),
     "mnist-cnn": CliModel(0, lambda args, shape, classes, hidden, common:
                           mnist_cnn(input_shape=shape, num_classes=classes, **common)),
+    "lenet5": CliModel(0, lambda args, shape, classes, hidden, common:
+                       lenet5(input_shape=shape, num_classes=classes, **common)),
     "threelayer-cnn": CliModel(1, lambda args, shape, classes, hidden, common:
                                ThreeLayerConvNet(input_dim=shape, num_classes=classes,
                                                  hidden_dim=hidden[0], **common)),
@@ -85,6 +87,9 @@ def check_applicable(args):
     for option, value in (("--normalization", args.normalization), ("--dropout", args.dropout)):
         if value is not None and args.model != "fc":
             raise ValueError(f"{option} applies only to --model fc, not to --model {args.model}")
+    if args.lr_schedule != "exp" and args.lr_decay is not None:
+        raise ValueError(f"--lr-decay applies to --lr-schedule exp, not to {args.lr_schedule}")
+    toolkit_settings(args, image_shape=None)      # --lr-schedule, --warmup, --augment: refused early
     if args.data_dir is not None and not DATASETS[args.dataset].takes_data_dir:
         raise ValueError(f"--data-dir does not apply to --dataset {args.dataset}: it comes with a package")
 
@@ -191,8 +196,12 @@ Each command has its own help, with examples: xpnn train --help, xpnn eval --hel
   xpnn train --resume runs/mnist-cnn-mnist          # finish an interrupted run
   xpnn train --resume runs/mnist-cnn-mnist --epochs 6   # train a run for longer
 
-A run writes run.json, checkpoint_epoch_K.npz, curves.png, weights.png, model.npz and
-metrics.json to its directory (runs/MODEL-DATASET, numbered so that no run is overwritten).""",
+  xpnn train --model lenet5 --epochs 5              # LeNet-5: about 99.2% on MNIST
+  xpnn train --lr-schedule cosine --warmup 1 --augment crop,flip --clip-grad-norm 5
+
+A run writes run.json, checkpoint_epoch_K.npz, curves.png, weights.png, model.npz,
+metrics.json and metrics.csv (a row per epoch, written as each ends) to its directory
+(runs/MODEL-DATASET, numbered so that no run is overwritten).""",
     "eval": """examples:
   xpnn eval --checkpoint runs/mnist-cnn-mnist/model.npz       # on the data set it learnt
   xpnn eval --checkpoint runs/fc-digits/checkpoint_epoch_2.npz --out pictures
@@ -208,6 +217,13 @@ metrics.json to its directory (runs/MODEL-DATASET, numbered so that no run is ov
 A sweep writes sweep.json and sweep.txt (every finished setting, at once), sweep.png
 (learning rate against regularisation, coloured by validation accuracy) and model.npz
 (the best model so far) to its directory.""",
+    "export": """examples:
+  xpnn export --checkpoint runs/mnist-cnn-mnist/model.npz --format onnx --out mnist.onnx
+  xpnn export --checkpoint model.npz --format torch --out model.pt2 --raw-inputs
+
+torch writes a torch.export program: torch.export.load("model.pt2").module()(x). The
+exported model outputs class scores (N, classes); with --raw-inputs it first applies the
+model's preprocessing (the training mean image), so that it takes images as they are loaded.""",
     "selftest": """examples:
   xpnn selftest                        # on the GPU when one is visible, else the CPU
   xpnn selftest --device cuda:1""",
@@ -284,6 +300,15 @@ def make_parser():
                             "fewer than K settings runs each once")
     sweep.add_argument("--out", metavar="DIR", help="output directory (default: runs/sweep-MODEL-DATASET)")
 
+    export = command("export", "write a saved model as a PyTorch (torch.export) or ONNX file")
+    export.add_argument("--checkpoint", required=True, help="model.npz or a checkpoint_epoch_K.npz")
+    export.add_argument("--format", choices=("torch", "onnx"), default="onnx",
+                        help="torch: a torch.export program (.pt2); onnx (default): an ONNX model")
+    export.add_argument("--out", metavar="FILE", help="the file to write (default: the checkpoint's "
+                        "name with .pt2 or .onnx)")
+    export.add_argument("--raw-inputs", action="store_true",
+                        help="include the model's preprocessing: the file takes raw images")
+
     selftest = command("selftest", "check this installation: the CUDA kernels, GPU training against "
                        "the CPU, step times (run it after installing on a GPU machine)")
     selftest.add_argument("--device", type=device_arg, default=None,
@@ -324,9 +349,25 @@ def add_training_args(p, sweep):
                    help="the optimizer (default: adam)")
     p.add_argument("--lr-decay", type=positive_float, metavar="FACTOR",
                    help="learning-rate factor per epoch (default: anneal to 3%% of --lr by the last epoch)")
+    p.add_argument("--lr-schedule", default="exp", metavar="SCHEDULE",
+                   help="exp (per epoch by --lr-decay; the default), step:E:G (times G every E "
+                        "epochs), cosine (half a cosine over the run, after --warmup), "
+                        "plateau[:P[:F]] (times F, default 0.5, after P epochs, default 2, "
+                        "without a better validation accuracy)")
+    p.add_argument("--warmup", type=non_negative_int, default=0, metavar="N",
+                   help="with --lr-schedule cosine: raise the rate linearly over the first N epochs")
+    p.add_argument("--clip-grad-norm", type=positive_float, metavar="MAX",
+                   help="scale the gradients down when their global L2 norm exceeds MAX")
+    p.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
+                   help="stop when the validation accuracy has not improved for PATIENCE "
+                        "epochs (the best epoch's weights are kept either way)")
+    p.add_argument("--augment", metavar="WHAT",
+                   help="augment the training images: crop (random shifts, zero padded, by "
+                        "up to an eighth of the side), crop:P (P pixels), flip (horizontal), "
+                        "comma-separated, e.g. crop,flip (default: none)")
     p.add_argument("--init", choices=("gaussian", "xavier", "he"), default="he",
                    help="weight initialisation (default: he)")
-    p.add_argument("--normalization", choices=("batchnorm", "layernorm"),
+    p.add_argument("--normalization", choices=("batchnorm", "layernorm", "groupnorm"),
                    help="normalise each hidden layer of --model fc (default: none)")
     p.add_argument("--dropout", type=probability, metavar="KEEP",
                    help="dropout after each hidden layer of --model fc, KEEP = the probability "
@@ -388,12 +429,12 @@ def _command(argv=None):
         args.threads = capped_threads(args.threads)
         if args.command in ("eval", "selftest"):
             get_backend("cpu").threads = args.threads     # runners of the batches' shards
-    with signals_interrupt() as received:
+    with signals_interrupt() as received, library_messages(getattr(args, "quiet", False)):
         try:
             if args.command == "train":
                 return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
             return {"eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
-                    "selftest": cmd_selftest}[args.command](args)
+                    "selftest": cmd_selftest, "export": cmd_export}[args.command](args)
         except BrokenPipeError:
             raise                                        # the reader went away: see main
         except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
@@ -409,6 +450,27 @@ def _command(argv=None):
             if received:            # `kill` may reach one rank of an MPI job: the others would
                 distributed.stop_other_ranks(code)      # wait for it at their next collective
             return code
+
+
+@contextlib.contextmanager
+def library_messages(quiet=False):
+    """Show the library's messages (logging.getLogger("xpnn"): early stopping and the like)
+    on stderr while a command runs, as `xpnn: message`; with --quiet only warnings. The
+    Solver's epoch lines are left out: the command prints them itself (or, --quiet, not)."""
+    import logging
+    logger = logging.getLogger("xpnn")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("xpnn: %(message)s"))
+    handler.addFilter(lambda record: not hasattr(record, "printed"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
@@ -447,6 +509,23 @@ def options_given(parser, argv, args):
     return {name for name, value in vars(parsed).items() if value is not unset}
 
 
+def cmd_export(args):
+    from . import export
+    model = model_from_arrays(*load_npz(args.checkpoint), source=args.checkpoint)
+    out = Path(args.out or Path(args.checkpoint).with_suffix(".pt2" if args.format == "torch" else ".onnx"))
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory: name a file, e.g. {out / ('model' + ('.pt2' if args.format == 'torch' else '.onnx'))}")
+    try:
+        write = export.save_torch if args.format == "torch" else export.to_onnx
+        write(model, out, preprocessing=args.raw_inputs)
+    except ImportError as e:
+        raise RuntimeError(f"{e}") from None
+    inputs = "raw images" if args.raw_inputs else "preprocessed inputs, as model.loss takes"
+    print(f"wrote {out}: {type(model).__name__} taking (N, {', '.join(map(str, model.input_shape))}) "
+          f"{inputs}, giving class scores (N, {model.output_shape[0]})")
+    return 0
+
+
 def cmd_selftest(args):
     from . import selftest
     return 0 if selftest.run(args.device) else 1
@@ -472,6 +551,26 @@ def _environment(device):
 def lr_decay(args):
     """--lr-decay, or the factor that anneals the rate to 3% of its start over the run."""
     return args.lr_decay if args.lr_decay is not None else 0.03 ** (1 / args.epochs)
+
+
+def toolkit_settings(args, image_shape):
+    """The Solver's lr_decay, lr_schedule, clip_grad_norm and augment from --lr-decay,
+    --lr-schedule, --warmup, --clip-grad-norm and --augment (a run.json from before these
+    options resumes with their defaults). `exp`, the default schedule, is the Solver's
+    lr_decay; any other is an xpnn.schedules schedule."""
+    from . import augment, schedules
+    name = getattr(args, "lr_schedule", None) or "exp"
+    warmup = getattr(args, "warmup", 0) or 0
+    settings = {"lr_decay": lr_decay(args) if name == "exp" else 1.0,
+                "clip_grad_norm": getattr(args, "clip_grad_norm", None),
+                "augment": augment.parse(getattr(args, "augment", None), image_shape)}
+    schedule = schedules.parse(name, args.epochs, warmup, decay=settings["lr_decay"])
+    if name != "exp":
+        settings["lr_schedule"] = schedule
+    if getattr(args, "early_stopping", None):
+        from .callbacks import EarlyStopping
+        settings["callbacks"] = [EarlyStopping("val_acc", patience=args.early_stopping)]
+    return settings
 
 
 # ---------------------------------------------------------------------------- files
@@ -604,12 +703,16 @@ def cmd_train(args, given=frozenset()):
     model.dataset = args.dataset
     print(model.summary())
     per_epoch = max(len(data["X_train"]) // args.batch_size, 1)
+    from .callbacks import CSVLogger
+    toolkit = toolkit_settings(args, input_shape)
     solver = reporting(Solver)(model, data, update_rule=args.update_rule,
-                    optim_config={"learning_rate": args.lr}, lr_decay=args.lr_decay,
+                    optim_config={"learning_rate": args.lr},
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     num_val_samples=None, print_every=max(per_epoch // 5, 1), verbose=not args.quiet,
                     checkpoint_name=str(out / "checkpoint"), on_nonfinite=args.on_nonfinite,
-                    comm=comm, threads=args.threads)
+                    comm=comm, threads=args.threads, **{**toolkit, "callbacks":
+                    # metrics.csv: a row per epoch as it ends (rank 0 writes it)
+                    toolkit.get("callbacks", []) + ([CSVLogger(out / "metrics.csv")] if writer else [])})
     if resume_from is not None:
         solver.load_checkpoint(resume_from)
         refuse_fewer_epochs(out, solver.epoch, args.epochs)
@@ -721,7 +824,7 @@ class RunReport:
         """Write the report; returns the names of the files written."""
         from . import plots
         args, out = self.args, self.out
-        written = ["metrics.json", "curves.png"]
+        written = ["metrics.json", "curves.png"] + (["metrics.csv"] if (out / "metrics.csv").is_file() else [])
         # Drawing takes ~0.3 s: during training, at most one drawing per 5 s of it.
         if status != "training" or time.perf_counter() - self.drawn[0] >= 5:
             self._draw(solver, solver.t, solver.epoch)
@@ -991,7 +1094,7 @@ def cmd_sweep(args):
         model = build_model(args, input_shape, num_classes, hidden and [hidden], reg)
         model.dataset = args.dataset
         solver = Solver(model, data, update_rule=args.update_rule,
-                        optim_config={"learning_rate": lr}, lr_decay=lr_decay(args),
+                        optim_config={"learning_rate": lr}, **toolkit_settings(args, input_shape),
                         num_epochs=args.epochs, batch_size=batch, seed=args.seed, verbose=False,
                         on_nonfinite="continue", threads=args.threads)
         start = time.perf_counter()

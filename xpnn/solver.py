@@ -11,6 +11,7 @@ everything needed to resume bit for bit (`Solver.load_checkpoint`).
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import re
@@ -35,6 +36,11 @@ from .backend import CpuBackend, backend_of, draw_seed, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
 from .nn import Model, checked_params
 from .threads import ThreadPolicy
+
+# Library messages (each epoch's line, early stopping...): silent unless the program
+# configures logging; `xpnn` (the command) prints them. A record with printed=True was also
+# printed by Solver(verbose=True).
+log = logging.getLogger("xpnn.solver")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -409,17 +415,19 @@ class Solver:
         logs = {"epoch": self.epoch, "loss": sum(losses) / len(losses) if losses else math.nan,
                 "train_acc": train_acc, "val_acc": val_acc, "lr": learning_rate,
                 "seconds": time.perf_counter() - start}
+        mean_loss = f"{logs['loss']:.5g}" if losses else "not finite"
+        skipped = (f"  skipped {steps - len(losses)} non-finite steps"
+                   if len(losses) < steps else "")
+        sample = ("" if self.num_train_samples is None or self.num_train_samples >= N
+                  else f" (on {self.num_train_samples:,} images)")
+        rate = f"  lr {learning_rate:.2e}" if learning_rate is not None else ""
+        line = (f"(Epoch {self.epoch} / {self.num_epochs}) mean loss {mean_loss}  "
+                f"train acc{sample} {train_acc:.4f}  val acc {val_acc:.4f}{rate}  "
+                f"{time.perf_counter() - start:.3g} s{skipped}")
+        if self.verbose:      # CS231n's Solver prints; the line also goes to the "xpnn" logger
+            bar.write(line)
+        log.info(line, extra={"printed": self.verbose})
         self._callbacks("on_epoch_end", self.epoch, logs)
-        if self.verbose:
-            mean_loss = f"{logs['loss']:.5g}" if losses else "not finite"
-            skipped = (f"  skipped {steps - len(losses)} non-finite steps"
-                       if len(losses) < steps else "")
-            sample = ("" if self.num_train_samples is None or self.num_train_samples >= N
-                      else f" (on {self.num_train_samples:,} images)")
-            rate = f"  lr {learning_rate:.2e}" if learning_rate is not None else ""
-            bar.write(f"(Epoch {self.epoch} / {self.num_epochs}) mean loss {mean_loss}  "
-                      f"train acc{sample} {train_acc:.4f}  val acc {val_acc:.4f}{rate}  "
-                      f"{time.perf_counter() - start:.3g} s{skipped}")
         if self.checkpoint_name is not None:
             self.checkpoint_path = self.save_checkpoint(f"{self.checkpoint_name}_epoch_{self.epoch}.npz")
 
