@@ -30,9 +30,9 @@ class Machine:
         return self.now
 
     def steps(self, n):
+        assert blas_threads() == 1                          # every shard on one BLAS thread
         for _ in range(n):
             self.threads_seen.append(self.policy.threads)
-            assert blas_threads() == 1                      # every shard on one BLAS thread
             self.policy.timed(lambda: setattr(self, "now", self.now + self.seconds_for[self.policy.threads]))
 
 
