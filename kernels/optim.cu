@@ -66,6 +66,22 @@ __device__ void adam(const T* w, const T* dw, const T* m, const T* v, T* next_w,
     }
 }
 
+// AdamW (decoupled weight decay): Adam's step from the decayed weights w * (1 - lr * wd),
+// keep_w = 1 - lr * wd computed on the host, as the portable code does.
+template <typename T>
+__device__ void adamw(const T* w, const T* dw, const T* m, const T* v, T* next_w, T* next_m,
+                      T* next_v, index_t n, T lr, T b1, T one_minus_b1, T b2, T one_minus_b2,
+                      T c1, T c2, T eps, T keep_w) {
+    GRID_STRIDE_LOOP(i, n) {
+        const T g = dw[i];
+        const T mi = b1 * m[i] + one_minus_b1 * g;
+        const T vi = b2 * v[i] + (one_minus_b2 * g) * g;
+        next_m[i] = mi;
+        next_v[i] = vi;
+        next_w[i] = w[i] * keep_w - (lr * (mi / c1)) / (sqrt(vi / c2) + eps);
+    }
+}
+
 // Entry points, float and double, written out in full (their C types are the launch ABI).
 extern "C" __global__ void sgd_f32(
         const float* w, const float* dw, float* next_w, index_t n, float lr) {
@@ -124,4 +140,18 @@ extern "C" __global__ void adam_f64(
         index_t n, double lr, double b1, double one_minus_b1, double b2, double one_minus_b2, double c1, double c2, double eps) {
     adam<double>(w, dw, m, v, next_w, next_m, next_v, n, lr, b1, one_minus_b1, b2, one_minus_b2,
             c1, c2, eps);
+}
+extern "C" __global__ void adamw_f32(
+        const float* w, const float* dw, const float* m, const float* v, float* next_w, float* next_m, float* next_v,
+        index_t n, float lr, float b1, float one_minus_b1, float b2, float one_minus_b2, float c1, float c2, float eps,
+        float keep_w) {
+    adamw<float>(w, dw, m, v, next_w, next_m, next_v, n, lr, b1, one_minus_b1, b2, one_minus_b2,
+            c1, c2, eps, keep_w);
+}
+extern "C" __global__ void adamw_f64(
+        const double* w, const double* dw, const double* m, const double* v, double* next_w, double* next_m, double* next_v,
+        index_t n, double lr, double b1, double one_minus_b1, double b2, double one_minus_b2, double c1, double c2, double eps,
+        double keep_w) {
+    adamw<double>(w, dw, m, v, next_w, next_m, next_v, n, lr, b1, one_minus_b1, b2, one_minus_b2,
+            c1, c2, eps, keep_w);
 }

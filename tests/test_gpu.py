@@ -388,7 +388,7 @@ def test_arrays_of_two_gpus_are_refused(cp):
 # ---------------------------------------------------------------------------- the kernel boundary
 
 STATES = {"sgd": (), "sgd_momentum": ("velocity",), "nesterov": ("velocity",),
-          "adagrad": ("cache",), "rmsprop": ("cache",), "adam": ("m", "v")}
+          "adagrad": ("cache",), "rmsprop": ("cache",), "adam": ("m", "v"), "adamw": ("m", "v")}
 
 
 def device_launches(cp):
@@ -456,7 +456,7 @@ def test_arrays_of_another_gpu_are_refused_before_any_launch(cp, launches, peer_
 
 def _refuse_every_case(cp, launches):
     cases = other_gpu_cases(cp)
-    assert len(cases) == 12 + 1 + 3          # the rules' dw and states, pool backward, conv
+    assert len(cases) == 15 + 1 + 3          # the rules' dw and states, pool backward, conv
     for what, call in cases:
         reset_launches(cp)
         launches.clear()

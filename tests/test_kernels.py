@@ -204,7 +204,8 @@ def test_compiled_source_changes_with_every_kernel_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam",
+                                  "adamw"])
 def test_fused_update_rules_equal_the_portable_ones(kernel_ops, rng, monkeypatch, dtype, rule):
     """Each rule's kernel, through the same xpnn.optim code path CuPy takes, gives the portable
     rule's numbers bit for bit over three steps (state made, then carried)."""
@@ -308,7 +309,7 @@ def test_softmax_loss_kernel_takes_views_and_any_integer_labels(kernel_ops, rng)
 # ---------------------------------------------------------------------------- the same check everywhere
 
 RULE_STATES = {"sgd": (), "sgd_momentum": ("velocity",), "nesterov": ("velocity",),
-               "adagrad": ("cache",), "rmsprop": ("cache",), "adam": ("m", "v")}
+               "adagrad": ("cache",), "rmsprop": ("cache",), "adam": ("m", "v"), "adamw": ("m", "v")}
 
 
 @pytest.mark.parametrize("rule", sorted(RULE_STATES))

@@ -95,3 +95,15 @@ def test_a_library_call_prints_nothing_unless_asked(capsys, caplog):
     # CS231n's verbose Solver still prints its lines.
     Solver(model, data, num_epochs=1, batch_size=200, verbose=True, seed=0).train()
     assert "(Epoch 1 / 1)" in capsys.readouterr().out
+
+
+def test_lenet5_trains_from_the_command_line(tmp_path):
+    from xpnn.models import lenet5
+    model = lenet5()
+    assert [tuple(model.params[k].shape) for k in ("W1", "W2", "W3", "W4", "W5")] == \
+        [(12, 1, 5, 5), (24, 12, 5, 5), (600, 120), (120, 84), (84, 10)]
+    assert model.splits_steps         # no batchnorm or dropout: its steps run as shards
+    out = tmp_path / "run"
+    assert main(["train", "--model", "lenet5", "--num-train", "1000", "--epochs", "1", "--quiet",
+                 "--threads", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_acc"] > 0.6

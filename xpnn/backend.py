@@ -44,7 +44,7 @@ ACCELERATED_OPS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward",
                    # softmax cross-entropy, forward and backward in one kernel
                    "softmax_loss",
                    # the update rules of xpnn.optim, each one fused kernel per parameter
-                   "sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam")
+                   "sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 
 
 class DeviceError(ValueError):

@@ -301,7 +301,7 @@ def softmax_loss(x, y, launch):
     return xp.mean(row_loss), dx
 
 
-UPDATE_RULES = ("sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam")
+UPDATE_RULES = ("sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 
 
 def update_rule(name, w, dw, states, scalars, launch):

@@ -5,8 +5,8 @@
     ThreeLayerConvNet  conv - relu - 2x2 max pool - affine - relu - affine (pool before relu:
                        the same function, see mnist_cnn)
     mnist_cnn()        conv3x3x8 - relu - pool - conv3x3x8 - relu - pool - fc32 - relu - fc10
-    lenet5()           conv5x5x6 - relu - pool - conv5x5x16 - relu - pool - fc120 - relu -
-                       fc84 - relu - fc10 (LeCun et al., 1998, with ReLU and max pooling)
+    lenet5()           conv5x5x12 - relu - pool - conv5x5x24 - relu - pool - fc120 - relu -
+                       fc84 - relu - fc10 (LeCun et al., 1998, twice as wide, ReLU, max pool)
 """
 from __future__ import annotations
 
@@ -100,12 +100,16 @@ def mnist_cnn(input_shape=(1, 28, 28), num_classes=10, filters=8, hidden_dim=32,
     return Sequential(layers, input_shape, init=init, **kwargs)
 
 
-def lenet5(input_shape=(1, 28, 28), num_classes=10, init="he", **kwargs) -> Sequential:
-    """LeNet-5 (LeCun et al., 1998) as it is trained today: conv5x5x6 (pad 2) - relu - pool2 -
-    conv5x5x16 - relu - pool2 - affine 120 - relu - affine 84 - relu - affine 10, with ReLU
-    and max pooling, He-initialised; each relu - pool pair runs as pool - relu (see mnist_cnn).
-    61.7k parameters; on MNIST `xpnn train --model lenet5 --epochs 5` reaches about 99.2%."""
-    layers = [Conv(6, 5, pad=2), MaxPool(2), ReLU(),
-              Conv(16, 5), MaxPool(2), ReLU(),
+def lenet5(input_shape=(1, 28, 28), num_classes=10, filters=(12, 24), init="he",
+           **kwargs) -> Sequential:
+    """A LeNet-5-style CNN (LeCun et al., 1998) as it is trained today: conv5x5 (pad 2) - relu -
+    pool2 - conv5x5 - relu - pool2 - affine 120 - relu - affine 84 - relu - affine 10, with
+    ReLU, max pooling and He initialisation, each relu - pool pair run as pool - relu (see
+    mnist_cnn). LeNet-5's 6 and 16 filters are 12 and 24 here (`filters`): 90.7k parameters,
+    about 2.5x the MNIST CNN's time per step, and `xpnn train --model lenet5 --epochs 5`
+    reaches 99.3% on MNIST (6 and 16 filters: 99.1-99.2%). Inputs of at least 12 x 12."""
+    c1, c2 = filters
+    layers = [Conv(c1, 5, pad=2), MaxPool(2), ReLU(),
+              Conv(c2, 5), MaxPool(2), ReLU(),
               Affine(120), ReLU(), Affine(84), ReLU(), Affine(num_classes)]
     return Sequential(layers, input_shape, init=init, **kwargs)

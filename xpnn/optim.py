@@ -187,7 +187,7 @@ def adamw(w, dw, config=None):
     weights decayed directly instead of through the gradient, as torch.optim.AdamW does:
     w *= 1 - lr * weight_decay, then Adam's step (the decay never enters m or v).
     config: learning_rate (1e-3), weight_decay (1e-2), beta1 (0.9), beta2 (0.999),
-    epsilon (1e-8), t (0, the step count); state: m, v. Portable code on every backend."""
+    epsilon (1e-8), t (0, the step count); state: m, v."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-3)
     config.setdefault("weight_decay", 1e-2)
@@ -199,13 +199,19 @@ def adamw(w, dw, config=None):
     xp = _check("adamw", w, dw, config, ("m", "v"))
     b1, b2, lr = config["beta1"], config["beta2"], config["learning_rate"]
     config["t"] += 1
+    keep_w = 1 - lr * config["weight_decay"]
+    fused = _fused("adamw", w, dw, (config["m"], config["v"]),
+                   (lr, b1, 1 - b1, b2, 1 - b2, 1 - b1 ** config["t"], 1 - b2 ** config["t"],
+                    config["epsilon"], keep_w))
+    if fused is not None:
+        next_w, config["m"], config["v"] = fused
+        return next_w, config
     m = b1 * config["m"] + (1 - b1) * dw
     v = b2 * config["v"] + (1 - b2) * dw * dw
     config["m"], config["v"] = m, v
     m_hat = m / (1 - b1 ** config["t"])
     v_hat = v / (1 - b2 ** config["t"])
-    decayed = w * (1 - lr * config["weight_decay"])
-    return decayed - lr * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+    return w * keep_w - lr * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
 
 
 UPDATE_RULES = {f.__name__: f for f in (sgd, sgd_momentum, nesterov, adagrad, rmsprop, adam, adamw)}
