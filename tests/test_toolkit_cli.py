@@ -107,3 +107,37 @@ def test_lenet5_trains_from_the_command_line(tmp_path):
     assert main(["train", "--model", "lenet5", "--num-train", "1000", "--epochs", "1", "--quiet",
                  "--threads", "1", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["test_acc"] > 0.6
+
+
+def read_scalars(folder):
+    """{tag: [(step, value)]} from the TFRecord event files in folder (length, crc, event, crc)."""
+    import struct
+    from tensorboardX.proto import event_pb2
+    scalars = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        raw, at = path.read_bytes(), 0
+        while at < len(raw):
+            (length,) = struct.unpack("<Q", raw[at:at + 8])
+            event = event_pb2.Event.FromString(raw[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboardX")
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--epochs", "2", "--tensorboard", "--out", str(out)]) == 0
+    scalars = read_scalars(out / "tensorboard")
+    table = rows(out / "metrics.csv")
+    assert [step for step, _ in scalars["epoch/val_acc"]] == [1, 2]
+    assert [v for _, v in scalars["epoch/val_acc"]] == pytest.approx([float(r["val_acc"]) for r in table])
+    assert len(scalars["loss/step"]) == 2 * (1200 // 100) // 10
+
+
+def test_tensorboard_without_tensorboardx_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    assert main(["train", *FAST, "--epochs", "1", "--tensorboard", "--out", str(tmp_path / "r")]) == 2
+    assert "pip install tensorboardX" in capsys.readouterr().err

@@ -18,7 +18,8 @@ has `state_dict()` -> dict (numbers, strings, lists, dicts and arrays) and
 if it had never stopped. Callbacks run in list order, except that those with a larger
 `order` run later (ModelCheckpoint's is 100, so that it saves everyone's state of the epoch).
 
-Built in: EarlyStopping, CSVLogger, ModelCheckpoint, LearningRateScheduler.
+Built in: EarlyStopping, CSVLogger, ModelCheckpoint, LearningRateScheduler, and
+TensorBoard (event files through tensorboardX, the extra xpnn[tensorboard]).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from pathlib import Path
 from .backend import namespace_of
 from .io import atomic_write_text
 
-__all__ = ["Callback", "EarlyStopping", "CSVLogger", "ModelCheckpoint", "LearningRateScheduler"]
+__all__ = ["Callback", "EarlyStopping", "CSVLogger", "ModelCheckpoint", "LearningRateScheduler",
+           "TensorBoard"]
 
 log = logging.getLogger("xpnn")
 
@@ -225,3 +227,36 @@ class LearningRateScheduler(Callback):
         self.base = state["base"]
         if "schedule" in state and hasattr(self.schedule, "load_state_dict"):
             self.schedule.load_state_dict(state["schedule"])
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in `logdir`: the step losses (tag loss/step) and each epoch's
+    logs (epoch/loss, epoch/train_acc, epoch/val_acc, epoch/lr), written as training goes.
+    Needs tensorboardX (pip install tensorboardX, or xpnn[tensorboard])."""
+
+    def __init__(self, logdir, every=10):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ImportError("TensorBoard logs need tensorboardX: pip install tensorboardX "
+                              "(or xpnn[tensorboard])") from None
+        self.logdir, self.every = Path(logdir), every
+        self._writer_class, self.writer = SummaryWriter, None
+
+    def on_train_begin(self, solver):
+        self.writer = self._writer_class(str(self.logdir))
+
+    def on_step_end(self, solver, iteration, loss):
+        if iteration % self.every == 0:
+            self.writer.add_scalar("loss/step", loss, iteration)
+
+    def on_epoch_end(self, solver, epoch, logs):
+        for key in ("loss", "train_acc", "val_acc", "lr"):
+            if logs.get(key) is not None:
+                self.writer.add_scalar(f"epoch/{key}", logs[key], epoch)
+        self.writer.flush()
+
+    def on_train_end(self, solver):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

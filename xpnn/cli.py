@@ -268,6 +268,9 @@ def make_parser():
                             "--quiet may change")
     train.add_argument("--on-nonfinite", choices=("stop", "continue"), default="stop",
                        help="on a NaN or infinite loss: stop (default), or skip that step and continue")
+    train.add_argument("--tensorboard", action="store_true",
+                       help="also write TensorBoard event files to DIR/tensorboard (needs "
+                            "tensorboardX: pip install xpnn[tensorboard])")
     train.add_argument("--keep-checkpoints", type=positive_int, metavar="N",
                        help="keep only the newest N checkpoint_epoch_K.npz files, deleting older "
                             "ones as each epoch ends (default: keep every epoch's)")
@@ -731,8 +734,13 @@ def cmd_train(args, given=frozenset()):
     model.dataset = args.dataset
     print(model.summary())
     per_epoch = max(len(data["X_train"]) // args.batch_size, 1)
-    from .callbacks import CSVLogger
+    from .callbacks import CSVLogger, TensorBoard
     toolkit = toolkit_settings(args, input_shape)
+    if writer and getattr(args, "tensorboard", False):
+        try:
+            toolkit["callbacks"] = toolkit.get("callbacks", []) + [TensorBoard(out / "tensorboard")]
+        except ImportError as e:
+            raise RuntimeError(f"--tensorboard: {e}") from None
     solver = reporting(Solver)(model, data, update_rule=args.update_rule,
                     optim_config={"learning_rate": args.lr},
                     num_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
