@@ -184,3 +184,53 @@ def test_data_command(tmp_path, cache, monkeypatch, capsys):
     assert main(["data", "where"]) == 0 and capsys.readouterr().out.strip() == str(cache)
     assert main(["train", "--dataset", "cifar10", "--model", "softmax", "--epochs", "1", "--quiet",
                  "--out", str(tmp_path / "run")]) == 0
+
+
+def test_fetch_one_file_checked(tmp_path):
+    body = b"some bytes " * 1000
+    server = Server({"dir/file.bin": body})
+    try:
+        from xpnn.data import fetch
+        good = hashlib.sha256(body).hexdigest()
+        path = fetch(server.url + "dir/file.bin", good, tmp_path / "a" / "file.bin")
+        assert path.read_bytes() == body
+        assert fetch(server.url + "dir/file.bin", good.upper(), path) == path       # already there
+        with pytest.raises(DataError, match="SHA-256"):
+            fetch(server.url + "dir/file.bin", "0" * 64, tmp_path / "b.bin")
+        assert not (tmp_path / "b.bin").exists() and not (tmp_path / "b.bin.part").exists()
+    finally:
+        server.close()
+
+
+def test_the_mirror_may_come_from_the_environment(tmp_path, cache, monkeypatch):
+    files = mnist_files(tmp_path, np.random.default_rng(5))
+    pinned(monkeypatch, "mnist", files)
+    server = Server(files)
+    monkeypatch.setenv("XPNN_DATA_MIRROR", server.url)
+    try:
+        assert download.download("mnist", say=lambda _: None) == cache / "mnist"
+    finally:
+        server.close()
+
+
+def test_a_missing_data_set_is_offered_for_download_at_a_terminal(tmp_path, cache, monkeypatch):
+    import argparse
+    import xpnn.cli as cli
+    archive = cifar_archive(tmp_path, np.random.default_rng(6))
+    pinned(monkeypatch, "cifar10", {"cifar-10-python.tar.gz": archive})
+    server = Server({"cifar-10-python.tar.gz": archive})
+    monkeypatch.setenv("XPNN_DATA_MIRROR", server.url)
+    args = argparse.Namespace(dataset="cifar10", data_dir=None, num_train=None)
+    asked = []
+    try:
+        monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
+        assert not cli.offer_download(args, ask=asked.append)           # no one to ask
+        monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+        assert not cli.offer_download(args, ask=lambda q: asked.append(q) or "n")
+        assert download.downloaded("cifar10") is None
+        monkeypatch.setattr("builtins.input", lambda q: asked.append(q) or "y")
+        data = cli.training_data(args)
+    finally:
+        server.close()
+    assert len(asked) == 2 and "Download it now" in asked[1]
+    assert data["X_test"].shape == (20, 3, 32, 32)

@@ -690,14 +690,35 @@ def refuse_fewer_epochs(out, trained, epochs):
 
 def training_data(args):
     """get_data for train and sweep; --num-train beyond the training split is refused (it
-    would be a smaller run than asked for, silently)."""
-    data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
+    would be a smaller run than asked for, silently). A data set that is not here, that
+    `xpnn data download` can fetch, is offered for download on a terminal."""
+    try:
+        data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
+    except DataError:
+        if not offer_download(args):
+            raise
+        data = get_data(args.dataset, data_dir=args.data_dir, num_training=args.num_train)
     if args.num_train is not None and len(data["X_train"]) < args.num_train:
         raise ValueError(f"--num-train {args.num_train}: {args.dataset} has "
                          f"{len(data['X_train']):,} training images (the rest of its training "
                          f"set is the validation split of {len(data['X_val']):,}); give at most "
                          f"{len(data['X_train'])}, or leave --num-train out to use them all")
     return data
+
+
+def offer_download(args, ask=None) -> bool:
+    """When --dataset is missing (no --data-dir given) and someone is at the terminal, ask
+    whether to download it now (xpnn data download); True once it is downloaded."""
+    from . import download
+    if args.data_dir is not None or args.dataset not in download.SOURCES \
+            or download.downloaded(args.dataset) is not None or not sys.stdin.isatty():
+        return False
+    answer = (ask or input)(f"{args.dataset} is not on this machine. Download it now into "
+                 f"{download.cache_dir() / args.dataset} (SHA-256 checked)? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        return False
+    download.download(args.dataset)
+    return True
 
 
 def cmd_train(args, given=frozenset()):

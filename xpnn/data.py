@@ -131,6 +131,12 @@ def load_fashion_mnist(directory=FASHION_MNIST_DIR):
     return load_idx_dir(directory)
 
 
+def fetch(url, sha256, path):
+    """Download url to path, checked against its SHA-256 (see xpnn.download.fetch)."""
+    from .download import fetch as fetch_checked
+    return fetch_checked(url, sha256, path)
+
+
 def _downloaded(name):
     """The directory `xpnn data download NAME` filled, or None (see xpnn.download)."""
     from .download import downloaded

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .data import DataError
 
-__all__ = ["SOURCES", "cache_dir", "dataset_dir", "download", "downloaded"]
+__all__ = ["SOURCES", "cache_dir", "dataset_dir", "download", "downloaded", "fetch"]
 
 CHUNK = 1 << 20
 
@@ -115,9 +115,11 @@ def download(name, mirror=None, say=None, timeout=60) -> Path:
     """Download data set `name` (mnist, fashion-mnist, cifar10) into the cache, unless it is
     there; returns the directory its loader reads (`get_data(name, data_dir=...)`).
     `mirror`: a base URL to fetch the files from instead of the published ones (a local
-    copy); `say`: a function given progress lines (default: stderr)."""
+    copy; default: $XPNN_DATA_MIRROR when set); `say`: a function given progress lines
+    (default: stderr)."""
     source = _source(name)
-    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    say = say or _stderr
+    mirror = mirror or os.environ.get("XPNN_DATA_MIRROR") or None
     base = cache_dir() / name
     if downloaded(name) is not None:
         say(f"{name} is already in {base}")
@@ -133,6 +135,23 @@ def download(name, mirror=None, say=None, timeout=60) -> Path:
         _unpack(base / next(iter(source.files)), base, source.unpack)
     say(f"{name}: ready in {dataset_dir(name)}")
     return dataset_dir(name)
+
+
+def _stderr(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def fetch(url, sha256, path, say=None, timeout=60) -> Path:
+    """Download one file from url to path, unless path already holds it, and check it: its
+    SHA-256 must be `sha256` (hex), else it is deleted and DataError raised. An interrupted
+    download resumes (from path + ".part"). Returns the path."""
+    path = Path(path)
+    if path.is_file() and sha256_of(path) == sha256.lower():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base, _, name = url.rpartition("/")
+    _fetch(name, sha256.lower(), path, (base + "/",), say or _stderr, timeout)
+    return path
 
 
 def _fetch(file, expected, target, mirrors, say, timeout):
