@@ -198,8 +198,15 @@ def test_training_gives_the_same_weights_on_any_thread_count(cpu, kind, monkeypa
         return FullyConnectedNet([32, 16], input_dim=64, normalization="batchnorm",
                                  dropout_keep_ratio=0.8, seed=0)
     runs = {f"{n} threads": trained(model(), data, n).model for n in (1, 2)}
-    runs["measured"] = trained(model(), data, None).model
     monkeypatch.setattr("xpnn.threads.available_cores", lambda: 3)     # as on a 3-core machine
+    with monkeypatch.context() as patched:     # measured, the count changing every few steps
+        for setting, value in {"SHORT": 0, "WARMUP": 0, "TRIAL": 1, "ROUNDS": 1, "RECHECK": 1,
+                               "BUDGET": 1e9}.items():
+            patched.setattr(ThreadPolicy, setting, value)
+        measured = trained(model(), data, None)
+    if kind == "cnn":                  # batches of 100: 4 shards, so 1 to 3 threads were timed
+        assert set(measured.thread_policy.record_of_choices()["steps"]) == {"1", "2", "3"}
+    runs["measured"] = measured.model
     runs["3 threads"] = trained(model(), data, 3).model
     monkeypatch.setattr(workers, "_can_fork", lambda model, X: False)
     runs["2 threads, no processes"] = trained(model(), data, 2).model
@@ -312,3 +319,4 @@ def test_cli_refuses_bad_thread_counts_naming_the_option(bad, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "digits", "--threads", bad])
     assert "--threads" in capsys.readouterr().err
+

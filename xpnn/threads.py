@@ -137,10 +137,11 @@ class ThreadPolicy:
                         # check could cost more than it saves (the checks stay under ~3% of a run)
 
     def __init__(self, threads: int | None = None, max_threads: int | None = None,
-                 clock=time.perf_counter, backend=None, split_batches=False):
+                 clock=time.perf_counter, backend=None, split_batches=False, max_runners=None):
         """`backend`: the CPU backend, whose `threads` run the model's shards; `split_batches`:
         whether training batches are split (a model that can: `Sequential.splits_steps`; else
-        training steps run on one thread whatever the count, and nothing is measured)."""
+        training steps run on one thread whatever the count, and nothing is measured);
+        `max_runners`: the most threads that can share a step (its shards), the most timed."""
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         self.max_threads = max_threads or available_cores()
@@ -149,6 +150,7 @@ class ThreadPolicy:
                           f"core(s): using {self.max_threads}", stacklevel=2)
             threads = self.max_threads
         self.fixed = threads
+        self.counts = min(self.max_threads, max_runners or self.max_threads)   # the counts timed
         self.threads = threads or 1          # the count training steps run with
         self.split_batches = split_batches
         self.checks: dict[str, int] = {}     # why -> how many checks, for the record
@@ -169,7 +171,7 @@ class ThreadPolicy:
 
     @property
     def measures(self) -> bool:
-        return not self.fixed and self.split_batches and self.max_threads > 1
+        return not self.fixed and self.split_batches and self.counts > 1
 
     def start(self, steps: int | None = None):
         """Before training (`steps` of it, if known): one BLAS thread per shard, the count
@@ -195,13 +197,13 @@ class ThreadPolicy:
                 self._backend.threads = self._original_threads
 
     def _check_steps(self) -> int:
-        return self.ROUNDS * self.max_threads * (self.WARMUP + self.TRIAL)
+        return self.ROUNDS * self.counts * (self.WARMUP + self.TRIAL)
 
     def check(self, why: str):
         """Let each count take its turns on the next training steps, then choose."""
         self._why = why
         self.checks[why] = self.checks.get(why, 0) + 1
-        counts = list(range(1, self.max_threads + 1))
+        counts = list(range(1, self.counts + 1))
         counts.remove(self.threads)                    # the current count first: a fresh time
         self._turns = ([self.threads] + counts) * self.ROUNDS   # for it under today's load
         self._times = {n: [] for n in counts + [self.threads]}

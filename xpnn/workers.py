@@ -59,8 +59,11 @@ def map_shards(model, X, y, shards: list[slice], runners: int) -> list:
     scores. The list is in shard order, whoever ran each shard. Results from workers are views
     of their buffers, valid until the next call: the model combines them at once."""
     if len(shards) == 1:        # the whole batch as it came (labels that do not fit X included)
+        whole = (lambda: model._test_forward(X)) if y is None else (lambda: model._data_loss((X, y)))
+        if type(X) is not np.ndarray:           # another library's arrays: NumPy's BLAS untouched
+            return [whole()]
         with one_blas_thread():
-            return [model._test_forward(X) if y is None else model._data_loss((X, y))]
+            return [whole()]
     runners = max(1, min(runners, len(shards)))
     with one_blas_thread():                      # one core for each runner, the parent's too
         if runners > 1 and _can_fork(model, X) and _busy.acquire(blocking=False):
