@@ -230,8 +230,8 @@ def test_cli_trains_on_two_ranks_writes_once_and_resumes(tmp_path):
                                    err_msg=name)
     assert metrics["test_acc"] == json.loads((alone / "metrics.json").read_text())["test_acc"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint_epoch_1.npz", "checkpoint_epoch_2.npz", "curves.png", "metrics.json",
-        "model.npz", "run.json", "weights.png"]
+        "checkpoint_epoch_1.npz", "checkpoint_epoch_2.npz", "curves.png", "metrics.csv",
+        "metrics.json", "model.npz", "run.json", "weights.png"]
     # Resume the same run from epoch 1 with the same number of ranks: the same final model.
     resumed = tmp_path / "resumed"
     resumed.mkdir()
