@@ -19,7 +19,7 @@ from .rnn_layers import (lstm_backward, lstm_forward, lstm_step_forward, rnn_bac
                          temporal_affine_forward, temporal_softmax_loss,
                          word_embedding_backward, word_embedding_forward)
 from .transformer_layers import (Embedding, Linear, Module, PositionalEncoding,
-                                 TransformerDecoder, TransformerDecoderLayer, _Init)
+                                 TransformerDecoder, TransformerDecoderLayer, Init)
 
 __all__ = ["CaptioningRNN", "CaptioningTransformer"]
 
@@ -148,7 +148,7 @@ class CaptioningTransformer(Module):
         self._null = word_to_idx["<NULL>"]
         self._start = _word_index(word_to_idx, "<START>")
         self._end = _word_index(word_to_idx, "<END>")
-        init = _Init(dtype, device, seed)
+        init = Init(dtype, device, seed)
         scaled = init.with_std(0.02)
         self.backend = init.backend
         self.add_module("visual_projection", Linear(input_dim, wordvec_dim, scaled))

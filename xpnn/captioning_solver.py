@@ -47,11 +47,8 @@ class CaptioningSolver:
         self.verbose = kwargs.pop("verbose", True)
         if kwargs:
             raise ValueError(f"Unrecognized arguments {', '.join(map(repr, kwargs))}")
-        if isinstance(self.update_rule, str):
-            rule = getattr(optim, self.update_rule, None)
-            if not callable(rule):
-                raise ValueError(f'Invalid update_rule "{self.update_rule}"')
-            self.update_rule = rule
+        # A rule by name is one of xpnn.optim's update rules, not any function of the module.
+        self.update_rule = optim.get_update_rule(self.update_rule)
         self._reset()
 
     def _reset(self):

@@ -114,7 +114,7 @@ def word_embedding_forward(x, W):
     """Word embeddings: out[n, t] = W[x[n, t]].
 
     Inputs: x (N, T) integer word indices in [0, V); W (V, D) one vector per word.
-    Returns (out (N, T, D), cache): cache is (x, W's shape, W's dtype).
+    Returns (out (N, T, D), cache): cache is (x, W).
     """
     xp = namespace_of(x, W)
     if not xp.isdtype(x.dtype, "integral"):

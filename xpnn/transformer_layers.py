@@ -114,7 +114,7 @@ def positional_encoding(S, D, like):
 
 # ---------------------------------------------------------------------------- modules
 
-class _Init:
+class Init:
     """Where and how a module's parameters start: a backend, its random generator, a dtype,
     and PyTorch's default initialization for Linear, or normal(0, linear_std) weights and zero
     biases (the CaptioningTransformer's _init_weights)."""
@@ -127,7 +127,7 @@ class _Init:
         self.linear_std = linear_std
 
     def with_std(self, linear_std):
-        return _Init(self.dtype, self.backend, None, linear_std, self.rng)
+        return Init(self.dtype, self.backend, None, linear_std, self.rng)
 
     def uniform(self, shape, bound):
         return self.rng.uniform(shape, -bound, bound, dtype=self.dtype)
@@ -349,7 +349,7 @@ class MultiHeadAttention(Module):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be a multiple of num_heads {num_heads}")
-        init = init or _Init(dtype, device, seed)
+        init = init or Init(dtype, device, seed)
         self.backend = init.backend
         for name in ("key", "query", "value", "proj"):     # PyTorch's registration order
             self.add_module(name, Linear(embed_dim, embed_dim, init))
@@ -390,7 +390,7 @@ class TransformerDecoderLayer(Module):
 
     def __init__(self, input_dim, num_heads, dim_feedforward=2048, dropout=0.1, init=None):
         super().__init__()
-        init = init or _Init()
+        init = init or Init()
         self.add_module("self_attn", MultiHeadAttention(input_dim, num_heads, dropout, init=init))
         self.add_module("multihead_attn",
                         MultiHeadAttention(input_dim, num_heads, dropout, init=init))
