@@ -387,6 +387,8 @@ def test_groupnorm_normalizes_each_group_and_saves(tmp_path):
     assert np.array_equal(back.loss(X), model.loss(X))
     with pytest.raises(ValueError, match="do not divide"):
         groupnorm_model(3)
+    assert GroupNorm(num_groups=4).groups == 4 and GroupNorm(4).spec() == {"type": "GroupNorm",
+                                                                            "groups": 4, "eps": 1e-5}
 
 
 def test_groupnorm_matches_torch():

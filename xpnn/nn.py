@@ -272,7 +272,10 @@ class GroupNorm(Layer):
     groups=None: the largest divisor of the channel count C that is at most 32 and leaves
     each group at least 16 values (C / groups channels times the pixels)."""
 
-    def __init__(self, groups: int | None = None, eps: float = 1e-5):
+    def __init__(self, groups: int | None = None, eps: float = 1e-5, *, num_groups: int | None = None):
+        if groups is not None and num_groups is not None:
+            raise TypeError("give the number of groups as groups or num_groups (PyTorch's name), not both")
+        groups = num_groups if groups is None else groups
         self.groups = None if groups is None else int(groups)
         self.eps = float(eps)
 
