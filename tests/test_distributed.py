@@ -79,10 +79,10 @@ def test_one_gpu_per_rank_on_each_node():
     assert distributed.rank_device("cpu", 5, 0, 6) == "cpu"
     with pytest.raises(distributed.DistributedError, match="no GPU"):
         distributed.rank_device("cuda", 0, 0)
-    # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): 6 ranks on 4 GPUs would.
-    with pytest.raises(distributed.DistributedError, match=r"this node has 4 GPU\(s\) and 6 ranks "
-                                                           r"of this job: NCCL needs one GPU per rank"):
-        distributed.rank_device("cuda", 5, 4, 6)
+    # More ranks than the GPUs a process sees wrap around: with per-rank CUDA_VISIBLE_DEVICES
+    # each sees one GPU, and they are different GPUs. NCCL's transport compares PCI bus ids.
+    assert distributed.rank_device("cuda", 3, 1, 4) == "cuda:0"
+    assert distributed.rank_device("cuda", 5, 4, 6) == "cuda:1"
 
 
 def test_sweep_map_records_a_failure_and_keeps_the_rest():
@@ -174,7 +174,7 @@ def test_a_rank_that_raises_stops_the_job(tmp_path):
                               timeout=60)
     assert done.returncode != 0
     assert "rank 1 was told to fail at iteration 25" in done.stderr
-    assert seconds < 30
+    assert "got no answer" not in done.stderr     # stopped at once, not by the collective timeout
     # Epoch 1 (19 iterations) was checkpointed and is intact; nothing half-written is left.
     assert params_of(tmp_path / "checkpoint_epoch_1.npz")
     assert not (tmp_path / "checkpoint_epoch_2.npz").exists()
@@ -186,7 +186,6 @@ def test_a_rank_that_hangs_is_noticed_within_the_timeout(tmp_path):
                               "--timeout", "2", timeout=60)
     assert done.returncode != 0
     assert "rank 0 of 2: the gradient all-reduce got no answer from the other ranks within 2 s" in done.stderr
-    assert seconds < 30
 
 
 def test_the_timeout_comes_from_the_environment(monkeypatch):
@@ -204,7 +203,7 @@ def test_a_killed_rank_takes_the_job_down(tmp_path):
     done, seconds = run_ranks(2, "-m", "mpi4py", str(WORKER), "train", str(tmp_path), "--kill-at", "25",
                               timeout=60)
     assert done.returncode != 0
-    assert seconds < 30
+    assert "got no answer" not in done.stderr     # stopped at once, not by the collective timeout
     assert params_of(tmp_path / "checkpoint_epoch_1.npz")
     assert no_temporary_files(tmp_path) == []
 
@@ -259,7 +258,7 @@ def test_cli_error_on_one_rank_stops_every_rank(tmp_path):
     assert done.returncode != 0
     assert "xpnn train: error: rank 1 was told to fail at iteration 3" in done.stderr
     assert "rank 1 of 2 failed; stopping the job" in done.stderr
-    assert seconds < 30
+    assert "got no answer" not in done.stderr     # stopped at once, not by the collective timeout
 
 
 @pytest.mark.parametrize("option,value,setting", [
@@ -277,7 +276,7 @@ def test_ranks_started_with_different_settings_are_refused(tmp_path, option, val
     assert setting in done.stderr, done.stderr
     assert done.stderr.count("different training settings") == 1       # rank 0 names them
     assert not (out / "metrics.json").exists()
-    assert seconds < 30
+    assert "got no answer" not in done.stderr     # stopped at once, not by the collective timeout
 
 
 def test_ranks_out_of_step_leave_no_finished_metrics(tmp_path):
@@ -293,7 +292,7 @@ def test_ranks_out_of_step_leave_no_finished_metrics(tmp_path):
         assert json.loads((out / "metrics.json").read_text())["status"] != "finished"
     assert not (out / "model.npz").exists()
     assert "the ranks fell out of step" in done.stderr
-    assert seconds < 60
+    assert "got no answer" not in done.stderr     # stopped at once, not by the collective timeout
 
 
 def test_ctrl_c_under_mpiexec_prints_the_resume_line_once(tmp_path):
@@ -521,9 +520,8 @@ def test_more_ranks_than_gpus_are_refused_before_nccl_is_asked(tmp_path):
     done, seconds = run_ranks(gpus + 1, *CLI_TRAIN, "--device", "cuda", "--out", str(tmp_path / "run"),
                               module="xpnn.cli", timeout=120)
     assert done.returncode != 0
-    assert f"this node has {gpus} GPU(s) and {gpus + 1} ranks of this job: NCCL needs one GPU per rank" \
-        in done.stderr
-    assert seconds < 60
+    assert "would share one GPU" in done.stderr and "NCCL refuses two ranks on one GPU" in done.stderr
+    assert "got no answer" not in done.stderr     # stopped at once, not by the collective timeout
 
 
 @pytest.mark.gpu

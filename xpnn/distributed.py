@@ -51,6 +51,7 @@ The design follows PyTorch's DistributedDataParallel and ChainerMN:
 """
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import sys
@@ -79,18 +80,15 @@ def launched_by_mpi() -> bool:
 
 def rank_device(device, local_rank: int, gpu_count: int, local_size: int | None = None) -> str:
     """The device of the rank with this node-local index: "cpu" stays "cpu"; "cuda:i" gives
-    consecutive GPUs from i, wrapping around (rank r on cuda:(i + r) % gpu_count). NCCL refuses
-    two ranks on one GPU: given the node's number of ranks, more ranks than GPUs are refused."""
+    consecutive GPUs from i, wrapping around (rank r on cuda:(i + r) % gpu_count, `gpu_count`
+    being the GPUs this process sees). Wrapping is right where each rank sees its own GPUs
+    (per-rank CUDA_VISIBLE_DEVICES: one each); two ranks that land on one GPU are refused by
+    NCCL's transport, which compares the GPUs' PCI bus ids (NcclTransport)."""
     kind, index = parse_device(device)
     if kind == "cpu":
         return "cpu"
     if gpu_count < 1:
         raise DistributedError(f"device {device!r} was asked for, but this node has no GPU")
-    if local_size is not None and local_size > gpu_count:
-        raise DistributedError(
-            f"this node has {gpu_count} GPU(s) and {local_size} ranks of this job: NCCL needs one "
-            f"GPU per rank (it refuses two ranks on one GPU); start at most {gpu_count} ranks per "
-            "node (mpiexec -n), or train on device cpu")
     return f"cuda:{(index + local_rank) % gpu_count}"
 
 
@@ -405,7 +403,10 @@ def _plain(value):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
-    return f"<{type(value).__module__}.{getattr(value, '__qualname__', type(value).__qualname__)}>"
+    name = f"<{type(value).__module__}.{getattr(value, '__qualname__', type(value).__qualname__)}>"
+    if type(value).__repr__ is object.__repr__ or inspect.isroutine(value):
+        return name               # a function, or an object whose repr holds only its address
+    return f"{name} {value!r}"    # a schedule or augmentation: its repr holds its settings
 
 
 def _fingerprint(X, y) -> str:
