@@ -112,7 +112,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best(monitor, valu
 
 
 def test_early_stopping_min_delta_and_no_restore():
-    es = callbacks.EarlyStopping(monitor="val_acc", patience=1, min_delta=0.05, restore_best=False)
+    es = callbacks.EarlyStopping(monitor="val_acc", patience=1, min_delta=0.05, restore_best_weights=False)
     fake = FakeSolver()
     es.on_epoch_end(fake, 1, {"val_acc": 0.5})
     es.on_epoch_end(fake, 2, {"val_acc": 0.52})     # not by more than min_delta

@@ -67,11 +67,15 @@ def _copy_params(solver):
 class EarlyStopping(Callback):
     """Stop when `monitor` ("val_acc" or "train_acc": higher is better; "loss": lower is
     better) has not improved by more than `min_delta` for `patience` epochs. With
-    restore_best, the parameters of the best epoch are put back when training ends.
+    restore_best (Keras: restore_best_weights), the parameters of the best epoch are put back
+    when training ends.
 
     After training: `stopped_epoch` (0 if it never stopped the run), `best`, `best_epoch`."""
 
-    def __init__(self, monitor="val_acc", patience=3, min_delta=0.0, restore_best=True):
+    def __init__(self, monitor="val_acc", patience=3, min_delta=0.0, restore_best=True, *,
+                 restore_best_weights=None):
+        if restore_best_weights is not None:        # Keras's name
+            restore_best = restore_best_weights
         if monitor not in ("val_acc", "train_acc", "loss"):
             raise ValueError(f"EarlyStopping monitors val_acc, train_acc or loss, not {monitor!r}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
