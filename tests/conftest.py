@@ -41,7 +41,24 @@ import pytest  # noqa: E402
 
 from xpnn.backend import cuda_available  # noqa: E402
 
-BACKENDS = ["numpy", "array_api_strict", pytest.param("cupy", marks=pytest.mark.gpu)]
+# PyTorch, JAX and Dask are optional: their parameters skip where the library is not
+# installed (CI installs them: .ci/run).
+BACKENDS = ["numpy", "array_api_strict", "torch", "jax", "dask",
+            pytest.param("cupy", marks=pytest.mark.gpu)]
+# Gradient checks by central differences run a layer twice per input element: seconds on
+# NumPy, PyTorch and array-api-strict, minutes on JAX (every operation dispatched on its own)
+# and Dask (every call a task graph; JAX also compiles each operation for each new shape).
+# So the `xp` fixture gives JAX and Dask only to the modules that name them in
+# SLOW_LIBRARIES_TOO (plain-loop references, cheap checks); tests/test_libraries.py checks
+# every layer pair on JAX and Dask against NumPy's, and whole models on every library.
+SLOW_LIBRARIES = ("jax", "dask")
+
+
+def pytest_generate_tests(metafunc):
+    if "xp" in metafunc.fixturenames:
+        wanted = getattr(metafunc.module, "SLOW_LIBRARIES_TOO", ())
+        metafunc.parametrize("xp", [b for b in BACKENDS if b not in SLOW_LIBRARIES or b in wanted],
+                             indirect=True)
 
 
 def pytest_report_header(config):
@@ -55,16 +72,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_gpu)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def xp(request):
-    """The array namespace under test (its arrays are made from NumPy data with `xp.asarray`)."""
+    """The array namespace under test (its arrays are made from NumPy data with `xp.asarray`).
+    JAX's runs the test with float64 on (jax.enable_x64, for this thread only), as xpnn's
+    JAX backend does for the code it runs: float64 arrays stay float64."""
     if request.param == "numpy":
         import array_api_compat.numpy as xp
     elif request.param == "array_api_strict":
         import array_api_strict as xp
+    elif request.param == "torch":
+        pytest.importorskip("torch")
+        import array_api_compat.torch as xp
+    elif request.param == "jax":
+        jax = pytest.importorskip("jax")
+        with jax.enable_x64(True):
+            yield jax.numpy
+        return
+    elif request.param == "dask":
+        pytest.importorskip("dask.array")
+        import array_api_compat.dask.array as xp
     else:
         import array_api_compat.cupy as xp
-    return xp
+    yield xp
 
 
 @pytest.fixture

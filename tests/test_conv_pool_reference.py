@@ -9,6 +9,8 @@ from xpnn.backend import to_numpy
 from xpnn.layers import (avg_pool_backward, avg_pool_forward, conv_backward, conv_forward,
                          max_pool_backward, max_pool_forward)
 
+SLOW_LIBRARIES_TOO = ("dask",)     # no gradient checks here: Dask too (see conftest.py)
+
 
 def conv_naive(x, w, b, stride, pad):
     N, C, H, W = x.shape

@@ -18,8 +18,8 @@ def check_layer(xp, rng, forward, backward, inputs, tol=1e-7):
     grads = backward(dout, cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
     for k, g in enumerate(grads):
-        def f(_, k=k):
-            return forward(*inputs)[0]
+        def f(v, k=k):         # v: inputs[k], perturbed (in place, or a copy for JAX)
+            return forward(*inputs[:k], v, *inputs[k + 1:])[0]
         num = eval_numerical_gradient_array(f, inputs[k], dout)
         assert type(g) is type(inputs[k])
         assert g.dtype == inputs[k].dtype

@@ -1,10 +1,17 @@
 """Backends: which array library and which device a model computes on.
 
-`get_backend("cpu" | "cuda" | "cuda:N")` returns the backend for that device, one class per kind:
+`get_backend(device)` returns the backend for a device string, one class per kind:
 
-    CpuBackend       NumPy on the host
-    CudaBackend      CuPy on GPU N
-    ArrayApiBackend  any other Array-API library (array-api-strict, ...), found from its arrays
+    "cpu" ("numpy")                 CpuBackend       NumPy on the host
+    "cuda", "cuda:N"                CudaBackend      CuPy on GPU N
+    "torch", "torch:cpu", "torch:cuda", "torch:cuda:N", "torch:mps"   xpnn/backends/torch.py
+    "jax", "jax:cpu", "jax:gpu", "jax:gpu:N"                           xpnn/backends/jax.py
+    "dask"                                                             xpnn/backends/dask.py
+    "array_api_strict", "array_api_strict:device1"                     xpnn/backends/strict.py
+    (any other Array-API array)     ArrayApiBackend, found from its arrays
+
+The libraries beyond NumPy and CuPy are plug-ins (`PLUGINS`): one module each, imported only
+when one of its devices is asked for or one of its arrays is met.
 
 Each one owns, for its device:
   - `xp`: the Array-API namespace (array-api-compat's wrapper of NumPy or CuPy),
@@ -158,6 +165,25 @@ class Backend:
 
     # The accelerated ops, by the names in ACCELERATED_OPS; empty means "the portable code".
     ops: dict = {}
+    # Whether code may write into this library's arrays (`a[rows] = b`, `a += b`): NumPy's and
+    # CuPy's fast paths do (see layers._place); JAX's arrays are immutable and Dask's lazy, so
+    # every plug-in runs the portable code, which builds results with stack / concat.
+    writes_in_place = True
+    # Whether the Solver measures and tunes this backend's thread count (xpnn.threads): the CPU's.
+    tunes_threads = False
+    # Whether the Solver moves a whole data set here when it fits (else one batch at a time).
+    keeps_data_sets = True
+
+    def one_block(self, a):
+        """`a` stored as one block: Dask joins the chunks that stack and concat made (its
+        task graphs grow with their number); the other libraries' arrays are one block."""
+        return a
+
+    def materialize(self, arrays):
+        """`arrays` (any nest of dicts, lists and tuples of this backend's arrays) computed
+        now, for libraries that build arrays lazily (Dask), so that the next step's work starts
+        from stored values instead of growing the whole history; the others return it as is."""
+        return arrays
 
     def __repr__(self):
         return f"{type(self).__name__}({self.label!r})"
@@ -201,7 +227,7 @@ class Backend:
 
     def to_host(self, x) -> np.ndarray:
         """Copy an array from any device back to a host NumPy array."""
-        return to_numpy(x)
+        return _host_array(x)
 
     def synchronize(self) -> None:
         """Wait for queued device work (timing, benchmarks); host backends have none."""
@@ -237,6 +263,7 @@ class CpuBackend(Backend):
     # (layers._filter_product). With its Haswell kernels, which have none, the blocks cost 1-3%:
     # 0 there (set in __init__, from the BLAS NumPy loaded).
     small_product_size = 10**6
+    tunes_threads = True
 
     def __init__(self):
         self.rng = GlobalGenerator(self)
@@ -265,6 +292,8 @@ class CpuBackend(Backend):
 class ArrayApiBackend(Backend):
     """Any other Array-API namespace (array-api-strict, ...), on the device of the array it was
     found from: random numbers come from NumPy and are moved there; no accelerated ops."""
+
+    writes_in_place = False       # the portable code only: nothing is assumed of the library
 
     def __init__(self, like):
         self.xp = array_api_compat.array_namespace(like)
@@ -395,6 +424,13 @@ def to_numpy(x) -> np.ndarray:
     """Any array (NumPy, CuPy, array-api-strict...) as a host NumPy array."""
     if isinstance(x, np.ndarray):
         return x
+    if _plugin_of(x) is not None:      # torch on a GPU, Dask: their backend knows the way home
+        return backend_of(x).to_host(x)
+    return _host_array(x)
+
+
+def _host_array(x) -> np.ndarray:
+    """`x` as a host NumPy array, for libraries with no backend of their own to ask."""
     if array_api_compat.is_cupy_array(x):
         return x.get()
     try:
@@ -413,11 +449,19 @@ def on_input_device(function):
     """
     @functools.wraps(function)
     def run(x, *args, **kwargs):
-        if type(x) is np.ndarray or not array_api_compat.is_cupy_array(x):
+        if type(x) is np.ndarray:
             return function(x, *args, **kwargs)
-        with backend_of(x):
-            return function(x, *args, **kwargs)
+        if array_api_compat.is_cupy_array(x) or getattr(_plugin_of(x), "HAS_CONTEXT", False):
+            with backend_of(x):       # (JAX's context: float64 arrays stay float64)
+                return function(x, *args, **kwargs)
+        return function(x, *args, **kwargs)
     return run
+
+
+def writes_in_place(x) -> bool:
+    """Whether code may write into array `x`: NumPy and CuPy arrays, whose fast paths fill
+    preallocated buffers (see Backend.writes_in_place); the portable code builds its results."""
+    return type(x) is np.ndarray or backend_of(x).writes_in_place
 
 
 def accelerated_op(name: str, x):
@@ -434,20 +478,111 @@ def accelerated_op(name: str, x):
     return ops[name] if ops else None
 
 
-def parse_device(device) -> tuple[str, int]:
-    """"cpu" -> ("cpu", 0); "cuda" -> ("cuda", 0); "cuda:1" -> ("cuda", 1)."""
+# ---------------------------------------------------------------------------- the registry
+
+# The array libraries beyond NumPy and CuPy, by the name device strings start with: the plug-in
+# module (imported only when needed), the Python package it needs, and how to install that.
+# A plug-in module defines:
+#   DEVICES                   the device strings it accepts, for messages
+#   canonical(text) -> str    the canonical device string for `text` ("torch" -> "torch:cpu"),
+#                             ValueError for a device string of its library it does not know
+#   make_backend(canonical) -> Backend    ValueError when the device is not there
+#   array_device(x) -> str | None         the canonical device of one of its arrays, else None
+#   HAS_CONTEXT               whether its backend's `with` must be entered around its layers
+PLUGINS = {
+    "torch": ("xpnn.backends.torch", "torch", "pip install torch"),
+    "jax": ("xpnn.backends.jax", "jax", "pip install 'jax[cpu]' (NVIDIA GPUs: 'jax[cuda12]')"),
+    "dask": ("xpnn.backends.dask", "dask", "pip install 'dask[array]'"),
+    "array_api_strict": ("xpnn.backends.strict", "array_api_strict", "pip install array-api-strict"),
+}
+_CUDA_DEVICES = "cuda, cuda:N (CuPy)"
+
+
+def _plugin(library: str):
+    """The plug-in module of `library` (a key of PLUGINS), imported now if it was not yet."""
+    import importlib
+    return importlib.import_module(PLUGINS[library][0])
+
+
+def _plugin_of(x):
+    """The plug-in module whose library made array `x`, or None. A library that was never
+    imported made no array: only the plug-ins of imported libraries are asked."""
+    for library, (_, package, _) in PLUGINS.items():
+        if package in sys.modules and _plugin(library).array_device(x) is not None:
+            return _plugin(library)
+    return None
+
+
+def _installed() -> str:
+    """The array libraries installed here, with versions (nothing is imported to find out)."""
+    import importlib.metadata
+    import importlib.util
+    found, missing = [], []
+    for package, dist in [("numpy", "numpy"), ("cupy", None)] + [(p, p.replace("_", "-"))
+                                                                   for _, p, _ in PLUGINS.values()]:
+        if importlib.util.find_spec(package) is None:
+            missing.append(package)
+            continue
+        try:
+            version = importlib.metadata.version(dist) if dist else ""
+        except importlib.metadata.PackageNotFoundError:
+            version = ""
+        found.append(f"{package} {version}".strip())
+    return f"installed: {', '.join(found)}" + (f"; not installed: {', '.join(missing)}" if missing else "")
+
+
+def accepted_devices() -> str:
+    """Every device string accepted, for messages and --help."""
+    plugins = "; ".join(_plugin(library).DEVICES if _importable(package) else
+                        f"{library} (not installed: {install})"
+                        for library, (_, package, install) in PLUGINS.items())
+    return f"cpu (or numpy); {_CUDA_DEVICES}; {plugins}"
+
+
+def _importable(package: str) -> bool:
+    """Whether `package` can be imported here (found, not imported)."""
+    import importlib.util
+    return importlib.util.find_spec(package) is not None
+
+
+def parse_device(device) -> tuple:
+    """A device -> (library, which device of it): "cpu" -> ("cpu", 0); "cuda" -> ("cuda", 0);
+    "cuda:1" -> ("cuda", 1); a plug-in's device -> (its library, the canonical device string),
+    "torch" -> ("torch", "torch:cpu"). A backend gives its own. ValueError for an unknown
+    device or a library that is not installed, naming what is accepted and what is installed."""
     if isinstance(device, CudaBackend):
         return "cuda", device.index
     if isinstance(device, CpuBackend):
         return "cpu", 0
+    if isinstance(device, Backend):
+        return device.label.split(":")[0], device.label
     text = str(device).strip().lower()
-    if text == "cpu":
+    if text in ("cpu", "numpy", "numpy:cpu"):
         return "cpu", 0
     if text == "cuda" or text == "gpu":
         return "cuda", 0
     if text.startswith("cuda:") and text[5:].isdigit():
         return "cuda", int(text[5:])
-    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    library = text.split(":")[0].replace("-", "_")
+    if library in PLUGINS:
+        _, package, install = PLUGINS[library]
+        if not _importable(package):
+            raise ValueError(f"device {device!r} needs {package}, which is not installed here "
+                             f"({install}); {_installed()}; accepted devices: {accepted_devices()}")
+        try:
+            return library, _plugin(library).canonical(text.replace("-", "_"))
+        except ValueError as e:
+            raise ValueError(f"unknown device {device!r}: {e}; accepted devices: "
+                             f"{accepted_devices()}; {_installed()}") from None
+    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N', or another "
+                     f"array library's device; accepted devices: {accepted_devices()}; {_installed()}")
+
+
+def canonical_device(device) -> str:
+    """The canonical string of a device: "numpy" -> "cpu", "cuda" -> "cuda:0",
+    "torch" -> "torch:cpu", "jax:gpu" -> "jax:gpu:0" (what `model.device` reports)."""
+    name, which = parse_device(device)
+    return "cpu" if name == "cpu" else f"cuda:{which}" if name == "cuda" else which
 
 
 _INSTALL_HINT = ("only on a machine with an NVIDIA GPU, install the CuPy extra that matches its "
@@ -521,12 +656,18 @@ def _cuda_backend(index: int) -> CudaBackend:
 
 
 @functools.cache
-def _get_backend(name: str, index: int) -> Backend:
-    return CpuBackend() if name == "cpu" else _cuda_backend(index)
+def _get_backend(name: str, index) -> Backend:
+    if name == "cpu":
+        return CpuBackend()
+    if name == "cuda":
+        return _cuda_backend(index)
+    return _plugin(name).make_backend(index)      # index: the plug-in's canonical device string
 
 
 def get_backend(device="cpu") -> Backend:
-    """The backend for "cpu", "cuda" or "cuda:N" (built once, then shared)."""
+    """The backend for a device string ("cpu", "cuda:N", "torch", "jax:cpu", "dask", ...; see
+    this module's docstring), built once, then shared. ValueError for an unknown device or one
+    that is not there, naming what is accepted and what is installed."""
     return _get_backend(*parse_device(device))
 
 
@@ -540,6 +681,10 @@ def backend_of(x) -> Backend:
         return get_backend("cpu")
     if array_api_compat.is_cupy_array(x):
         return _get_backend("cuda", x.device.id)     # asked on every GPU layer call: no parsing
+    plugin = _plugin_of(x)
+    if plugin is not None:                          # a torch, JAX, Dask or array-api-strict array
+        device = plugin.array_device(x)
+        return _get_backend(device.split(":")[0], device)
     key = (array_api_compat.array_namespace(x).__name__, repr(array_api_compat.device(x)))
     if key not in _ARRAY_API_BACKENDS:
         _ARRAY_API_BACKENDS[key] = ArrayApiBackend(x)

@@ -169,12 +169,16 @@ def positive_float_list(text):
 
 
 def device_arg(text):
-    from .backend import parse_device
+    """A device string in its canonical form: cpu, cuda:N, torch:cpu, jax:cpu, dask, ..."""
+    from .backend import canonical_device
     try:
-        name, index = parse_device(text)
+        return canonical_device(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return "cpu" if name == "cpu" else f"cuda:{index}"
+
+
+DEVICE_HELP = ("cpu (default), cuda or cuda:N (CuPy); torch, torch:cuda:N, torch:mps; jax, jax:gpu; "
+               "dask; array_api_strict (see the README's backends table)")
 
 
 # ---------------------------------------------------------------------------- the parser
@@ -283,7 +287,7 @@ def make_parser():
     ev.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP.replace(
         "(default: ", "(default: the --data-dir of the run the checkpoint sits in, from its "
         "run.json; else "))
-    ev.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or cuda:N")
+    ev.add_argument("--device", type=device_arg, default="cpu", help=DEVICE_HELP)
     ev.add_argument("--predictions", metavar="CSV",
                     help="write the test-set predictions to this CSV file (Id,Category)")
     ev.add_argument("--out", metavar="DIR", help="directory for the confusion-matrix picture "
@@ -360,7 +364,7 @@ def add_training_args(p, sweep):
     p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
                    help=f"the images to learn; digits (8x8) trains in seconds (default: {default_dataset})")
     p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
-    p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default="cpu", help=DEVICE_HELP)
     p.add_argument("--epochs", type=positive_int, default=3,
                    help="passes over the training set (default: 3)")
     p.add_argument("--update-rule", choices=sorted(UPDATE_RULES), default="adam",

@@ -1,13 +1,16 @@
 """Numerical gradients for checking backward passes (CS231n signatures, any Array-API array).
 
 The input array is perturbed in place one element at a time and restored afterwards, so `f`
-may close over it, exactly as in the assignments. Use float64: float32 central differences
-are too coarse to tell a right gradient from a slightly wrong one.
+may close over it, exactly as in the assignments. JAX's arrays cannot be changed: `f` is then
+given a perturbed copy, so it must compute from its argument (`lambda x: layer(x, ...)`), not
+from a closed-over array. Use float64: float32 central differences are too coarse to tell a
+right gradient from a slightly wrong one.
 """
 from __future__ import annotations
 
 import itertools
 
+import array_api_compat
 import numpy as np
 
 from .backend import backend_of, namespace_of, to_numpy
@@ -17,14 +20,23 @@ def _indices(shape):
     return itertools.product(*(range(n) for n in shape))
 
 
+def _set(x, ix, value):
+    """x with element ix set to value: x itself, changed in place, where its library allows;
+    else (JAX) a changed copy."""
+    if array_api_compat.is_writeable_array(x):
+        x[ix] = value
+        return x
+    host = np.array(to_numpy(x))
+    host[ix] = value
+    return backend_of(x).to_device(host, dtype=x.dtype)
+
+
 def central_difference(f, x, ix, h=1e-5):
     """(f(x+h) - f(x-h)) / 2h for element ix of x, perturbed in place and then restored."""
     old = float(x[ix])
-    x[ix] = old + h
-    fxph = float(f(x))
-    x[ix] = old - h
-    fxmh = float(f(x))
-    x[ix] = old
+    fxph = float(f(_set(x, ix, old + h)))
+    fxmh = float(f(_set(x, ix, old - h)))
+    _set(x, ix, old)
     return (fxph - fxmh) / (2 * h)
 
 
@@ -44,11 +56,9 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     grad = np.zeros(tuple(x.shape), dtype=np.float64)
     for ix in _indices(x.shape):
         old = float(x[ix])
-        x[ix] = old + h
-        pos = xp.asarray(f(x), copy=True)
-        x[ix] = old - h
-        neg = xp.asarray(f(x), copy=True)
-        x[ix] = old
+        pos = xp.asarray(f(_set(x, ix, old + h)), copy=True)
+        neg = xp.asarray(f(_set(x, ix, old - h)), copy=True)
+        _set(x, ix, old)
         grad[ix] = float(xp.sum((pos - neg) * df)) / (2 * h)
     return backend_of(x).to_device(grad, dtype=x.dtype)
 

@@ -18,7 +18,8 @@ import math
 from array_api_compat import device as device_of
 
 from . import ops
-from .backend import accelerated_op, backend_of, namespace_of, on_input_device, to_numpy
+from .backend import (accelerated_op, backend_of, namespace_of, on_input_device, to_numpy,
+                      writes_in_place)
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
@@ -260,12 +261,26 @@ def _filter_product(w_mat, col, n, HW, small):
 
 def _place(out, rows, part, N):
     """out[rows] = part, `out` made for the whole batch (N, ...) at the first chunk: each
-    chunk's result copied once into place (the copy also puts it in image order)."""
+    chunk's result copied once into place (the copy also puts it in image order). Only NumPy
+    and CuPy arrays are written into (`writes_in_place`); for other libraries `out` is the
+    list of the chunks so far, which `_joined` concatenates."""
+    if not writes_in_place(part):
+        return [*(out or []), part]
     if out is None:
         xp = namespace_of(part)
         out = xp.empty((N, *part.shape[1:]), dtype=part.dtype, device=device_of(part))
     out[rows, ...] = part
     return out
+
+
+def _joined(out, shape):
+    """What `_place` built, as one array of `shape` (a copy in image order, if it was a list)."""
+    xp = namespace_of(out[0] if isinstance(out, list) else out)
+    if isinstance(out, list):
+        out = out[0] if len(out) == 1 else ops.one_block(xp.concat(out, axis=0))
+    # In two steps, (N, F, blocks, HW / blocks) -> (N, F, HW) -> (N, F, HO, WO): Dask
+    # reshapes only by merging or splitting whole axes.
+    return xp.reshape(xp.reshape(out, (*shape[:2], -1)), shape)
 
 
 def _weight_gradient(col, dout_mat, small):
@@ -327,8 +342,11 @@ def conv_forward(x, w, b, conv_param):
         # later elementwise op contiguous
         out = _place(out, rows, _filter_product(w_mat, col, n, HO * WO, small), N)
         cols.append(col)
-    out = xp.reshape(out, (N, F, HO, WO))
-    out += xp.reshape(b, (F, 1, 1))                             # in place: no second buffer
+    out = _joined(out, (N, F, HO, WO))
+    if writes_in_place(out):
+        out += xp.reshape(b, (F, 1, 1))                         # in place: no second buffer
+    else:
+        out = out + xp.reshape(b, (F, 1, 1))
     # Keep the im2col matrices for the backward pass if they fit the workspace, else rebuild.
     cols = cols if keep else None
     # The first layer's input gradient is never needed: the flag lets models skip it.
@@ -378,7 +396,7 @@ def conv_backward(dout, cache):
             dcol = xp.reshape(w_mat.T @ dout_mat, (C, HH, WW, n, HO, WO))
             dxs.append(ops.col2im(dcol, H, W, stride, pad))
     if dx_as_conv:
-        dx = xp.reshape(dx, (N, C, H, W))
+        dx = _joined(dx, (N, C, H, W))
     elif needs_dx:
         dx = dxs[0] if len(dxs) == 1 else xp.concat(dxs, axis=0)
     db = xp.sum(dout, axis=(0, 2, 3))

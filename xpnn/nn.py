@@ -510,7 +510,7 @@ class Model:
         """X as (N, *input_shape), refused with what to do instead when `loss` cannot take it:
         not an array, not floating point, or the wrong shape. A net whose input is flat
         (D,) also takes (N, C, H, W) images with C*H*W = D."""
-        _refuse_non_arrays(X)
+        _refuse_non_arrays(X, self.backend)
         xp = namespace_of(X)
         if not xp.isdtype(X.dtype, "real floating"):
             raise TypeError(f"input X must be floating point, got dtype {X.dtype}; convert it "
@@ -540,14 +540,16 @@ def _refuse_non_finite(X):
                          f"{shown}): repair or drop them first")
 
 
-def _refuse_non_arrays(X):
+def _refuse_non_arrays(X, backend):
     """Lists, numbers and other frameworks' tensors are told how to become arrays (a mix of
-    array libraries or devices is namespace_of's to report)."""
+    array libraries or devices is namespace_of's to report). A model on a library takes that
+    library's arrays (a model on "torch:cpu" takes torch tensors on the CPU)."""
     kind = f"{type(X).__module__}.{type(X).__qualname__}"
-    if callable(getattr(X, "numpy", None)):      # torch.Tensor, tf.Tensor
-        raise TypeError(f"input X is a {kind}; xpnn models take NumPy (or CuPy) arrays: convert it "
-                        "with X.numpy() (a torch tensor on a GPU or with gradients: "
-                        "X.detach().cpu().numpy())")
+    if callable(getattr(X, "numpy", None)) and not backend.owns(X):      # torch.Tensor, tf.Tensor
+        raise TypeError(f"input X is a {kind}; this model is on {backend.label} and takes NumPy "
+                        f"arrays or {backend.label} arrays: convert it with X.numpy() (a torch "
+                        "tensor on a GPU or with gradients: X.detach().cpu().numpy()), or move "
+                        "the model to the tensor's device: model.to('torch:cpu')")
     if not (hasattr(X, "shape") and hasattr(X, "dtype")):
         raise TypeError(f"input X must be an array, got a {kind}; convert it with "
                         "np.asarray(X, dtype=np.float32)")
@@ -655,6 +657,11 @@ class Sequential(Model):
             return self.scores(X)
         with self.backend:        # every allocation and launch on the model's device
             loss, grads, label_range = self.device_loss(X, y)
+            # Dask: the step computed now, in one pass (loss, gradients and batchnorm's
+            # running averages share the forward pass); other libraries have computed it.
+            loss, grads, label_range, buffers = self.backend.materialize(
+                (loss, grads, label_range, self.buffers()))
+            self._set_buffers(buffers)
             # The step's only device->host transfer: the loss (with the label-range check).
             return L.host_loss(loss, label_range, self.output_shape[-1]), grads
 

@@ -195,12 +195,16 @@ def run(device=None, out=print) -> bool:
     if device != "cpu":
         try:
             gpu = get_backend(device)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             # A GPU asked for by name that cannot be used fails the test (`&& echo ok` is false).
             checks.append(("GPU available", _raise(Unavailable(str(e))), None))
     else:
         why = "no GPU requested" if cuda_available() else "no GPU on this machine (CuPy sees none, or is not installed)"
         checks.append(("GPU kernels / parity / timing", _raise(Skip(why + "; run `xpnn selftest --device cuda` on a GPU machine")), None))
+    library = None
+    if gpu is not None and not gpu.ops:     # another array library (torch, jax...): no kernels
+        library, gpu = gpu, None
+        checks.append((f"{library.label} training = CPU", _gpu_matches_cpu, library))
     if gpu is not None:
         checks += [("kernels compile", _kernels_compile, gpu), ("kernels = portable code", _kernels_match, gpu),
                    (f"{gpu.label} training = CPU", _gpu_matches_cpu, gpu)]
@@ -220,9 +224,10 @@ def run(device=None, out=print) -> bool:
         rows.append((name, verdict, detail))
     cpu_step = time_step(get_backend("cpu"))
     timing = f"cpu {cpu_step * 1e3:.1f} ms"
-    if gpu is not None and not failed:
-        gpu_step = time_step(gpu)
-        timing += f"; {gpu.label} {gpu_step * 1e3:.2f} ms ({cpu_step / gpu_step:.1f}x the CPU's speed)"
+    for other in (gpu, library):
+        if other is not None and not failed:
+            step = time_step(other)
+            timing += f"; {other.label} {step * 1e3:.2f} ms ({cpu_step / step:.1f}x the CPU's speed)"
     rows.append(("MNIST CNN step, N=100, float32", "INFO", timing))
     if gpu is not None:
         rows.append((f"{gpu.label} numerics", "INFO", describe_numerics(gpu.numerics())))

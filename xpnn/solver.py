@@ -32,7 +32,7 @@ with warnings.catch_warnings():
 from tqdm.auto import tqdm
 
 from . import optim
-from .backend import CpuBackend, backend_of, draw_seed, namespace_of, to_numpy
+from .backend import backend_of, draw_seed, namespace_of, to_numpy
 from .io import CheckpointError, atomic_savez, load_npz
 from .nn import Model, checked_params
 from .threads import ThreadPolicy
@@ -134,10 +134,12 @@ class Solver:
         self.dtype = self.backend.dtype_name(first.dtype)
         # Measured only on the CPU, where one process owns the cores; a model that can (no
         # batchnorm or dropout) splits each batch over the threads.
-        cpu = self.backend if isinstance(self.backend, CpuBackend) else None
+        cpu = self.backend if self.backend.tunes_threads else None
         measure = cpu is not None and self.comm is None
+        # More threads than a batch has shards run nothing: the policy times only counts that may.
         self.thread_policy = (ThreadPolicy(self.threads, backend=cpu, split_batches=cpu is not None
-                                           and getattr(model, "splits_steps", False))
+                                           and getattr(model, "splits_steps", False),
+                                           max_runners=cpu.shards(self.batch_size) if cpu else None)
                               if self.threads or measure else None)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
@@ -236,9 +238,9 @@ class Solver:
         X, y = self._check_split(data[f"X_{name}"], data[f"y_{name}"], name)
         X = X.astype(self.dtype, copy=False)
         free = self.backend.memory_free()
-        if free is None or X.nbytes + y.nbytes < free // 2:
+        if self.backend.keeps_data_sets and (free is None or X.nbytes + y.nbytes < free // 2):
             return self.backend.to_device(X), self.backend.to_device(y)
-        return X, y      # too big for the device: moved one batch at a time
+        return X, y      # too big for the device (or Dask): moved one batch at a time
 
     def _batch(self, X, y, idx):
         """Rows idx of (X, y) as arrays on the model's device."""
@@ -279,7 +281,7 @@ class Solver:
         except Exception as e:
             if self.backend.is_out_of_memory(e):
                 raise MemoryError(f"{self.backend.label} ran out of memory at iteration {self.t + 1} "
-                                  f"with batch_size={len(X)} ({e}); try a smaller batch_size") from e
+                                  f"with batch_size={X.shape[0]} ({e}); try a smaller batch_size") from e
             raise
 
     def _forward_backward_update(self, idx):
@@ -311,6 +313,10 @@ class Solver:
         for p, w in self.model.params.items():
             next_w, self.optim_configs[p] = self.update_rule(w, grads[p], self.optim_configs[p])
             self.model.params[p] = next_w
+        # Dask: the new parameters and optimizer state computed now, so that the next step's
+        # graph starts from them (else it would hold every step so far); others: nothing.
+        self.model.params, self.optim_configs = self.backend.materialize(
+            (self.model.params, self.optim_configs))
 
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of X classified as y, in batches; subsampled to num_samples when given.

@@ -6,6 +6,11 @@ only with standard Array-API functions and basic strided slicing: a loop over th
 kernel offsets, one strided-slice copy per offset (as Chainer does). No index arrays, no
 scatter, so the results are deterministic and identical on every library.
 
+Where a library lets code write into its arrays (NumPy, CuPy: `writes_in_place`), the loops
+fill one preallocated buffer; elsewhere (JAX's arrays are immutable, Dask's lazy) the same
+loops build their result with `stack` and `concat` instead (`_padded`, `_spread`), adding the
+same numbers in the same order, so the results are the same bit for bit.
+
 Layouts (shared with the CUDA kernels):
     img  (N, C, H, W)
     col  (C, KH, KW, N, HO, WO)    -- reshaped to the (C*KH*KW, N*HO*WO) im2col matrix
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from ..backend import DeviceError, accelerated_op, namespace_of
+from ..backend import DeviceError, accelerated_op, backend_of, namespace_of, writes_in_place
 
 
 def check_like(op, name, a, ref_name, ref, shape=None):
@@ -50,6 +55,42 @@ def _window(i, size, stride):
     return slice(i, i + stride * (size - 1) + 1, stride)
 
 
+def one_block(a):
+    """`a` as one block of memory where a library splits what stack and concat build (Dask's
+    chunks, which multiply from op to op): see Backend.one_block."""
+    return a if writes_in_place(a) else backend_of(a).one_block(a)
+
+
+def _padded(a, top, bottom, left, right):
+    """a (..., h, w) with rows of zeros above and below and columns of zeros left and right,
+    built with concat (no writes into an array)."""
+    xp = namespace_of(a)
+    *lead, h, w = a.shape
+
+    def zeros(rows, cols):
+        return xp.zeros((*lead, rows, cols), dtype=a.dtype, device=device_of(a))
+    if top or bottom:
+        a = xp.concat([part for part in (zeros(top, w), a, zeros(bottom, w)) if part.shape[-2]], axis=-2)
+    if left or right:
+        rows = h + top + bottom
+        a = xp.concat([part for part in (zeros(rows, left), a, zeros(rows, right)) if part.shape[-1]], axis=-1)
+    return one_block(a)
+
+
+def _spread(a, i, j, stride, H, W):
+    """a (..., HO, WO) placed at the positions one kernel offset (i, j) reads, in zeros of
+    shape (..., H, W): out[..., i + stride*y, j + stride*x] = a[..., y, x]. The functional
+    twin of `img[..., _window(i, HO, stride), _window(j, WO, stride)] = a`."""
+    xp = namespace_of(a)
+    *lead, HO, WO = a.shape
+    if stride > 1:        # stride - 1 zeros after each column, then after each row
+        a = xp.reshape(xp.stack([a] + [xp.zeros_like(a)] * (stride - 1), axis=-1), (*lead, HO, WO * stride))
+        a = xp.reshape(xp.stack([a] + [xp.zeros_like(a)] * (stride - 1), axis=-2),
+                       (*lead, HO * stride, WO * stride))
+    a = a[..., :min(H - i, a.shape[-2]), :min(W - j, a.shape[-1])]    # the zeros after the last window cut to fit
+    return _padded(a, i, H - i - a.shape[-2], j, W - j - a.shape[-1])
+
+
 def im2col(x, kh, kw, stride=1, pad=0):
     """Image (N, C, H, W) -> col (C, KH, KW, N, HO, WO)."""
     N, C, H, W = x.shape
@@ -60,6 +101,11 @@ def im2col(x, kh, kw, stride=1, pad=0):
     xp = namespace_of(x)
     # Channels first, batch second, so each col[:, i, j] is a plain strided view copy.
     img = xp.permute_dims(x, (1, 0, 2, 3))
+    if not writes_in_place(x):             # the same views, stacked
+        img = _padded(img, pad, pad, pad, pad) if pad else img
+        views = [img[:, :, _window(i, HO, stride), _window(j, WO, stride)]
+                 for i in range(kh) for j in range(kw)]
+        return one_block(xp.reshape(xp.stack(views, axis=1), (C, kh, kw, N, HO, WO)))
     if pad:
         padded = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=device_of(x))
         padded[:, :, pad:pad + H, pad:pad + W] = img
@@ -78,10 +124,17 @@ def col2im(col, H, W, stride=1, pad=0):
     if fast is not None:
         return fast(col, H, W, stride, pad)
     xp = namespace_of(col)
-    img = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device_of(col))
-    for i in range(kh):
-        for j in range(kw):
-            img[:, :, _window(i, HO, stride), _window(j, WO, stride)] += col[:, i, j, :, :, :]
+    if writes_in_place(col):
+        img = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device_of(col))
+        for i in range(kh):
+            for j in range(kw):
+                img[:, :, _window(i, HO, stride), _window(j, WO, stride)] += col[:, i, j, :, :, :]
+    else:                                  # the same sums, each offset's share spread out
+        img = 0
+        for i in range(kh):
+            for j in range(kw):
+                img = img + _spread(col[:, i, j, :, :, :], i, j, stride, H + 2 * pad, W + 2 * pad)
+        img = one_block(img)
     img = xp.permute_dims(img[:, :, pad:pad + H, pad:pad + W], (1, 0, 2, 3))
     return xp.reshape(img, (N, C, H, W), copy=True)   # contiguous (N, C, H, W) for what follows
 
@@ -136,6 +189,12 @@ def max_pool_backward(dout, argmax, H, W, ph, pw, stride):
         rows = [xp.reshape(xp.stack([routed(i, j) for j in range(pw)], axis=-1), (N, C, HO, W))
                 for i in range(ph)]
         return xp.reshape(xp.stack(rows, axis=3), (N, C, H, W))
+    if not writes_in_place(dout):          # the same sums, each offset's share spread out
+        dx = 0
+        for i in range(ph):
+            for j in range(pw):
+                dx = dx + _spread(routed(i, j), i, j, stride, H, W)
+        return dx
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype, device=device_of(dout))
     overlapping = stride < ph or stride < pw
     for i in range(ph):
@@ -156,11 +215,10 @@ def avg_pool_forward(x, ph, pw, stride):
     fast = accelerated_op("avg_pool_forward", x)
     if fast is not None:
         return fast(x, ph, pw, stride)
-    xp = namespace_of(x)
-    total = xp.zeros((N, C, HO, WO), dtype=x.dtype, device=device_of(x))
+    total = 0
     for i in range(ph):
         for j in range(pw):
-            total += x[:, :, _window(i, HO, stride), _window(j, WO, stride)]
+            total = total + x[:, :, _window(i, HO, stride), _window(j, WO, stride)]
     return total / (ph * pw)
 
 
@@ -172,6 +230,12 @@ def avg_pool_backward(dout, H, W, ph, pw, stride):
         return fast(dout, H, W, ph, pw, stride)
     xp = namespace_of(dout)
     share = dout / (ph * pw)
+    if not writes_in_place(dout):          # the same sums, each offset's share spread out
+        dx = 0
+        for i in range(ph):
+            for j in range(pw):
+                dx = dx + _spread(share, i, j, stride, H, W)
+        return dx
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype, device=device_of(dout))
     for i in range(ph):
         for j in range(pw):
