@@ -1,6 +1,10 @@
 """One training step of the MNIST CNN on every array library xpnn runs on, against NumPy.
 
-    python bench/library_step.py [--batch 50] [--rounds 7] [--devices cpu,torch,jax,dask,array_api_strict]
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/library_step.py [--batch 50] [--rounds 7]
+        [--devices cpu,torch,jax,dask,array_api_strict]
+
+(One thread each: on a shared machine PyTorch's OpenMP threads, left to their default, spun
+against the other programs and took 5-10x longer.)
 
 Each step is forward, backward and an SGD update through the Solver's own step (for Dask that
 includes persisting the step's results: without it each step would cost more than the last),
@@ -63,7 +67,8 @@ def main(argv=None):
     base = statistics.median(times["cpu"]) if "cpu" in times else None
     print(f"MNIST CNN training step, batch {args.batch}, float32, median of {args.rounds} "
           f"interleaved rounds; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+          f"{os.cpu_count()} CPUs, " + ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in
+                                                  ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")))
     print("\n| device | library | step (ms) | vs NumPy |\n| --- | --- | ---: | ---: |")
     for device, samples in times.items():
         median = statistics.median(samples)
