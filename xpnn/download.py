@@ -209,9 +209,13 @@ def _unpack(archive, base, directory):
             if not members:
                 raise DataError(f"{archive} holds no files under {directory}/")
             for m in members:
+                # Each file under a temporary name, renamed once whole: an interrupted unpack
+                # leaves no truncated file that `downloaded()` would take for a finished one.
                 destination = base / m.name
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(destination, "wb") as dst:
+                partial = destination.with_name(destination.name + ".part")
+                with tar.extractfile(m) as src, open(partial, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
+                os.replace(partial, destination)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{archive} is not a readable .tar.gz ({e})") from None
