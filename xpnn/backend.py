@@ -21,7 +21,11 @@ Each one owns, for its device:
   - `rng`: a seedable random generator that makes arrays on the device,
   - `to_device` / `to_host`: explicit host <-> device transfers,
   - `synchronize()`, `memory_free()`, `is_out_of_memory(error)`, `workspace_bytes`,
-  - `ops`: its table of accelerated operations, keyed by the names in `ACCELERATED_OPS`.
+  - `ops`: its table of accelerated operations, keyed by the names in `ACCELERATED_OPS`,
+  - what the portable code and the Solver ask of a library: `writes_in_place` (NumPy and
+    CuPy fast paths fill buffers; JAX's arrays are immutable), `materialize(arrays)` and
+    `one_block(a)` (Dask computes and joins what it builds lazily), `tunes_threads` (the
+    CPU's thread policy) and `keeps_data_sets` (whether a data set is moved there whole).
 
 Layer code never imports NumPy or CuPy: it asks `namespace_of(*arrays)` for `xp`, and the
 operations the Array API standard lacks (random numbers, raw kernels) come from here.
@@ -504,11 +508,18 @@ def _plugin(library: str):
     return importlib.import_module(PLUGINS[library][0])
 
 
+_PLUGIN_OF_TYPE: dict = {}      # array type -> the plug-in that claimed one, asked first
+
+
 def _plugin_of(x):
     """The plug-in module whose library made array `x`, or None. A library that was never
     imported made no array: only the plug-ins of imported libraries are asked."""
+    plugin = _PLUGIN_OF_TYPE.get(type(x))
+    if plugin is not None and plugin.array_device(x) is not None:
+        return plugin
     for library, (_, package, _) in PLUGINS.items():
         if package in sys.modules and _plugin(library).array_device(x) is not None:
+            _PLUGIN_OF_TYPE[type(x)] = _plugin(library)
             return _plugin(library)
     return None
 
@@ -554,7 +565,7 @@ def parse_device(device) -> tuple:
         return "cuda", device.index
     if isinstance(device, CpuBackend):
         return "cpu", 0
-    if isinstance(device, Backend):
+    if isinstance(device, Backend) and device.label.split(":")[0] in PLUGINS:
         return device.label.split(":")[0], device.label
     text = str(device).strip().lower()
     if text in ("cpu", "numpy", "numpy:cpu"):
