@@ -544,10 +544,14 @@ def _installed() -> str:
 
 def accepted_devices() -> str:
     """Every device string accepted, for messages and --help."""
-    plugins = "; ".join(_plugin(library).DEVICES if _importable(package) else
-                        f"{library} (not installed: {install})"
-                        for library, (_, package, install) in PLUGINS.items())
-    return f"cpu (or numpy); {_CUDA_DEVICES}; {plugins}"
+    plugins = []
+    for library, (_, package, install) in PLUGINS.items():
+        try:
+            devices = _plugin(library).DEVICES      # the plug-in module never imports its library
+        except ImportError:
+            devices = library
+        plugins.append(devices if _importable(package) else f"{devices} [not installed: {install}]")
+    return f"cpu (or numpy); {_CUDA_DEVICES}; {'; '.join(plugins)}"
 
 
 def _importable(package: str) -> bool:
