@@ -46,7 +46,7 @@ def native_type(device):
 
 @pytest.mark.parametrize("text,canonical", [
     ("cpu", "cpu"), ("numpy", "cpu"), ("NumPy", "cpu"), ("cuda", "cuda:0"), ("gpu", "cuda:0"),
-    ("cuda:2", "cuda:2"), ("torch", "torch:cpu"), ("torch:cpu", "torch:cpu"),
+    ("cuda:2", "cuda:2"), ("cupy", "cuda:0"), ("cupy:1", "cuda:1"), ("torch", "torch:cpu"), ("torch:cpu", "torch:cpu"),
     ("torch:cuda", "torch:cuda:0"), ("torch:cuda:1", "torch:cuda:1"), ("torch:mps", "torch:mps"),
     ("jax", "jax:cpu"), ("jax:cpu", "jax:cpu"), ("jax:gpu", "jax:gpu:0"), ("dask", "dask"),
     ("array_api_strict", "array_api_strict"), ("array-api-strict:device1", "array_api_strict:device1")])

@@ -499,7 +499,7 @@ PLUGINS = {
     "dask": ("xpnn.backends.dask", "dask", "pip install 'dask[array]'"),
     "array_api_strict": ("xpnn.backends.strict", "array_api_strict", "pip install array-api-strict"),
 }
-_CUDA_DEVICES = "cuda, cuda:N (CuPy)"
+_CUDA_DEVICES = "cuda, cuda:N (CuPy; also cupy, cupy:N)"
 
 
 def _plugin(library: str):
@@ -574,10 +574,11 @@ def parse_device(device) -> tuple:
     text = str(device).strip().lower()
     if text in ("cpu", "numpy", "numpy:cpu"):
         return "cpu", 0
-    if text == "cuda" or text == "gpu":
+    if text in ("cuda", "gpu", "cupy"):
         return "cuda", 0
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return "cuda", int(text[5:])
+    for prefix in ("cuda:", "cupy:"):
+        if text.startswith(prefix) and text[5:].isdigit():
+            return "cuda", int(text[5:])
     library = text.split(":")[0].replace("-", "_")
     if library in PLUGINS:
         _, package, install = PLUGINS[library]
