@@ -6,7 +6,7 @@
 (One thread each: on a shared machine PyTorch's OpenMP threads, left to their default, spun
 against the other programs and took 5-10x longer.)
 
-Each step is forward, backward and an SGD update through the Solver's own step (for Dask that
+Each step is forward, backward and an SGD update, as the Solver runs them (for Dask that
 includes persisting the step's results: without it each step would cost more than the last),
 float32, from the same parameters and batch on every library. Rounds are interleaved (one step
 of each library per round, after a warm-up round), and each library's median is reported with
@@ -24,21 +24,26 @@ import time
 
 import numpy as np
 
-from xpnn import Solver
 from xpnn.backend import get_backend
 from xpnn.models import mnist_cnn
+from xpnn.optim import sgd
 
 
-def solver_for(device, batch, rng_seed=0):
-    rng = np.random.default_rng(rng_seed)
-    n = batch * 4
-    data = {"X_train": rng.standard_normal((n, 1, 28, 28)).astype(np.float32),
-            "y_train": rng.integers(0, 10, n),
-            "X_val": rng.standard_normal((batch, 1, 28, 28)).astype(np.float32),
-            "y_val": rng.integers(0, 10, batch)}
+def setup(device, batch, seed=0):
+    """The model on `device` and one batch there."""
+    rng = np.random.default_rng(seed)
     model = mnist_cnn(seed=0, device=device)
-    return Solver(model, data, update_rule="sgd", optim_config={"learning_rate": 1e-3},
-                  batch_size=batch, verbose=False, seed=0, threads=1)
+    X = model.backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32))
+    y = model.backend.to_device(rng.integers(0, 10, batch))
+    return model, X, y
+
+
+def step(model, X, y, lr=1e-3):
+    """Forward, backward and an SGD update, as the Solver runs them (Dask: persisted)."""
+    _, grads = model.loss(X, y)
+    with model.backend:
+        model.params = model.backend.materialize(
+            {k: sgd(w, grads[k], {"learning_rate": lr})[0] for k, w in model.params.items()})
 
 
 def main(argv=None):
@@ -47,21 +52,19 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--devices", default="cpu,torch,jax,dask,array_api_strict")
     args = parser.parse_args(argv)
-    solvers = {}
+    runs = {}
     for device in args.devices.split(","):
         try:
-            solvers[device] = solver_for(device, args.batch)
+            runs[device] = setup(device, args.batch)
         except ValueError as e:
             print(f"# {device}: left out ({str(e).split(';')[0]})", file=sys.stderr)
-    idx = np.arange(args.batch)
-    times = {device: [] for device in solvers}
+    times = {device: [] for device in runs}
     for round_ in range(args.rounds + 1):          # round 0 warms up (JAX compiles, caches)
-        for device, solver in solvers.items():
-            backend = solver.backend
-            backend.synchronize()
+        for device, (model, X, y) in runs.items():
+            model.backend.synchronize()
             start = time.perf_counter()
-            solver._step(idx)
-            backend.synchronize()
+            step(model, X, y)
+            model.backend.synchronize()
             if round_:
                 times[device].append(time.perf_counter() - start)
     base = statistics.median(times["cpu"]) if "cpu" in times else None
