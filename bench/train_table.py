@@ -51,7 +51,9 @@ def train(args, threads, busy, out):
     if threads:
         command += ["--threads", str(threads)]
     with one_core_busy(busy):
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     accuracy, seconds = LINE.search(done.stdout).groups()
     epochs = [float(s) for s in re.findall(r"^\(Epoch \d+ / \d+\).* ([\d.]+) s$", done.stdout, re.M)]
     with np.load(os.path.join(out, "model.npz")) as f:
