@@ -89,7 +89,7 @@ def main():
                 times, slowest, accuracies, same = {False: [], True: []}, [], set(), True
                 for busy in (False, True):
                     for run in range(runs):
-                        out = os.path.join(scratch, f"{len(times[busy])}-{busy}-{threads}")
+                        out = os.path.join(scratch, f"{len(os.listdir(scratch))}")
                         accuracy, seconds, epochs, weights = train(args, threads, busy, out)
                         times[busy].append(seconds)
                         accuracies.add(accuracy)

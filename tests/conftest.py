@@ -141,5 +141,5 @@ def cpu():
     before = backend.threads
     yield backend
     backend.threads = before
-    for setting in ("SHARD_SAMPLES", "MAX_SHARDS"):      # a test's own shard sizes, if it set one
+    for setting in ("SHARD_SAMPLES", "SHARD_WORK", "MAX_SHARDS"):      # a test's own shard sizes, if it set one
         backend.__dict__.pop(setting, None)

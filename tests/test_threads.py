@@ -197,6 +197,7 @@ def test_training_gives_the_same_weights_on_any_thread_count(cpu, kind, monkeypa
             return mnist_cnn(input_shape=(1, 8, 8), seed=0, reg=1e-3)
         return FullyConnectedNet([32, 16], input_dim=64, normalization="batchnorm",
                                  dropout_keep_ratio=0.8, seed=0)
+    cpu.SHARD_WORK = 1                 # batches of 100 in four shards: work for 3 threads
     runs = {f"{n} threads": trained(model(), data, n).model for n in (1, 2)}
     monkeypatch.setattr("xpnn.threads.available_cores", lambda: 3)     # as on a 3-core machine
     with monkeypatch.context() as patched:     # measured, the count changing every few steps
@@ -220,13 +221,19 @@ def test_training_gives_the_same_weights_on_any_thread_count(cpu, kind, monkeypa
             np.testing.assert_array_equal(other.predict_proba(X), first.predict_proba(X), err_msg=how)
 
 
-def test_a_batch_is_cut_by_its_size_alone(cpu):
-    from xpnn.models import mnist_cnn
-    model = mnist_cnn(input_shape=(1, 8, 8), seed=0)
+def test_a_batch_is_cut_by_the_problem_alone(cpu):
+    """Two shards of 25+ samples; more (to 4) only where each keeps 50M multiply-adds: the
+    MNIST CNN (182k a sample) gets two up to 800 images, the CIFAR net (5.6M) four from 100."""
+    from xpnn.models import ThreeLayerConvNet, mnist_cnn
+    light, heavy = mnist_cnn(seed=0), ThreeLayerConvNet(seed=0)
+    assert light.multiply_adds == 8 * 9 * 28 * 28 + 8 * 72 * 14 * 14 + 392 * 32 + 32 * 10
+    assert heavy.multiply_adds == 32 * 3 * 49 * 32 * 32 + 8192 * 100 + 100 * 10
     for threads in (1, 2, 7):
         cpu.threads = threads
-        cuts = {N: [s.stop - s.start for s in model._shards(N, True)] for N in (10, 50, 100, 128, 1000)}
-        assert cuts == {10: [10], 50: [25, 25], 100: [25] * 4, 128: [32] * 4, 1000: [250] * 4}
+        for model, expected in [(light, {10: [10], 50: [25] * 2, 100: [50] * 2, 1000: [333, 333, 334]}),
+                                (heavy, {10: [10], 50: [25] * 2, 100: [25] * 4, 128: [32] * 4})]:
+            cuts = {N: [s.stop - s.start for s in model._shards(N, True)] for N in expected}
+            assert cuts == expected
 
 
 def test_a_step_split_over_runners_matches_the_whole_batch(cpu):
@@ -238,7 +245,7 @@ def test_a_step_split_over_runners_matches_the_whole_batch(cpu):
     X, y = rng.standard_normal((100, 1, 8, 8)), rng.integers(0, 10, 100)
     cpu.MAX_SHARDS = 1
     whole_loss, whole_grads = model.loss(X, y)
-    cpu.MAX_SHARDS = 4
+    cpu.MAX_SHARDS, cpu.SHARD_WORK = 4, 1          # four shards of this small model's batch
     results = {}
     for runners in (1, 2, 3, 4):
         cpu.threads = runners

@@ -42,7 +42,7 @@ def live_workers(model):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_process_shards_give_the_numbers_of_thread_shards(cpu, monkeypatch, dtype):
     X, y = data(N=20)
-    cpu.threads, cpu.SHARD_SAMPLES = 3, 5            # 4 shards on 3 runners: the parent runs 2
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 3, 5, 1   # 4 shards on 3 runners: the parent runs 2
     results = {}
     for how in ["threads", "processes"]:
         if how == "threads":
@@ -88,7 +88,7 @@ def guarded_model(layer):
 
 
 def test_an_error_in_a_worker_reaches_the_caller_and_the_next_step_works(cpu):
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = guarded_model(_Guard())
     X, y = data(big_rows=[9])                          # in the second shard only
     with pytest.raises(ValueError, match="a value over 100 in this shard"):
@@ -99,7 +99,7 @@ def test_an_error_in_a_worker_reaches_the_caller_and_the_next_step_works(cpu):
 
 
 def test_workers_follow_the_callers_floating_point_error_settings(cpu):
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = guarded_model(_Exp())
     X, y = data(big_rows=[9])                          # exp(1000) overflows, in the second shard
     with np.errstate(over="raise"):
@@ -111,7 +111,7 @@ def test_workers_follow_the_callers_floating_point_error_settings(cpu):
 
 
 def test_a_worker_that_dies_is_named_and_replaced(cpu):
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = mnist_model()
     X, y = data()
     expected = model.loss(X, y)[0]
@@ -127,7 +127,7 @@ def test_workers_leave_stop_signals_to_the_parent_and_end_with_their_model(cpu, 
     wait = workers._wait
     # (Earlier tests' models may be freed meanwhile, their workers stopping: kept by pid.)
     monkeypatch.setattr(workers, "_wait", lambda pid, seconds: endings.append((pid, wait(pid, seconds))) or endings[-1][1])
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = mnist_model()
     X, y = data()
     model.loss(X, y)
@@ -142,7 +142,7 @@ def test_workers_leave_stop_signals_to_the_parent_and_end_with_their_model(cpu, 
 
 
 def test_one_pool_serves_training_and_larger_test_batches(cpu):
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = mnist_model()
     X, y = data(N=20)
     model.loss(X[:10])                                 # test mode (the thread policy's probe)...
@@ -163,7 +163,7 @@ def test_one_pool_serves_training_and_larger_test_batches(cpu):
 
 def test_a_worker_follows_changes_to_its_model(cpu, monkeypatch):
     """A worker's model is the copy forked with it: a changed loss or layer gets new workers."""
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = mnist_model()
     X, y = data()
     model.loss(X, y)
@@ -176,7 +176,7 @@ def test_a_worker_follows_changes_to_its_model(cpu, monkeypatch):
 
 def test_warnings_in_a_worker_reach_the_caller(cpu):
     import warnings
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = guarded_model(_Exp())
     X, _ = data(big_rows=[9])
     with np.errstate(over="warn", invalid="ignore"), warnings.catch_warnings(record=True) as caught:
@@ -198,7 +198,7 @@ class _RaiseUnpicklable(_Guard):
 
 
 def test_a_worker_error_that_cannot_be_pickled_is_named_with_its_traceback(cpu):
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = guarded_model(_RaiseUnpicklable())
     X, y = data(big_rows=[9])
     with pytest.raises(RuntimeError, match=r"_Unpicklable: cannot travel \(5 rows\)") as raised:
@@ -208,7 +208,7 @@ def test_a_worker_error_that_cannot_be_pickled_is_named_with_its_traceback(cpu):
 
 def test_two_threads_stepping_one_model_get_their_own_results(cpu):
     from concurrent.futures import ThreadPoolExecutor
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = mnist_model()
     rng = np.random.default_rng(1)
     batches = [(rng.standard_normal((10, 1, 8, 8)), rng.integers(0, 10, 10)) for _ in range(16)]
@@ -220,7 +220,7 @@ def test_two_threads_stepping_one_model_get_their_own_results(cpu):
 
 def test_models_with_batch_state_never_fork(cpu):
     from xpnn.models import FullyConnectedNet
-    cpu.threads, cpu.SHARD_SAMPLES = 2, 5            # batches of 10: two shards
+    cpu.threads, cpu.SHARD_SAMPLES, cpu.SHARD_WORK = 2, 5, 1   # batches of 10: two shards
     model = FullyConnectedNet([16], input_dim=64, normalization="batchnorm", seed=0)
     X, y = np.random.default_rng(0).standard_normal((10, 64)), np.arange(10)
     model.loss(X, y)

@@ -161,10 +161,10 @@ class Backend:
     # it changes only the speed, never a number. A GPU parallelises each kernel itself: 1.
     threads = 1
 
-    def shards(self, N: int) -> int:
-        """How many shards a batch of N samples is computed in: fixed by N alone, so that the
-        sums over the batch are made in the same order on any number of threads. One here:
-        a GPU runs the whole batch in each kernel."""
+    def shards(self, N: int, multiply_adds: int = 0) -> int:
+        """How many shards a batch of N samples (of `multiply_adds` each, forward) is computed
+        in: fixed by the problem alone, so that the sums over the batch are made in the same
+        order on any number of threads. One here: a GPU runs the whole batch in each kernel."""
         return 1
 
     # The accelerated ops, by the names in ACCELERATED_OPS; empty means "the portable code".
@@ -275,15 +275,19 @@ class CpuBackend(Backend):
         self.small_product_size = CpuBackend.small_product_size if blas_has_small_kernels() else 0
         keep_freed_memory_for_reuse()       # a step's multi-MB intermediates, without page faults
 
-    # A batch is computed in shards of at least SHARD_SAMPLES samples, at most MAX_SHARDS of
-    # them: the shards run on as many cores as the thread policy gives (workers.map_shards),
-    # one BLAS thread each, and are summed in order. (Two shards of the MNIST CNN's 50-image
-    # batch gained 0.69x on two cores; CIFAR's N=128 batch ran faster as four even on one.)
+    # A batch is computed in shards that run on as many cores as the thread policy gives
+    # (workers.map_shards), one BLAS thread each, summed in order: two shards of at least
+    # SHARD_SAMPLES samples, and more (to MAX_SHARDS) only where each keeps SHARD_WORK
+    # multiply-adds, since a shard costs ~0.4 ms of Python and NumPy calls whatever its size:
+    # the MNIST CNN's 100-image batch ran 12-15% slower as 4 shards than as 1 or 2, CIFAR's
+    # 128-image batch (720M multiply-adds) as fast as 4 as 1 on one core.
     SHARD_SAMPLES = 25
+    SHARD_WORK = 50_000_000
     MAX_SHARDS = 4
 
-    def shards(self, N: int) -> int:
-        return max(1, min(self.MAX_SHARDS, N // self.SHARD_SAMPLES))
+    def shards(self, N: int, multiply_adds: int = 0) -> int:
+        by_work = max(2, N * multiply_adds // self.SHARD_WORK)
+        return max(1, min(self.MAX_SHARDS, N // self.SHARD_SAMPLES, by_work))
 
     def to_device(self, x, dtype=None):
         out = np.asarray(x)

@@ -48,6 +48,9 @@ class Layer:
     # statistics, dropout's random stream): a model with such a layer never splits its
     # training steps over threads (see Sequential.device_loss).
     mixes_samples = False
+    # Multiply-adds of one sample's forward pass (set by build where they count: Affine,
+    # Conv); the CPU backend cuts batches into shards by them (CpuBackend.shards).
+    _multiply_adds = 0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -97,6 +100,7 @@ class Affine(Layer):
     def build(self, in_shape, k):
         self._in = math.prod(in_shape)
         self._W, self._b = f"W{k}", f"b{k}"
+        self._multiply_adds = self._in * self.out_features
         return (self.out_features,)
 
     def init_params(self, rng, dtype, init, weight_scale):
@@ -126,6 +130,7 @@ class Conv(Layer):
         HO, WO = ops.conv_output_size(H, W, *self.size, self.stride, self.pad)
         self._C, self._W, self._b = C, f"W{k}", f"b{k}"
         self._param = {"stride": self.stride, "pad": self.pad}
+        self._multiply_adds = self.filters * C * math.prod(self.size) * HO * WO
         return (self.filters, HO, WO)
 
     def init_params(self, rng, dtype, init, weight_scale):
@@ -617,6 +622,7 @@ class Sequential(Model):
                 self.params.update(layer_params)
                 self._built.append((layer, shape, list(layer_params)))
         self.output_shape = shape
+        self.multiply_adds = sum(layer._multiply_adds for layer in self.layers)   # per sample
 
     def _check_input(self, X):
         X = self._checked_input(X)
@@ -632,11 +638,12 @@ class Sequential(Model):
         return not any(layer.mixes_samples for layer in self.layers)
 
     def _shards(self, N: int, train: bool) -> list[slice]:
-        """The batch's shards, fixed by the batch size alone (`backend.shards(N)`), never by the
-        thread count: each runs the whole net on its slice and the model sums their losses and
-        gradients in shard order, so a step gives the same numbers on any number of threads.
-        A training batch whose layers tie its samples together (batchnorm, dropout) stays whole."""
-        count = self.backend.shards(N) if self.splits_steps or not train else 1
+        """The batch's shards, fixed by the problem alone (`backend.shards`: the batch size and
+        the model's multiply-adds), never by the thread count: each runs the whole net on its
+        slice and the model sums their losses and gradients in shard order, so a step gives the
+        same numbers on any number of threads. A training batch whose layers tie its samples
+        together (batchnorm, dropout) stays whole."""
+        count = self.backend.shards(N, self.multiply_adds) if self.splits_steps or not train else 1
         bounds = [N * i // count for i in range(count + 1)]
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 

@@ -139,7 +139,8 @@ class Solver:
         # More threads than a batch has shards run nothing: the policy times only counts that may.
         self.thread_policy = (ThreadPolicy(self.threads, backend=cpu, split_batches=cpu is not None
                                            and getattr(model, "splits_steps", False),
-                                           max_runners=cpu.shards(self.batch_size) if cpu else None)
+                                           max_runners=cpu.shards(self.batch_size, getattr(model, "multiply_adds", 0))
+                                           if cpu else None)
                               if self.threads or measure else None)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
