@@ -104,6 +104,20 @@ def test_a_slowdown_changes_the_count_within_a_bounded_number_of_steps():
     assert steps <= bound and policy.checks == {"start": 1, "slowdown": 1, "periodic": 1}
 
 
+def test_a_count_that_won_a_fooled_check_is_dropped_when_it_runs_slower():
+    """Two shards looked faster in the check (a busy program gave them its time for a moment),
+    then ran slower than one thread had: the next window brings a new check."""
+    machine = Machine({1: 0.010, 2: 0.005})
+    policy = policy_on(machine)
+    machine.steps(check_length(policy))
+    assert policy.threads == 2
+    machine.seconds_for = {1: 0.010, 2: 0.013}      # 1.3x one thread's check, 2.6x its own
+    steps, bound = steps_until(machine, 1)
+    assert steps <= bound and sum(policy.checks.values()) == 2
+    machine.steps(2000)                             # and it stays (periodic checks agree)
+    assert policy.threads == 1 and machine.threads_seen[-1000:].count(2) < 50
+
+
 def test_the_checks_cost_is_measured_and_small_on_a_long_run():
     machine = Machine({1: 0.010, 2: 0.020})               # two threads twice as slow
     policy = policy_on(machine)

@@ -22,7 +22,8 @@ same numbers on any count, so nothing is spent on steps that are thrown away):
   2. keep the current count (1 at the start) unless another is clearly faster (MARGIN): on
      an idle machine two close counts do not take turns;
   3. check again when a window of steps runs clearly slower (SLOW) than the chosen count did
-     in its check (the machine's load changed), and every RECHECK steps (the load may have
+     in its check (the machine's load changed) or so slow that another count would now win
+     (the check was fooled by a moment's load), and every RECHECK steps (the load may have
      gone), an interval that doubles each time a check keeps the count; no check while the
      checks so far cost over BUDGET (2%) of the steps' time, so even a noisy machine cannot
      make them take over a run; the policy reports what they cost.
@@ -240,7 +241,14 @@ class ThreadPolicy:
         # No new check while the checks so far cost more than their budget of the steps' time.
         affordable = self.check_seconds <= self.BUDGET * self.total_seconds
         if len(self._window) == self.WINDOW:
-            slow = statistics.median(self._window) > self.SLOW * self.step_ms[self.threads] / 1e3
+            # A window clearly slower than the count's own check (the load changed)...
+            others = [ms for n, ms in self.step_ms.items() if n != self.threads]
+            # ...or so slow that another count, as it ran in the check, would now win it: the
+            # check was fooled (two processes' short turn can take time from a busy program
+            # that a long run gives back: with a core busy, 2 shards won checks, then ran 1.3x
+            # slower than one thread).
+            limit = min([self.SLOW * self.step_ms[self.threads]] + [ms / self.MARGIN for ms in others])
+            slow = statistics.median(self._window) > limit / 1e3
             self._window = []
             if slow and affordable:
                 self.check("slowdown")
