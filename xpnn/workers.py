@@ -256,12 +256,14 @@ def _fork(work, close_in_child) -> int:
     """Fork a worker that runs `work()` and exits; returns its pid."""
     # The stop signals are blocked while forking, so that none reaches the worker before it
     # ignores them. (Python >= 3.12 warns that forking a multi-threaded process may deadlock
-    # the child: the threads here are tqdm's monitor and our own, and the child takes none of
-    # their locks.)
+    # the child, and so does JAX once imported: the threads here are tqdm's monitor, our own
+    # and those of other libraries the process loaded, and the child, which runs only the
+    # NumPy model, takes none of their locks.)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
             pid = os.fork()
         if pid == 0:                                 # the worker
             try:
