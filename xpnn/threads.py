@@ -162,7 +162,7 @@ class ThreadPolicy:
         self._clock, self._backend = clock, backend
         self._original = None
         self._turns: list[int] = []          # a check under way: the counts still to take a turn
-        self._trial: list[float] = []        # this turn's step times (the first one untimed)
+        self._trial: list[float] = []        # this turn's step times (the first WARMUP untimed)
         self._times: dict[int, list[float]] = {}
         self._check_times: list[float] = []  # every step time of the check under way
         self._window: list[float] = []
