@@ -81,7 +81,7 @@ def average(args):
     Solver(model, data, comm=comm, **SETTINGS)       # prepare: rank 0's weights everywhere
     # Rank r's running means: (r + 1) * [0, 1, 2, ...]; the average is (K + 1) / 2 times that.
     sizes = {k[len("gamma"):]: v.shape[0] for k, v in model.params.items() if k.startswith("gamma")}
-    model._set_buffers({f"running_mean{k}": (comm.rank + 1.0) * np.arange(n) for k, n in sizes.items()})
+    model.set_buffers({f"running_mean{k}": (comm.rank + 1.0) * np.arange(n) for k, n in sizes.items()})
     comm.average_buffers(model)
     atomic_savez(Path(args.out) / f"rank{comm.rank}.npz",
                  {k: np.asarray(v) for k, v in model.buffers().items()})

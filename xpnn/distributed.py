@@ -281,7 +281,7 @@ class Communicator:
         model.params = {k: backend.to_device(v) for k, v in params.items()}
         if isinstance(model, Model):
             buffers = self.bcast({k: to_numpy(v) for k, v in model.buffers().items()}, "the buffer broadcast")
-            model._set_buffers({k: backend.to_device(v) for k, v in buffers.items()})
+            model.set_buffers({k: backend.to_device(v) for k, v in buffers.items()})
 
     def _own_dropout_stream(self, model, backend) -> None:
         """Unseeded dropout takes its masks from the model's generator, the same stream on every
@@ -334,7 +334,7 @@ class Communicator:
         for n, h in zip(names, host):
             averaged[n] = model.backend.to_device(flat[offset:offset + h.size].reshape(h.shape).astype(h.dtype))
             offset += h.size
-        model._set_buffers(averaged)
+        model.set_buffers(averaged)
 
     def check_in_step(self, what: str) -> None:
         """Refuse to go on unless every rank has made as many gradient all-reduces as this one:

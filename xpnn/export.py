@@ -58,16 +58,16 @@ def to_torch(model, preprocessing=False):
     shape = tuple(model.input_shape)
     if len(shape) == 1:
         modules.append(nn.Flatten())        # like xpnn, a flat net also takes images
-    buffers = model.buffers()
-    for layer, out_shape, _ in model._built:
-        modules.extend(_convert(torch, layer, shape, params, buffers, dtype))
+    for layer, out_shape, names in model.built_layers:
+        modules.extend(_convert(torch, layer, shape, [params[n] for n in names], dtype))
         shape = tuple(out_shape)
     module = nn.Sequential(*modules).to(dtype)
     return module.eval()
 
 
-def _convert(torch, layer, in_shape, params, buffers, dtype):
-    """The PyTorch modules equal to one built xpnn layer that takes in_shape inputs."""
+def _convert(torch, layer, in_shape, weights, dtype):
+    """The PyTorch modules equal to one built xpnn layer that takes in_shape inputs, with
+    its parameters `weights` (W, b or gamma, beta: the order the layer made them in)."""
     nn = torch.nn
 
     def set_(module, **values):
@@ -78,36 +78,36 @@ def _convert(torch, layer, in_shape, params, buffers, dtype):
         return module
 
     if isinstance(layer, Affine):
-        W, b = params[layer._W], params[layer._b]
+        W, b = weights
         linear = set_(nn.Linear(W.shape[0], W.shape[1]), weight=to_numpy(W).T, bias=b)
         return ([nn.Flatten()] if len(in_shape) > 1 else []) + [linear]
     if isinstance(layer, Conv):
-        W = params[layer._W]
+        W, b = weights
         conv = nn.Conv2d(W.shape[1], W.shape[0], tuple(W.shape[2:]), stride=layer.stride,
                          padding=layer.pad)
-        return [set_(conv, weight=W, bias=params[layer._b])]
+        return [set_(conv, weight=W, bias=b)]
     if isinstance(layer, AvgPool):       # before MaxPool: AvgPool is a subclass of it
         return [nn.AvgPool2d(layer.size, layer.stride)]
     if isinstance(layer, MaxPool):
         return [nn.MaxPool2d(layer.size, layer.stride)]
     if isinstance(layer, BatchNorm):
-        D = layer._D
-        kind = nn.BatchNorm2d if layer._spatial else nn.BatchNorm1d
+        gamma, beta = weights
+        D = gamma.shape[0]
+        kind = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
         bn = kind(D, eps=layer.eps, momentum=1 - layer.momentum)
-        k = layer._k
-        mean = buffers.get(f"running_mean{k}")
-        var = buffers.get(f"running_var{k}")
+        mean = layer.bn_param.get("running_mean")
+        var = layer.bn_param.get("running_var")
         zeros = [0.0] * D        # xpnn's running averages start as zeros (CS231n)
-        return [set_(bn, weight=params[layer._gamma], bias=params[layer._beta],
+        return [set_(bn, weight=gamma, bias=beta,
                      running_mean=zeros if mean is None else mean,
                      running_var=zeros if var is None else var)]
     if isinstance(layer, LayerNorm):
-        return [set_(nn.LayerNorm(layer._D, eps=layer.eps), weight=params[layer._gamma],
-                     bias=params[layer._beta])]
+        gamma, beta = weights
+        return [set_(nn.LayerNorm(gamma.shape[0], eps=layer.eps), weight=gamma, bias=beta)]
     if isinstance(layer, GroupNorm):
-        gn = nn.GroupNorm(layer.num_groups, layer._D, eps=layer.eps)
-        return [set_(gn, weight=to_numpy(params[layer._gamma]).reshape(-1),
-                     bias=to_numpy(params[layer._beta]).reshape(-1))]
+        gamma, beta = (to_numpy(w).reshape(-1) for w in weights)
+        gn = nn.GroupNorm(layer.num_groups, gamma.shape[0], eps=layer.eps)
+        return [set_(gn, weight=gamma, bias=beta)]
     if isinstance(layer, Dropout):
         return [nn.Dropout(1 - layer.keep)]
     if isinstance(layer, LeakyReLU):

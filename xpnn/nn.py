@@ -48,9 +48,6 @@ class Layer:
     # statistics, dropout's random stream): a model with such a layer never splits its
     # training steps over threads (see Sequential.device_loss).
     mixes_samples = False
-    # Multiply-adds of one sample's forward pass (set by build where they count: Affine,
-    # Conv); the CPU backend cuts batches into shards by them (CpuBackend.shards).
-    _multiply_adds = 0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -59,6 +56,11 @@ class Layer:
 
     def build(self, in_shape: tuple, k: int) -> tuple:
         return in_shape
+
+    def multiply_adds(self) -> int:
+        """Multiply-adds of one sample's forward pass, once built (those that count: Affine's
+        and Conv's products); the CPU backend cuts batches into shards by them."""
+        return 0
 
     def init_params(self, rng, dtype, init, weight_scale) -> dict:
         return {}
@@ -100,8 +102,10 @@ class Affine(Layer):
     def build(self, in_shape, k):
         self._in = math.prod(in_shape)
         self._W, self._b = f"W{k}", f"b{k}"
-        self._multiply_adds = self._in * self.out_features
         return (self.out_features,)
+
+    def multiply_adds(self):
+        return self._in * self.out_features
 
     def init_params(self, rng, dtype, init, weight_scale):
         D, M = self._in, self.out_features
@@ -130,8 +134,11 @@ class Conv(Layer):
         HO, WO = ops.conv_output_size(H, W, *self.size, self.stride, self.pad)
         self._C, self._W, self._b = C, f"W{k}", f"b{k}"
         self._param = {"stride": self.stride, "pad": self.pad}
-        self._multiply_adds = self.filters * C * math.prod(self.size) * HO * WO
+        self._out_hw = (HO, WO)
         return (self.filters, HO, WO)
+
+    def multiply_adds(self):
+        return self.filters * self._C * math.prod(self.size) * math.prod(self._out_hw)
 
     def init_params(self, rng, dtype, init, weight_scale):
         F, (kh, kw) = self.filters, self.size
@@ -387,7 +394,7 @@ class Model:
         target = get_backend(device)
         if target is not self.backend:
             self.params = {k: target.to_device(to_numpy(v)) for k, v in self.params.items()}
-            self._set_buffers({k: target.to_device(to_numpy(v)) for k, v in self.buffers().items()})
+            self.set_buffers({k: target.to_device(to_numpy(v)) for k, v in self.buffers().items()})
             for layer in getattr(self, "layers", ()):
                 if getattr(layer, "rng", None) is not None:    # dropout masks: made there now
                     layer.rng = target.generator(draw_seed())
@@ -400,8 +407,8 @@ class Model:
         """Non-trainable state saved with the model (batchnorm running averages)."""
         return {}
 
-    def _set_buffers(self, buffers: dict) -> None:
-        pass
+    def set_buffers(self, buffers: dict) -> None:
+        """Replace buffers by name (those `buffers()` gives; others are ignored)."""
 
     def state_arrays(self) -> dict:
         """Host copies of params and buffers, keyed as in a checkpoint."""
@@ -416,7 +423,7 @@ class Model:
         """Set params (and buffers, preprocessing) from host arrays, after checking names,
         shapes and dtypes."""
         self.params = checked_params(self, arrays, self.backend, source)
-        self._set_buffers({k[7:]: self.backend.to_device(v) for k, v in arrays.items()
+        self.set_buffers({k[7:]: self.backend.to_device(v) for k, v in arrays.items()
                            if k.startswith("buffer/")})
         # "data/mean_image": where `xpnn train` kept the mean image before models carried it.
         mean = arrays.get("preprocess/mean", arrays.get("data/mean_image"))
@@ -622,7 +629,7 @@ class Sequential(Model):
                 self.params.update(layer_params)
                 self._built.append((layer, shape, list(layer_params)))
         self.output_shape = shape
-        self.multiply_adds = sum(layer._multiply_adds for layer in self.layers)   # per sample
+        self.multiply_adds = sum(layer.multiply_adds() for layer in self.layers)   # per sample
 
     def _check_input(self, X):
         X = self._checked_input(X)
@@ -654,7 +661,9 @@ class Sequential(Model):
             outs = map_shards(self, X, None, self._shards(X.shape[0], False), self.backend.threads)
             return outs[0] if len(outs) == 1 else namespace_of(X).concat(outs, axis=0)
 
-    def _test_forward(self, out):
+    def forward(self, out):
+        """Test-mode class scores of an input batch already checked and on the model's device
+        (`scores` checks, moves and shards; one shard of it runs this)."""
         for layer in self.layers:
             out, _ = layer.forward(out, self.params, False)
         return out
@@ -668,7 +677,7 @@ class Sequential(Model):
             # running averages share the forward pass); other libraries have computed it.
             loss, grads, label_range, buffers = self.backend.materialize(
                 (loss, grads, label_range, self.buffers()))
-            self._set_buffers(buffers)
+            self.set_buffers(buffers)
             # The step's only device->host transfer: the loss (with the label-range check).
             return L.host_loss(loss, label_range, self.output_shape[-1]), grads
 
@@ -697,9 +706,9 @@ class Sequential(Model):
                     grads[name] = grads[name] + self.reg * w
         return loss, grads, label_range
 
-    def _data_loss(self, batch):
-        """The data loss of one (X, y) batch or shard, and its gradients: forward, loss, backward."""
-        out, y = batch
+    def forward_backward(self, out, y):
+        """The data loss of one batch or shard (X, checked and on the device, and y) and its
+        gradients: forward, loss, backward (`device_loss` shards, sums and regularises)."""
         caches = []
         for i, layer in enumerate(self.layers):
             # Nothing needs the gradient of the input data: the first layer may skip it.
@@ -712,13 +721,18 @@ class Sequential(Model):
             grads.update(layer_grads)
         return loss, grads, label_range
 
+    @property
+    def built_layers(self) -> list:
+        """[(layer, its output shape, the names of its parameters)], in order."""
+        return list(self._built)
+
     def buffers(self):
         out = {}
         for layer in self.layers:
             out.update(layer.buffers())
         return out
 
-    def _set_buffers(self, buffers):
+    def set_buffers(self, buffers):
         for layer in self.layers:
             layer.load_buffers(buffers)
 

@@ -54,12 +54,12 @@ _busy = threading.Lock()        # one step at a time uses the pools; another thr
 def map_shards(model, X, y, shards: list[slice], runners: int) -> list:
     """Run `model` on each shard of X (and y), `runners` at a time, in processes where it can,
     else on threads: shard k on runner k mod runners, each runner's shards in order. With y,
-    each shard's (loss, grads, label_range) from `model._data_loss`, the loss and gradients
+    each shard's (loss, grads, label_range) from `model.forward_backward`, the loss and gradients
     weighted by the shard's share of the batch (the model sums them); without, its test-mode
     scores. The list is in shard order, whoever ran each shard. Results from workers are views
     of their buffers, valid until the next call: the model combines them at once."""
     if len(shards) == 1:        # the whole batch as it came (labels that do not fit X included)
-        whole = (lambda: model._test_forward(X)) if y is None else (lambda: model._data_loss((X, y)))
+        whole = (lambda: model.forward(X)) if y is None else (lambda: model.forward_backward(X, y))
         if type(X) is not np.ndarray:           # another library's arrays: NumPy's BLAS untouched
             return [whole()]
         with one_blas_thread():
@@ -88,13 +88,13 @@ def _share(rows: slice, shards: list[slice]) -> float:
 
 
 def _shard(model, X, y, rows, share, out=None):
-    """One shard's result: with labels, `model._data_loss` (loss, grads, label_range) with the
+    """One shard's result: with labels, `model.forward_backward` (loss, grads, label_range) with the
     loss and gradients times `share` (each is a mean over the shard's own samples), the
     gradients written into the NumPy arrays `out` if given (a worker's buffers: no second
     copy); without labels, the test-mode scores."""
     if y is None:
-        return model._test_forward(X[rows, ...])
-    loss, grads, label_range = model._data_loss((X[rows, ...], y[rows, ...]))
+        return model.forward(X[rows, ...])
+    loss, grads, label_range = model.forward_backward(X[rows, ...], y[rows, ...])
     if out is None:
         grads = {name: share * g for name, g in grads.items()}
     else:
