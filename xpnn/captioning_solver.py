@@ -106,15 +106,6 @@ class CaptioningSolverTransformer(CaptioningSolver):
             raise ValueError(f"Unrecognized arguments {', '.join(map(repr, sorted(unknown)))}")
         self.idx_to_word = idx_to_word
         self.learning_rate = kwargs.pop("learning_rate", 0.001)
-        super().__init__(model, data, update_rule="adam",
-                         optim_config={"learning_rate": self.learning_rate}, **kwargs)
-
-    def train(self):
         # No learning-rate decay: the assignment's Adam keeps its rate.
-        per_epoch, num_iterations = self._iterations()
-        for t in range(num_iterations):
-            self._step()
-            if self.verbose and t % self.print_every == 0:
-                print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
-            if (t + 1) % per_epoch == 0:
-                self.epoch += 1
+        super().__init__(model, data, update_rule="adam", lr_decay=1.0,
+                         optim_config={"learning_rate": self.learning_rate}, **kwargs)
