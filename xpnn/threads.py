@@ -1,7 +1,7 @@
 """How many threads a CPU training step uses: measured on the model's own training steps.
 
-A model computes each batch in shards fixed by the batch size alone (`Sequential._shards`,
-`CpuBackend.shards`), each shard on one BLAS thread, and sums the shards' losses and
+A model computes each batch in shards fixed by the problem alone (`CpuBackend.shards`: the
+batch size and the model's multiply-adds), each shard on one BLAS thread, and sums the shards' losses and
 gradients in shard order: so the numbers never depend on how many threads run them, and the
 thread count is free to follow the machine's load. The shards run on `backend.threads`
 runners at once: forked worker processes where they can (`xpnn.workers`: Linux, a model whose

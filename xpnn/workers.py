@@ -1,6 +1,6 @@
 """Shard processes: forked copies of a model that run shards of its batches on other cores.
 
-A model splits a CPU batch into shards fixed by the batch alone (`Sequential._shards`), and
+A model splits a CPU batch into shards fixed by the problem alone (`CpuBackend.shards`), and
 runs them on its backend's `threads` runners at once: shard k on runner k mod threads. Each
 shard's loss and gradients come back separately and the model sums them in shard order, so
 the numbers are the same whether one runner takes every shard in turn or each has its own.
