@@ -32,9 +32,9 @@ with warnings.catch_warnings():
 from tqdm.auto import tqdm
 
 from . import optim
-from .backend import backend_of, draw_seed, namespace_of, to_numpy
-from .io import CheckpointError, atomic_savez, load_npz
-from .nn import Model, checked_params
+from .backend import backend_of, draw_seed, namespace_of
+from . import checkpoint
+from .nn import Model
 from .threads import ThreadPolicy
 
 # Library messages (each epoch's line, early stopping...): silent unless the program
@@ -447,66 +447,28 @@ class Solver:
 
     def save_checkpoint(self, path):
         """Everything needed to resume: params, buffers, optimizer state, best params, histories,
-        the random generator; written atomically (a crash never leaves half a file).
-        In a distributed run only rank 0 writes (every rank holds the same state)."""
+        the random generators, the callbacks' state; written atomically (a crash never leaves
+        half a file; see xpnn.checkpoint). In a distributed run only rank 0 writes (every rank
+        holds the same state)."""
         if self.comm is not None and not self.comm.is_writer:
             return Path(path)
-        if isinstance(self.model, Model):
-            arrays, meta = self.model.state_arrays(), self.model.describe()
-        else:   # a hand-written model: its params are its whole state
-            arrays = {f"param/{k}": to_numpy(v) for k, v in self.model.params.items()}
-            meta = {"model": type(self.model).__name__}
-        optim_meta = {}
-        for p, config in self.optim_configs.items():
-            optim_meta[p] = {}
-            for key, value in config.items():
-                if isinstance(value, (int, float, str, bool)) or value is None:
-                    optim_meta[p][key] = value
-                else:
-                    arrays[f"optim/{p}/{key}"] = to_numpy(value)
-        for p, value in self.best_params.items():
-            arrays[f"best/{p}"] = to_numpy(value)
-        meta["solver"] = {
+        state = {
             "epoch": self.epoch, "t": self.t, "num_epochs": self.num_epochs,
             "update_rule": self.update_rule_name if isinstance(self.update_rule_name, str) else None,
             "batch_size": self.batch_size, "lr_decay": self.lr_decay,
             "loss_history": [float(l) for l in self.loss_history],
             "train_acc_history": self.train_acc_history, "val_acc_history": self.val_acc_history,
-            "best_val_acc": self.best_val_acc, "optim_configs": optim_meta,
+            "best_val_acc": self.best_val_acc,
             "rng": self.rng.bit_generator.state,
             "augment_rng": self.augment_rng.bit_generator.state,
-            "callbacks": [{"type": type(cb).__name__,
-                           "state": _state_to_meta(cb.state_dict(), f"callback/{i}", arrays)
-                           if hasattr(cb, "state_dict") else None}
-                          for i, cb in enumerate(self.callbacks)],
         }
-        return atomic_savez(path, arrays, meta)
+        return checkpoint.save_training(path, self.model, state, self.optim_configs,
+                                        self.best_params, self.callbacks)
 
     def load_checkpoint(self, path):
         """Restore a checkpoint written by `save_checkpoint`; `train()` then continues from it."""
-        arrays, meta = load_npz(path)
-        state = meta.get("solver")
-        if state is None:
-            raise CheckpointError(f"{path} is a model file, not a training checkpoint (no solver state)")
-        if meta.get("model") != type(self.model).__name__:
-            raise CheckpointError(f"{path} holds a {meta.get('model')}, but this solver trains a "
-                                  f"{type(self.model).__name__}")
-        if isinstance(self.model, Model):
-            self.model.load_state(arrays, source=str(path))
-        else:
-            self.model.params = checked_params(self.model, arrays, self.backend, str(path))
-        to_dev = self.backend.to_device
-        configs = {}
-        for p in self.model.params:
-            if p not in state["optim_configs"]:
-                raise CheckpointError(f"{path} has no optimizer state for parameter {p}")
-            configs[p] = dict(state["optim_configs"][p])
-        for key, value in arrays.items():
-            if key.startswith("optim/"):
-                _, p, name = key.split("/", 2)
-                configs[p][name] = to_dev(value)
-        self.optim_configs = configs
-        self.best_params = {k[5:]: to_dev(v) for k, v in arrays.items() if k.startswith("best/")}
+        state, self.optim_configs, self.best_params = checkpoint.load_training(
+            path, self.model, self.backend, self.callbacks)
         self.epoch, self.t = int(state["epoch"]), int(state["t"])
         self.loss_history = list(state["loss_history"])
         self.train_acc_history = list(state["train_acc_history"])
@@ -516,47 +478,8 @@ class Solver:
         self.rng.bit_generator.state = state["rng"]
         if "augment_rng" in state:       # checkpoints from before augmentation lack it
             self.augment_rng.bit_generator.state = state["augment_rng"]
-        self._load_callback_states(state.get("callbacks", []), arrays, path)
         self.checkpoint_path = Path(path)
         return self
-
-    def _load_callback_states(self, saved, arrays, path):
-        """Each callback's saved state, matched by position and class name; a callback
-        that the checkpoint does not hold starts afresh."""
-        for i, cb in enumerate(self.callbacks):
-            if i >= len(saved) or saved[i]["state"] is None:
-                continue
-            if saved[i]["type"] != type(cb).__name__ or not hasattr(cb, "load_state_dict"):
-                raise CheckpointError(f"{path} holds the state of a {saved[i]['type']} as callback "
-                                      f"{i}, but this solver's callback {i} is a {type(cb).__name__}: "
-                                      "give the callbacks in the order the run had them")
-            cb.load_state_dict(_state_from_meta(saved[i]["state"], arrays, self.backend.to_device))
-
-
-def _state_to_meta(state, prefix, arrays):
-    """A callback's state_dict as JSON for the checkpoint's meta: arrays (also inside dicts
-    and lists) go to `arrays` under prefix/... and are named by {"__array__": key}."""
-    if hasattr(state, "shape") and hasattr(state, "dtype"):
-        arrays[prefix] = to_numpy(state)
-        return {"__array__": prefix}
-    if isinstance(state, dict):
-        return {str(k): _state_to_meta(v, f"{prefix}/{k}", arrays) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return [_state_to_meta(v, f"{prefix}/{i}", arrays) for i, v in enumerate(state)]
-    if isinstance(state, (np.integer, np.floating, np.bool_)):
-        return state.item()
-    return state
-
-
-def _state_from_meta(value, arrays, to_device):
-    """The inverse of _state_to_meta: arrays back on the model's device."""
-    if isinstance(value, dict):
-        if set(value) == {"__array__"}:
-            return to_device(arrays[value["__array__"]])
-        return {k: _state_from_meta(v, arrays, to_device) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_state_from_meta(v, arrays, to_device) for v in value]
-    return value
 
 
 def _clipped(grads, max_norm):
