@@ -168,7 +168,7 @@ def test_weight_gradient_in_small_product_blocks(xp, rng, monkeypatch):
 
 
 def test_image_blocks_are_the_fewest_that_fit():
-    from xpnn.layers import _image_blocks
+    from xpnn.ops.gemm import image_blocks as _image_blocks
     assert _image_blocks(1024, 212) == 8        # CIFAR's 32x32 conv output, 32 x 147 filters
     assert _image_blocks(784, 13888) == 1       # a whole MNIST image fits
     assert _image_blocks(196, 60) == 4          # 49 columns: the fewest blocks that divide 196
@@ -182,7 +182,7 @@ def test_conv_in_small_product_blocks(xp, rng, monkeypatch, limit_columns, block
     """Where the backend runs small products faster, the conv output and a stride-1 dx (itself
     a conv) are stacks of products per image (or per block of its columns): the same numbers."""
     from xpnn.backend import backend_of
-    from xpnn.layers import _image_blocks
+    from xpnn.ops.gemm import image_blocks as _image_blocks
     x, w, b = rng.standard_normal((3, 4, 16, 16)), rng.standard_normal((2, 4, 3, 3)), rng.standard_normal(2)
     K_F = 4 * 9 * 2                          # both products: (2 x 36) @ (36 x .), (4 x 18) @ (18 x .)
     assert _image_blocks(16 * 16, limit_columns) == blocks

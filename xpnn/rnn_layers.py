@@ -13,7 +13,8 @@ from __future__ import annotations
 from array_api_compat import device as device_of
 
 from .backend import namespace_of, on_input_device
-from .layers import _check_float, _check_rank, host_loss
+from .checks import check_float, check_rank
+from .losses import host_loss
 
 __all__ = [
     "rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward",
@@ -50,7 +51,7 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b):
     Returns (next_h (N, H), cache): cache is (x, prev_h, Wx, Wh, next_h).
     """
     xp = namespace_of(x, prev_h, Wx, Wh, b)
-    _check_float("rnn input x", x)
+    check_float("rnn input x", x)
     next_h = xp.tanh(x @ Wx + prev_h @ Wh + b)
     return next_h, (x, prev_h, Wx, Wh, next_h)
 
@@ -74,8 +75,8 @@ def rnn_forward(x, h0, Wx, Wh, b):
     cache is (x, h0, Wx, Wh, h).
     """
     xp = namespace_of(x, h0, Wx, Wh, b)
-    _check_float("rnn input x", x)
-    _check_rank("rnn input x", x, 3, "(N, T, D)")
+    check_float("rnn input x", x)
+    check_rank("rnn input x", x, 3, "(N, T, D)")
     N, T, _ = x.shape
     # The input part of every step does not depend on the recurrence: one product for all T.
     xw = xp.reshape(_flat(xp, x) @ Wx + b, (N, T, -1))
@@ -119,7 +120,7 @@ def word_embedding_forward(x, W):
     xp = namespace_of(x, W)
     if not xp.isdtype(x.dtype, "integral"):
         raise TypeError(f"word indices x must be integers, got dtype {x.dtype}")
-    _check_float("word vectors W", W)
+    check_float("word vectors W", W)
     out = xp.take(W, xp.reshape(x, (-1,)), axis=0)
     return xp.reshape(out, (*x.shape, W.shape[1])), (x, W)
 
@@ -144,7 +145,7 @@ def temporal_affine_forward(x, w, b):
     Returns (out (N, T, M), cache): cache is (x, w, b, out).
     """
     xp = namespace_of(x, w, b)
-    _check_rank("temporal affine input x", x, 3, "(N, T, D)")
+    check_rank("temporal affine input x", x, 3, "(N, T, D)")
     N, T, _ = x.shape
     out = xp.reshape(_flat(xp, x) @ w + b, (N, T, w.shape[1]))
     return out, (x, w, b, out)
@@ -169,8 +170,8 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     Returns (loss, dx): loss a Python float, dx (N, T, V).
     """
     xp = namespace_of(x, y, mask)
-    _check_float("scores x", x)
-    _check_rank("scores x", x, 3, "(N, T, V)")
+    check_float("scores x", x)
+    check_rank("scores x", x, 3, "(N, T, V)")
     N, T, V = x.shape
     if tuple(y.shape) != (N, T) or tuple(mask.shape) != (N, T):
         raise ValueError(f"temporal_softmax_loss: targets y {tuple(y.shape)} and mask "
@@ -227,7 +228,7 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     Returns (next_h (N, H), next_c (N, H), cache): cache is (x, prev_h, prev_c, Wx, Wh, gates).
     """
     xp = namespace_of(x, prev_h, prev_c, Wx, Wh, b)
-    _check_float("lstm input x", x)
+    check_float("lstm input x", x)
     next_h, next_c, gates = _lstm_cell(xp, x @ Wx + prev_h @ Wh + b, prev_c)
     return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, gates)
 
@@ -250,8 +251,8 @@ def lstm_forward(x, h0, Wx, Wh, b):
     Returns (h (N, T, H), cache): cache is (x, h0, Wx, Wh, h, cell states, gates per step).
     """
     xp = namespace_of(x, h0, Wx, Wh, b)
-    _check_float("lstm input x", x)
-    _check_rank("lstm input x", x, 3, "(N, T, D)")
+    check_float("lstm input x", x)
+    check_rank("lstm input x", x, 3, "(N, T, D)")
     N, T, _ = x.shape
     xw = xp.reshape(_flat(xp, x) @ Wx + b, (N, T, -1))     # the input part of all steps at once
     h, c = h0, xp.zeros_like(h0)
