@@ -26,14 +26,12 @@ from typing import Callable
 
 import numpy as np
 
+from .io import DataError  # noqa: F401 (xpnn.data.DataError, as ever)
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
-
-
-class DataError(ValueError):
-    """A data file is missing, truncated or corrupt."""
 
 
 # ---------------------------------------------------------------------------- IDX (MNIST format)

@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError
+from .io import DataError
 
 __all__ = ["SOURCES", "cache_dir", "dataset_dir", "download", "downloaded", "fetch"]
 

@@ -1,4 +1,5 @@
-"""Safe files: atomic .npz writes and checked .npz reads (never pickle).
+"""Safe files: atomic .npz writes and checked .npz reads (never pickle), and the errors that
+name a bad file: CheckpointError (a model or checkpoint), DataError (a data set file).
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk, then
 renamed over the target: a crash or a full disk leaves the previous file intact, never a
@@ -19,6 +20,10 @@ import numpy as np
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or does not match the model."""
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated or corrupt."""
 
 
 @contextlib.contextmanager
