@@ -71,11 +71,7 @@ def _convert(torch, layer, in_shape, weights, dtype):
     nn = torch.nn
 
     def set_(module, **values):
-        module = module.to(dtype)      # before the copies: float64 values stay float64
-        with torch.no_grad():
-            for name, value in values.items():
-                getattr(module, name).copy_(_tensor(torch, value, dtype))
-        return module
+        return _with_values(torch, module, dtype, values)
 
     if isinstance(layer, Affine):
         W, b = weights
@@ -91,16 +87,7 @@ def _convert(torch, layer, in_shape, weights, dtype):
     if isinstance(layer, MaxPool):
         return [nn.MaxPool2d(layer.size, layer.stride)]
     if isinstance(layer, BatchNorm):
-        gamma, beta = weights
-        D = gamma.shape[0]
-        kind = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
-        bn = kind(D, eps=layer.eps, momentum=1 - layer.momentum)
-        mean = layer.bn_param.get("running_mean")
-        var = layer.bn_param.get("running_var")
-        zeros = [0.0] * D        # xpnn's running averages start as zeros (CS231n)
-        return [set_(bn, weight=gamma, bias=beta,
-                     running_mean=zeros if mean is None else mean,
-                     running_var=zeros if var is None else var)]
+        return [_batchnorm(torch, layer, in_shape, weights, dtype)]
     if isinstance(layer, LayerNorm):
         gamma, beta = weights
         return [set_(nn.LayerNorm(gamma.shape[0], eps=layer.eps), weight=gamma, bias=beta)]
@@ -116,6 +103,29 @@ def _convert(torch, layer, in_shape, weights, dtype):
         if isinstance(layer, kind):
             return [twin()]
     raise TypeError(f"to_torch has no PyTorch equivalent for layer {layer!r}")
+
+
+def _with_values(torch, module, dtype, values):
+    """`module` in `dtype`, its parameters and buffers set to `values` (name -> array)."""
+    module = module.to(dtype)      # before the copies: float64 values stay float64
+    with torch.no_grad():
+        for name, value in values.items():
+            getattr(module, name).copy_(_tensor(torch, value, dtype))
+    return module
+
+
+def _batchnorm(torch, layer, in_shape, weights, dtype):
+    """BatchNorm1d/2d with the layer's gamma, beta and running averages."""
+    gamma, beta = weights
+    D = gamma.shape[0]
+    kind = torch.nn.BatchNorm2d if len(in_shape) == 3 else torch.nn.BatchNorm1d
+    bn = kind(D, eps=layer.eps, momentum=1 - layer.momentum)
+    mean = layer.bn_param.get("running_mean")
+    var = layer.bn_param.get("running_var")
+    zeros = [0.0] * D        # xpnn's running averages start as zeros (CS231n)
+    return _with_values(torch, bn, dtype, {"weight": gamma, "bias": beta,
+                                           "running_mean": zeros if mean is None else mean,
+                                           "running_var": zeros if var is None else var})
 
 
 def _Preprocess(torch, model, dtype):
