@@ -105,9 +105,8 @@ def lenet5(input_shape=(1, 28, 28), num_classes=10, filters=(12, 24), init="he",
     """A LeNet-5-style CNN (LeCun et al., 1998) as it is trained today: conv5x5 (pad 2) - relu -
     pool2 - conv5x5 - relu - pool2 - affine 120 - relu - affine 84 - relu - affine 10, with
     ReLU, max pooling and He initialisation, each relu - pool pair run as pool - relu (see
-    mnist_cnn). LeNet-5's 6 and 16 filters are 12 and 24 here (`filters`): 90.7k parameters,
-    about 2.5x the MNIST CNN's time per step, and `xpnn train --model lenet5 --epochs 5`
-    reaches 99.3% on MNIST (6 and 16 filters: 99.1-99.2%). Inputs of at least 12 x 12."""
+    mnist_cnn). LeNet-5's 6 and 16 filters are 12 and 24 here (`filters`): 90.7k parameters
+    (its time per step and accuracy on MNIST: bench/RESULTS.md). Inputs of at least 12 x 12."""
     c1, c2 = filters
     layers = [Conv(c1, 5, pad=2), MaxPool(2), ReLU(),
               Conv(c2, 5), MaxPool(2), ReLU(),

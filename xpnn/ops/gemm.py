@@ -43,9 +43,9 @@ def image_blocks(HW, limit):
 def filter_product(w_mat, col, HW):
     """w_mat (F, K) @ col (K, n*HW) in image order, as (n, F, blocks, HW // blocks): a view the
     caller copies into place. Where the backend has a size below which products run faster
-    (`small`, its `small_product_size`), it is one product per block of an image's columns (the fewest
-    blocks below that size: a stack of products, which matmul runs in one call): CIFAR's
-    32 x 147 by 1,024-column product per image ran 15% faster as 8 blocks of 128 columns."""
+    (its `small_product_size`: OpenBLAS's small-matrix kernels), it is one product per block
+    of an image's columns (the fewest blocks below that size: a stack of products, which
+    matmul runs in one call), which beats one long, thin product there."""
     xp = namespace_of(col)
     (F, K), n = w_mat.shape, col.shape[1] // HW
     q = image_blocks(HW, backend_of(col).small_product_size // (F * K))
@@ -81,10 +81,10 @@ def joined(out, shape):
 
 def weight_gradient(col, dout_mat):
     """dout_mat @ col.T, the conv's weight gradient (F, K) from the long, thin (F, P) and
-    (K, P), computed as its transpose col @ dout_mat.T: OpenBLAS ran it 25-40% faster with
-    the long col in front. Where the backend has a size below which products run faster
-    (`small`, its `small_product_size`), the product is a sum over blocks of P that stay below it, in a
-    fixed order: MNIST's 9 x 78,400 by 8 ran 3-4x faster as six blocks."""
+    (K, P), computed as its transpose col @ dout_mat.T: OpenBLAS runs it faster with the long
+    col in front. Where the backend has a size below which products run faster (its
+    `small_product_size`), the product is a sum over blocks of P that stay below it, in a
+    fixed order (the same sums on every run)."""
     (K, P), F = col.shape, dout_mat.shape[0]
     block = backend_of(col).small_product_size // (K * F)
     if block < 1024:                   # many tiny products would cost more than they gain
