@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -557,7 +558,7 @@ def test_in_a_notebook_without_ipywidgets_the_progress_bar_is_text_without_a_war
 def test_the_readmes_output_files_are_git_ignored():
     import fnmatch
     import re
-    root = cli.Path(cli.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     ignored = [l.strip() for l in (root / ".gitignore").read_text().splitlines() if l.strip()]
     readme = (root / "README.md").read_text()
     for name in re.findall(r"--predictions (\S+)", readme) + ["runs/"]:

@@ -28,14 +28,14 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, distributed
-from .backend import get_backend, to_numpy
-from .data import DATASETS, DataError, get_data
-from .io import CheckpointError, atomic_write_text, load_npz
-from .models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, lenet5, mnist_cnn
-from .nn import Affine, model_from_arrays
-from .optim import UPDATE_RULES
-from .solver import NonFiniteLossError, Solver, latest_checkpoint
+from .. import __version__, distributed
+from ..backend import get_backend, to_numpy
+from ..data import DATASETS, DataError, get_data
+from ..io import CheckpointError, atomic_write_text, load_npz
+from ..models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, lenet5, mnist_cnn
+from ..nn import Affine, model_from_arrays
+from ..optim import UPDATE_RULES
+from ..solver import NonFiniteLossError, Solver, latest_checkpoint
 
 DEFAULT_HIDDEN = 200
 
@@ -170,7 +170,7 @@ def positive_float_list(text):
 
 def device_arg(text):
     """A device string in its canonical form: cpu, cuda:N, torch:cpu, jax:cpu, dask, ..."""
-    from .backend import canonical_device
+    from ..backend import canonical_device
     try:
         return canonical_device(text)
     except ValueError as e:
@@ -416,7 +416,7 @@ def add_threads_arg(p, training=True):
 
 def capped_threads(n: int) -> int:
     """--threads N, at most the cores this process may run on (more only wait for each other)."""
-    from .threads import available_cores
+    from ..threads import available_cores
     cores = available_cores()
     if n > cores:
         print(f"--threads {n}: this process may run on {cores} core(s), so it uses {cores} "
@@ -533,7 +533,7 @@ def options_given(parser, argv, args):
 
 
 def cmd_data(args):
-    from . import download
+    from .. import download
     if args.action == "where":
         print(download.dataset_dir(args.name) if args.name else download.cache_dir())
         return 0
@@ -545,7 +545,7 @@ def cmd_data(args):
 
 
 def cmd_export(args):
-    from . import export
+    from .. import export
     model = model_from_arrays(*load_npz(args.checkpoint), source=args.checkpoint)
     out = Path(args.out or Path(args.checkpoint).with_suffix(".pt2" if args.format == "torch" else ".onnx"))
     if out.is_dir():
@@ -562,7 +562,7 @@ def cmd_export(args):
 
 
 def cmd_selftest(args):
-    from . import selftest
+    from .. import selftest
     return 0 if selftest.run(args.device) else 1
 
 
@@ -593,7 +593,7 @@ def toolkit_settings(args, image_shape):
     --lr-schedule, --warmup, --clip-grad-norm and --augment (a run.json from before these
     options resumes with their defaults). `exp`, the default schedule, is the Solver's
     lr_decay; any other is an xpnn.schedules schedule."""
-    from . import augment, schedules
+    from .. import augment, schedules
     name = getattr(args, "lr_schedule", None) or "exp"
     warmup = getattr(args, "warmup", 0) or 0
     settings = {"lr_decay": lr_decay(args) if name == "exp" else 1.0,
@@ -603,7 +603,7 @@ def toolkit_settings(args, image_shape):
     if name != "exp":
         settings["lr_schedule"] = schedule
     if getattr(args, "early_stopping", None):
-        from .callbacks import EarlyStopping
+        from ..callbacks import EarlyStopping
         settings["callbacks"] = [EarlyStopping("val_acc", patience=args.early_stopping)]
     return settings
 
@@ -713,7 +713,7 @@ def training_data(args):
 def offer_download(args, ask=None) -> bool:
     """When --dataset is missing (no --data-dir given) and someone is at the terminal, ask
     whether to download it now (xpnn data download); True once it is downloaded."""
-    from . import download
+    from .. import download
     if args.data_dir is not None or args.dataset not in download.SOURCES \
             or download.downloaded(args.dataset) is not None or not sys.stdin.isatty():
         return False
@@ -759,7 +759,7 @@ def cmd_train(args, given=frozenset()):
     model.dataset = args.dataset
     print(model.summary())
     per_epoch = max(len(data["X_train"]) // args.batch_size, 1)
-    from .callbacks import CSVLogger, TensorBoard
+    from ..callbacks import CSVLogger, TensorBoard
     toolkit = toolkit_settings(args, input_shape)
     if writer and getattr(args, "tensorboard", False):
         try:
@@ -883,7 +883,7 @@ class RunReport:
 
     def write(self, solver, status, test_acc=None, wall=None, weights=False, distributed=None):
         """Write the report; returns the names of the files written."""
-        from . import plots
+        from .. import plots
         args, out = self.args, self.out
         written = ["metrics.json", "curves.png"] + (["metrics.csv"] if (out / "metrics.csv").is_file() else [])
         # Drawing takes ~0.3 s: during training, at most one drawing per 5 s of it.
@@ -925,7 +925,7 @@ class RunReport:
     def _draw(self, solver, iterations, epochs):
         """curves.png of the first `iterations` steps and `epochs` epochs (the histories'
         accuracies: one before the first epoch, one after each)."""
-        from . import plots
+        from .. import plots
         if self.drawn[1] == (iterations, epochs):
             return
         plots.learning_curves(solver.loss_history[:iterations],
@@ -997,7 +997,7 @@ def cmd_eval(args):
         atomic_write_text(path, text)
         print(f"wrote {len(predictions)} predictions to {path}")
 
-    from . import plots
+    from .. import plots
     checkpoint = Path(args.checkpoint)
     picture = Path(args.out or checkpoint.parent) / f"{checkpoint.stem}_confusion_{dataset}.png"
     try:
@@ -1218,7 +1218,7 @@ def cmd_sweep(args):
 
 
 def plot_sweep(args, out, rows):
-    from . import plots
+    from .. import plots
     plots.sweep_scatter(rows, out / "sweep.png", title=f"{args.model} on {args.dataset}, "
                         f"{args.epochs} epoch{'s' * (args.epochs > 1)} per setting")
 
@@ -1235,6 +1235,3 @@ def format_table(rows, columns):
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
