@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpnn import cli
-from xpnn.cli import main, make_parser
+from xpnn.cli import evaluate, main, make_parser, report, sweep, train
 from xpnn.data import get_data
 from xpnn.io import load_npz
 from xpnn.models import load
@@ -108,7 +107,7 @@ def test_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path, monk
     args = ["train", *FC, "--epochs", "2", *QUICK]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "run"
-    monkeypatch.setattr(cli, "Solver", interrupted_after(steps=5))     # in epoch 1 of 2
+    monkeypatch.setattr(train, "Solver", interrupted_after(steps=5))     # in epoch 1 of 2
     assert main([*args, "--out", str(out)]) == 130
     assert f"interrupted; continue with: xpnn train --resume {out}\n" in capsys.readouterr().err
     assert not list(out.glob("checkpoint_*"))
@@ -212,7 +211,7 @@ def test_resume_extends_a_run_and_keeps_a_finished_one(tmp_path, capsys):
 def test_an_interrupted_extension_continues_with_the_same_command(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["train", *FC, "--epochs", "1", "--out", str(out), *QUICK]) == 0
-    monkeypatch.setattr(cli, "Solver", interrupted_after(steps=30))     # in epoch 2 of 3
+    monkeypatch.setattr(train, "Solver", interrupted_after(steps=30))     # in epoch 2 of 3
     assert main(["train", "--resume", str(out), "--epochs", "3"]) == 130
     assert capsys.readouterr().err.endswith(f"continue with: xpnn train --resume {out}\n")
     monkeypatch.undo()
@@ -249,8 +248,8 @@ def test_corrupt_run_json_is_named(tmp_path, capsys, content):
 def test_interrupted_eval_does_not_suggest_resume(monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "load_npz", interrupt, raising=False)
-    monkeypatch.setattr(cli, "get_data", interrupt)
+    monkeypatch.setattr(evaluate, "load_npz", interrupt)
+    monkeypatch.setattr(evaluate, "get_data", interrupt)
     assert main(["eval", "--checkpoint", "model.npz", "--dataset", "digits"]) == 130
     assert capsys.readouterr().err == "\nxpnn eval: interrupted\n"
 
@@ -266,7 +265,7 @@ def test_interrupted_sweep_keeps_its_finished_settings(tmp_path, monkeypatch, ca
             if len(trained) == 3:
                 raise KeyboardInterrupt
             super().train()
-    monkeypatch.setattr(cli, "Solver", ThirdSettingInterrupted)
+    monkeypatch.setattr(sweep, "Solver", ThirdSettingInterrupted)
     out = tmp_path / "sweep"
     assert main(["sweep", *FC[:2], "--epochs", "1", "--lr", "1e-3,1e-2", "--reg", "0,1e-4", "--hidden", "16",
                  "--out", str(out), *QUICK]) == 130
@@ -307,7 +306,7 @@ def sweep_args(*argv):
     ["--lr", "1e-4,1e-2", "--reg", "0,1e-3", "--batch-size", "25,50", "--random", "30"],
 ])
 def test_random_sweeps_never_repeat_a_setting(argv, capsys):
-    settings = cli.sweep_settings(sweep_args(*argv))
+    settings = sweep.sweep_settings(sweep_args(*argv))
     K = int(argv[-1])
     assert len(settings) == K and len(set(settings)) == K
     args = sweep_args(*argv)
@@ -315,7 +314,7 @@ def test_random_sweeps_never_repeat_a_setting(argv, capsys):
         assert min(args.lr) <= lr <= max(args.lr) and min(args.reg) <= reg <= max(args.reg)
         assert batch in args.batch_size
     assert capsys.readouterr().out == ""
-    assert cli.sweep_settings(sweep_args(*argv)) == settings            # --seed decides them
+    assert sweep.sweep_settings(sweep_args(*argv)) == settings            # --seed decides them
 
 
 def test_a_random_sweep_larger_than_its_space_runs_each_setting_once(tmp_path, capsys):
@@ -330,7 +329,7 @@ def test_a_random_sweep_larger_than_its_space_runs_each_setting_once(tmp_path, c
 
 
 def test_a_grid_sweep_runs_a_value_given_twice_once():
-    settings = cli.sweep_settings(sweep_args("--lr", "1e-3,1e-3,3e-3", "--reg", "0,0"))
+    settings = sweep.sweep_settings(sweep_args("--lr", "1e-3,1e-3,3e-3", "--reg", "0,0"))
     assert settings == [(1e-3, 0.0, 100, 50), (3e-3, 0.0, 100, 50)]
 
 
@@ -464,7 +463,7 @@ def test_an_interrupted_run_reports_its_finished_epochs(tmp_path, monkeypatch, c
             if self.t == 24 + 5:      # in epoch 2: the report is the first epoch's, current
                 seen.append(json.loads((out / "metrics.json").read_text()))
             super()._step(idx)
-    monkeypatch.setattr(cli, "Solver", Watched)
+    monkeypatch.setattr(train, "Solver", Watched)
     assert main(["train", *FC, "--epochs", "4", "--out", str(out), *QUICK]) == 130
     said = capsys.readouterr()
     assert f"wrote {out}/metrics.json, curves.png: the 2 finished epochs" in said.out
@@ -594,13 +593,13 @@ def test_ctrl_c_after_some_epochs_leaves_their_report(tmp_path):
 
 def test_an_interrupt_between_a_checkpoint_and_its_report_reports_that_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    ended = cli.RunReport.epoch_ended
+    ended = report.RunReport.epoch_ended
 
     def interrupted_at_the_second(self, solver, checkpoint):
         if solver.epoch == 2:
             raise KeyboardInterrupt          # checkpoint_epoch_2.npz is saved, its report not
         ended(self, solver, checkpoint)
-    monkeypatch.setattr(cli.RunReport, "epoch_ended", interrupted_at_the_second)
+    monkeypatch.setattr(report.RunReport, "epoch_ended", interrupted_at_the_second)
     assert main(["train", *FC, "--epochs", "4", "--out", str(out), *QUICK]) == 130
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "checkpoint_epoch_2.npz").is_file()
