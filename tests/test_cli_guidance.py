@@ -55,7 +55,7 @@ def test_bare_xpnn_prints_help_and_trains_nothing(tmp_path):
 def test_every_option_has_help_and_every_command_examples():
     parser, commands = make_parser()
     for name, p in [("xpnn", parser), *commands.items()]:
-        undocumented = [a.option_strings for a in p._actions if a.option_strings and not a.help]
+        undocumented = [a.option_strings for a in p.arguments if a.option_strings and not a.help]
         assert not undocumented, f"{name}: options without help: {undocumented}"
         text = p.format_help()
         examples = text[text.index("examples:"):].splitlines()
@@ -527,9 +527,9 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, command):
 def test_eval_and_selftest_threads_help_speaks_of_their_own_work():
     _, commands = make_parser()
     for name in ("eval", "selftest"):
-        text = next(a.help for a in commands[name]._actions if "--threads" in a.option_strings)
+        text = next(a.help for a in commands[name].arguments if "--threads" in a.option_strings)
         assert "train" not in text, (name, text)
-    text = next(a.help for a in commands["train"]._actions if "--threads" in a.option_strings)
+    text = next(a.help for a in commands["train"].arguments if "--threads" in a.option_strings)
     assert "training steps" in text
 
 

@@ -10,7 +10,7 @@
 
 One module per command, each with `add_parser(commands)` (its options and examples) and
 `run(args)`; adding a command is adding such a module to COMMANDS. What commands share lives
-beside them: args (argument types, shared options), models (the --model table), training
+beside them: options (the parser, argument types, shared options), models (the --model table), training
 (train's and sweep's options, data and Solver settings), rundir (run directories, run.json,
 resuming), report (metrics.json and the plots), process and mpi_job (what a command does to
 its process).
@@ -28,7 +28,7 @@ from ..data import DataError
 from ..io import CheckpointError
 from ..solver import NonFiniteLossError
 from . import data, evaluate, export, info, mpi_job, selftest, sweep, train
-from .args import CommandParser, capped_threads, options_given
+from .options import Parser, capped_threads, options_given
 from .process import library_messages, signals_interrupt
 
 __all__ = ["main", "make_parser", "COMMANDS", "signals_interrupt"]
@@ -52,13 +52,12 @@ Each command has its own help, with examples: xpnn train --help, xpnn eval --hel
 
 def make_parser():
     """The `xpnn` parser, and its commands' parsers by name."""
-    parser = argparse.ArgumentParser(prog="xpnn", description="Train and evaluate xpnn models.",
-                                     epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="xpnn", description="Train and evaluate xpnn models.",
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"xpnn {__version__}",
                         help="print the version and exit")
     commands = parser.add_subparsers(dest="command", title="commands", required=True,
-                                     parser_class=CommandParser)
+                                     parser_class=Parser)
     for command in COMMANDS.values():
         command.add_parser(commands)
     return parser, commands.choices

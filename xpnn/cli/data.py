@@ -3,7 +3,7 @@ SHA-256, or say where that cache is."""
 from __future__ import annotations
 
 from .. import download
-from .args import add_command
+from .options import add_command
 
 EXAMPLES = """examples:
   xpnn data download fashion-mnist     # then: xpnn train --dataset fashion-mnist

@@ -10,7 +10,7 @@ import numpy as np
 from ..data import DATASETS, get_data
 from ..io import atomic_write_text, load_npz
 from ..nn import model_from_arrays
-from .args import DATA_DIR_HELP, DEVICE_HELP, add_command, add_threads_arg, device_arg
+from .options import DATA_DIR_HELP, DEVICE_HELP, add_command, add_threads_arg, device_arg
 from .rundir import RUN_SETTINGS, read_json
 
 EXAMPLES = """examples:

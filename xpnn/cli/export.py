@@ -6,7 +6,7 @@ from pathlib import Path
 from ..export import save_torch, to_onnx
 from ..io import load_npz
 from ..nn import model_from_arrays
-from .args import add_command
+from .options import add_command
 
 EXAMPLES = """examples:
   xpnn export --checkpoint runs/mnist-cnn-mnist/model.npz --format onnx --out mnist.onnx

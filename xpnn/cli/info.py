@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..io import load_npz
 from ..nn import model_from_arrays
-from .args import add_command
+from .options import add_command
 
 EXAMPLES = """examples:
   xpnn info --checkpoint runs/mnist-cnn-mnist/model.npz

@@ -2,7 +2,7 @@
 step times); xpnn.selftest does the checking."""
 from __future__ import annotations
 
-from .args import add_command, add_threads_arg, device_arg
+from .options import add_command, add_threads_arg, device_arg
 
 EXAMPLES = """examples:
   xpnn selftest                        # on the GPU when one is visible, else the CPU

@@ -13,7 +13,7 @@ from .. import distributed
 from ..io import atomic_write_text
 from ..solver import Solver
 from . import mpi_job
-from .args import add_command, float_list, int_list, positive_float_list, positive_int
+from .options import add_command, float_list, int_list, positive_float_list, positive_int
 from .models import MODELS, build_model
 from .rundir import output_dir, strict_json
 from .training import add_training_args, check_applicable, toolkit_settings, training_data

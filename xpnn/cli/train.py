@@ -8,7 +8,7 @@ from ..backend import get_backend
 from ..io import atomic_write_text
 from ..solver import NonFiniteLossError, Solver
 from . import mpi_job
-from .args import add_command, int_list, non_negative_float, positive_float, positive_int
+from .options import add_command, int_list, non_negative_float, positive_float, positive_int
 from .models import DEFAULT_HIDDEN, build_model
 from .report import RunReport, reporting
 from .rundir import (RUN_SETTINGS, epoch_of, output_dir, read_json, refuse_fewer_epochs,

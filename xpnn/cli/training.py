@@ -7,7 +7,7 @@ import sys
 
 from ..data import DATASETS, DataError, get_data
 from ..optim import UPDATE_RULES
-from .args import (DATA_DIR_HELP, DEVICE_HELP, add_threads_arg, device_arg, non_negative_int,
+from .options import (DATA_DIR_HELP, DEVICE_HELP, add_threads_arg, device_arg, non_negative_int,
                    positive_float, positive_int, probability)
 from .models import MODELS
 

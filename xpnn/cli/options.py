@@ -1,6 +1,6 @@
-"""What every command's parser shares: the argument types that refuse a bad value with a
-message, the parser class that remembers its options, and the options and help texts that
-several commands take (--threads, --device, --data-dir)."""
+"""What the commands' parsers share: the parser class that keeps its options, the argument
+types that refuse a bad value with a message, and the options and help texts that several
+commands take (--threads, --device, --data-dir)."""
 from __future__ import annotations
 
 import argparse
@@ -9,23 +9,25 @@ import math
 import sys
 
 
-class CommandParser(argparse.ArgumentParser):
-    """One command's parser (`xpnn train`, ...), remembering the option strings it was given,
-    so that a mistyped option can be answered with the closest one."""
+class Parser(argparse.ArgumentParser):
+    """The parser of `xpnn` and of each of its commands: it keeps the arguments it was given
+    (`arguments`, their argparse actions in order), so that a mistyped option can be answered
+    with the closest one and the tests can read every option's help."""
 
     def __init__(self, *args, **kwargs):
-        self.option_strings = []          # before argparse adds -h, --help
+        self.arguments = []          # before argparse adds -h, --help
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)
-        self.option_strings.extend(action.option_strings)
+        self.arguments.append(action)
         return action
 
     def unrecognized(self, unknown) -> str:
         """'unrecognized arguments: --modle fc (did you mean --model?)'."""
+        known = [o for action in self.arguments for o in action.option_strings]
         guesses = [g for u in unknown if u.startswith("-")
-                   for g in difflib.get_close_matches(u.split("=")[0], self.option_strings, n=1)]
+                   for g in difflib.get_close_matches(u.split("=")[0], known, n=1)]
         return (f"unrecognized arguments: {' '.join(unknown)}"
                 + (f" (did you mean {', '.join(guesses)}?)" if guesses else ""))
 
