@@ -9,11 +9,11 @@
     xpnn sweep --model fc --dataset digits --lr 1e-3,3e-3 --reg 0,1e-4 --hidden 50,100
 
 One module per command, each with `add_parser(commands)` (its options and examples) and
-`run(args)`; adding a command is adding such a module to COMMANDS. What commands share lives
-beside them: options (the parser, argument types, shared options), models (the --model table), training
-(train's and sweep's options, data and Solver settings), rundir (run directories, run.json,
-resuming), report (metrics.json and the plots), process and mpi_job (what a command does to
-its process).
+`run(args)`; adding a command is adding such a module to COMMANDS. What the commands share
+lives beside them: options (the parser, argument types, shared options), models (the
+--model table), training (train's and sweep's options, data and Solver settings), rundir
+(run directories, run.json, resuming), report (metrics.json and the plots), process and
+mpi_job (what a command does to its process).
 """
 from __future__ import annotations
 
