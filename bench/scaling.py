@@ -35,7 +35,7 @@ def worker(args):
     import numpy as np
 
     from xpnn import distributed
-    from xpnn.cli import build_model
+    from xpnn.cli.models import build_model
     from xpnn.solver import Solver
 
     comm = distributed.communicator()

@@ -100,6 +100,7 @@ def dropout(args):
 
 def cli(argv):
     from xpnn import cli as xpnn_cli
+    from xpnn.cli import sweep as xpnn_sweep
     fail_step = int(os.environ.get("XPNN_TEST_FAIL_STEP", 0))
     fail_hidden = int(os.environ.get("XPNN_TEST_FAIL_HIDDEN", 0))
     rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
@@ -122,13 +123,13 @@ def cli(argv):
             return update(self, idx)
         Solver._forward_backward_update = faulty
     if fail_hidden:
-        build = xpnn_cli.build_model
+        build = xpnn_sweep.build_model
 
         def faulty_build(name, input_shape, num_classes, hidden, *rest, **kwargs):
             if hidden == [fail_hidden]:
                 raise ValueError(f"no model with {fail_hidden} hidden units, as the test asked")
             return build(name, input_shape, num_classes, hidden, *rest, **kwargs)
-        xpnn_cli.build_model = faulty_build
+        xpnn_sweep.build_model = faulty_build
     return xpnn_cli.main(argv)
 
 

@@ -394,3 +394,15 @@ def test_predictions_into_a_missing_directory_are_refused_before_any_work(traine
     assert main(["eval", "--checkpoint", str(trained_fc[0] / "model.npz"), "--predictions",
                  str(tmp_path)]) == 2
     assert f"--predictions {tmp_path} is a directory: name a file" in capsys.readouterr().err
+
+
+def test_the_commands_that_compute_and_only_they_tune_the_allocator(tmp_path, monkeypatch, capsys):
+    # A library call never changes process-wide state; the command, owning its process, does.
+    import xpnn.cli as cli
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory_for_reuse", lambda: calls.append(True))
+    missing = str(tmp_path / "missing.npz")
+    assert main(["info", "--checkpoint", missing]) == 2
+    assert calls == []
+    assert main(["eval", "--checkpoint", missing]) == 2
+    assert calls == [True]

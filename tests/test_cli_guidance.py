@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from xpnn import cli
-from xpnn.cli import main, make_parser
+from xpnn.cli import evaluate, main, make_parser, report, sweep, train
 from xpnn.data import get_data
 from xpnn.io import load_npz
 from xpnn.models import load
@@ -55,7 +55,7 @@ def test_bare_xpnn_prints_help_and_trains_nothing(tmp_path):
 def test_every_option_has_help_and_every_command_examples():
     parser, commands = make_parser()
     for name, p in [("xpnn", parser), *commands.items()]:
-        undocumented = [a.option_strings for a in p._actions if a.option_strings and not a.help]
+        undocumented = [a.option_strings for a in p.arguments if a.option_strings and not a.help]
         assert not undocumented, f"{name}: options without help: {undocumented}"
         text = p.format_help()
         examples = text[text.index("examples:"):].splitlines()
@@ -107,7 +107,7 @@ def test_run_interrupted_before_its_first_checkpoint_starts_again(tmp_path, monk
     args = ["train", *FC, "--epochs", "2", *QUICK]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "run"
-    monkeypatch.setattr(cli, "Solver", interrupted_after(steps=5))     # in epoch 1 of 2
+    monkeypatch.setattr(train, "Solver", interrupted_after(steps=5))     # in epoch 1 of 2
     assert main([*args, "--out", str(out)]) == 130
     assert f"interrupted; continue with: xpnn train --resume {out}\n" in capsys.readouterr().err
     assert not list(out.glob("checkpoint_*"))
@@ -211,7 +211,7 @@ def test_resume_extends_a_run_and_keeps_a_finished_one(tmp_path, capsys):
 def test_an_interrupted_extension_continues_with_the_same_command(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["train", *FC, "--epochs", "1", "--out", str(out), *QUICK]) == 0
-    monkeypatch.setattr(cli, "Solver", interrupted_after(steps=30))     # in epoch 2 of 3
+    monkeypatch.setattr(train, "Solver", interrupted_after(steps=30))     # in epoch 2 of 3
     assert main(["train", "--resume", str(out), "--epochs", "3"]) == 130
     assert capsys.readouterr().err.endswith(f"continue with: xpnn train --resume {out}\n")
     monkeypatch.undo()
@@ -248,8 +248,8 @@ def test_corrupt_run_json_is_named(tmp_path, capsys, content):
 def test_interrupted_eval_does_not_suggest_resume(monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "load_npz", interrupt, raising=False)
-    monkeypatch.setattr(cli, "get_data", interrupt)
+    monkeypatch.setattr(evaluate, "load_npz", interrupt)
+    monkeypatch.setattr(evaluate, "get_data", interrupt)
     assert main(["eval", "--checkpoint", "model.npz", "--dataset", "digits"]) == 130
     assert capsys.readouterr().err == "\nxpnn eval: interrupted\n"
 
@@ -265,7 +265,7 @@ def test_interrupted_sweep_keeps_its_finished_settings(tmp_path, monkeypatch, ca
             if len(trained) == 3:
                 raise KeyboardInterrupt
             super().train()
-    monkeypatch.setattr(cli, "Solver", ThirdSettingInterrupted)
+    monkeypatch.setattr(sweep, "Solver", ThirdSettingInterrupted)
     out = tmp_path / "sweep"
     assert main(["sweep", *FC[:2], "--epochs", "1", "--lr", "1e-3,1e-2", "--reg", "0,1e-4", "--hidden", "16",
                  "--out", str(out), *QUICK]) == 130
@@ -306,7 +306,7 @@ def sweep_args(*argv):
     ["--lr", "1e-4,1e-2", "--reg", "0,1e-3", "--batch-size", "25,50", "--random", "30"],
 ])
 def test_random_sweeps_never_repeat_a_setting(argv, capsys):
-    settings = cli.sweep_settings(sweep_args(*argv))
+    settings = sweep.sweep_settings(sweep_args(*argv))
     K = int(argv[-1])
     assert len(settings) == K and len(set(settings)) == K
     args = sweep_args(*argv)
@@ -314,7 +314,7 @@ def test_random_sweeps_never_repeat_a_setting(argv, capsys):
         assert min(args.lr) <= lr <= max(args.lr) and min(args.reg) <= reg <= max(args.reg)
         assert batch in args.batch_size
     assert capsys.readouterr().out == ""
-    assert cli.sweep_settings(sweep_args(*argv)) == settings            # --seed decides them
+    assert sweep.sweep_settings(sweep_args(*argv)) == settings            # --seed decides them
 
 
 def test_a_random_sweep_larger_than_its_space_runs_each_setting_once(tmp_path, capsys):
@@ -329,7 +329,7 @@ def test_a_random_sweep_larger_than_its_space_runs_each_setting_once(tmp_path, c
 
 
 def test_a_grid_sweep_runs_a_value_given_twice_once():
-    settings = cli.sweep_settings(sweep_args("--lr", "1e-3,1e-3,3e-3", "--reg", "0,0"))
+    settings = sweep.sweep_settings(sweep_args("--lr", "1e-3,1e-3,3e-3", "--reg", "0,0"))
     assert settings == [(1e-3, 0.0, 100, 50), (3e-3, 0.0, 100, 50)]
 
 
@@ -463,7 +463,7 @@ def test_an_interrupted_run_reports_its_finished_epochs(tmp_path, monkeypatch, c
             if self.t == 24 + 5:      # in epoch 2: the report is the first epoch's, current
                 seen.append(json.loads((out / "metrics.json").read_text()))
             super()._step(idx)
-    monkeypatch.setattr(cli, "Solver", Watched)
+    monkeypatch.setattr(train, "Solver", Watched)
     assert main(["train", *FC, "--epochs", "4", "--out", str(out), *QUICK]) == 130
     said = capsys.readouterr()
     assert f"wrote {out}/metrics.json, curves.png: the 2 finished epochs" in said.out
@@ -527,9 +527,9 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, command):
 def test_eval_and_selftest_threads_help_speaks_of_their_own_work():
     _, commands = make_parser()
     for name in ("eval", "selftest"):
-        text = next(a.help for a in commands[name]._actions if "--threads" in a.option_strings)
+        text = next(a.help for a in commands[name].arguments if "--threads" in a.option_strings)
         assert "train" not in text, (name, text)
-    text = next(a.help for a in commands["train"]._actions if "--threads" in a.option_strings)
+    text = next(a.help for a in commands["train"].arguments if "--threads" in a.option_strings)
     assert "training steps" in text
 
 
@@ -557,7 +557,7 @@ def test_in_a_notebook_without_ipywidgets_the_progress_bar_is_text_without_a_war
 def test_the_readmes_output_files_are_git_ignored():
     import fnmatch
     import re
-    root = cli.Path(cli.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     ignored = [l.strip() for l in (root / ".gitignore").read_text().splitlines() if l.strip()]
     readme = (root / "README.md").read_text()
     for name in re.findall(r"--predictions (\S+)", readme) + ["runs/"]:
@@ -593,13 +593,13 @@ def test_ctrl_c_after_some_epochs_leaves_their_report(tmp_path):
 
 def test_an_interrupt_between_a_checkpoint_and_its_report_reports_that_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    ended = cli.RunReport.epoch_ended
+    ended = report.RunReport.epoch_ended
 
     def interrupted_at_the_second(self, solver, checkpoint):
         if solver.epoch == 2:
             raise KeyboardInterrupt          # checkpoint_epoch_2.npz is saved, its report not
         ended(self, solver, checkpoint)
-    monkeypatch.setattr(cli.RunReport, "epoch_ended", interrupted_at_the_second)
+    monkeypatch.setattr(report.RunReport, "epoch_ended", interrupted_at_the_second)
     assert main(["train", *FC, "--epochs", "4", "--out", str(out), *QUICK]) == 130
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "checkpoint_epoch_2.npz").is_file()

@@ -215,7 +215,7 @@ def test_the_mirror_may_come_from_the_environment(tmp_path, cache, monkeypatch):
 
 def test_a_missing_data_set_is_offered_for_download_at_a_terminal(tmp_path, cache, monkeypatch):
     import argparse
-    import xpnn.cli as cli
+    from xpnn.cli import training
     archive = cifar_archive(tmp_path, np.random.default_rng(6))
     pinned(monkeypatch, "cifar10", {"cifar-10-python.tar.gz": archive})
     server = Server({"cifar-10-python.tar.gz": archive})
@@ -224,12 +224,12 @@ def test_a_missing_data_set_is_offered_for_download_at_a_terminal(tmp_path, cach
     asked = []
     try:
         monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
-        assert not cli.offer_download(args, ask=asked.append)           # no one to ask
+        assert not training.offer_download(args, ask=asked.append)           # no one to ask
         monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
-        assert not cli.offer_download(args, ask=lambda q: asked.append(q) or "n")
+        assert not training.offer_download(args, ask=lambda q: asked.append(q) or "n")
         assert download.downloaded("cifar10") is None
         monkeypatch.setattr("builtins.input", lambda q: asked.append(q) or "y")
-        data = cli.training_data(args)
+        data = training.training_data(args)
     finally:
         server.close()
     assert len(asked) == 2 and "Download it now" in asked[1]

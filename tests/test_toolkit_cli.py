@@ -47,14 +47,14 @@ def test_cosine_with_warmup_rates_in_metrics_csv(tmp_path):
 
 
 def test_metrics_csv_is_written_at_each_epoch_end(tmp_path, monkeypatch):
-    import xpnn.cli as cli
+    from xpnn.cli import train
     seen = []
 
     class Watching(Solver):
         def save_checkpoint(self, path):       # right after the epoch's callbacks
             seen.append(len(rows(tmp_path / "run" / "metrics.csv")))
             return super().save_checkpoint(path)
-    monkeypatch.setattr(cli, "Solver", Watching)
+    monkeypatch.setattr(train, "Solver", Watching)
     assert main(["train", *FAST, "--epochs", "3", "--out", str(tmp_path / "run")]) == 0
     assert seen == [1, 2, 3]
 
