@@ -38,7 +38,8 @@ def test_train_writes_metrics_plots_and_model(tmp_path):
 
 
 @pytest.mark.parametrize("model,options", [("softmax", []), ("twolayer", ["--hidden", "16"]),
-                                           ("mnist-cnn", []), ("threelayer-cnn", ["--hidden", "16"])])
+                                           ("mnist-cnn", []), ("gap-cnn", []),
+                                           ("threelayer-cnn", ["--hidden", "16"])])
 def test_train_every_model(tmp_path, model, options):
     assert main(["train", "--model", model, "--epochs", "2", "--lr", "1e-2", "--out", str(tmp_path),
                  *options, *QUICK]) == 0

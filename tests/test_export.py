@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 from xpnn.cli import main  # noqa: E402
 from xpnn.export import save_torch, to_onnx, to_torch  # noqa: E402
-from xpnn.models import (FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet, lenet5,  # noqa: E402
+from xpnn.models import (FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet, gap_cnn, lenet5,  # noqa: E402
                          load, mnist_cnn)
 from xpnn.nn import (Affine, AvgPool, BatchNorm, Conv, Dropout, GroupNorm, LayerNorm,  # noqa: E402
                      LeakyReLU, MaxPool, ReLU, Sequential, Sigmoid, Tanh)
@@ -23,6 +23,7 @@ def every_layer(dtype):
 MODELS = {
     "mnist_cnn": lambda d: mnist_cnn(seed=0, dtype=d),
     "lenet5": lambda d: lenet5(seed=0, dtype=d),
+    "gap_cnn": lambda d: gap_cnn(seed=0, dtype=d),
     "twolayer": lambda d: TwoLayerNet(input_dim=784, hidden_dim=20, seed=0, dtype=d),
     "threelayer": lambda d: ThreeLayerConvNet(input_dim=(1, 28, 28), num_filters=4, hidden_dim=10,
                                               seed=0, dtype=d, weight_scale=0.1),

@@ -119,6 +119,27 @@ def test_mnist_cnn_shape():
     assert model.loss(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
 
 
+def test_gap_cnn_global_average_pool(rng, tmp_path):
+    from xpnn.models import gap_cnn
+    from xpnn.nn import GlobalAvgPool
+    model = gap_cnn(input_shape=(2, 6, 5), num_classes=4, filters=(3, 5), dtype=np.float64, seed=0)
+    assert {k: tuple(v.shape) for k, v in model.params.items()} == {
+        "W1": (3, 2, 3, 3), "b1": (3,), "W2": (5, 3, 3, 3), "b2": (5,), "W3": (5, 4), "b3": (4,)}
+    assert model.built_layers[5][1] == (5, 1, 1)        # one mean per channel
+    X, y = rng.standard_normal((3, 2, 6, 5)), rng.integers(0, 4, 3)
+    # The pooled value is each channel's mean over the image, whatever its size.
+    layer = GlobalAvgPool()
+    layer.build((2, 6, 5), 0)
+    out, _ = layer.forward(X, {}, True)
+    assert np.allclose(out[:, :, 0, 0], X.mean(axis=(2, 3)), rtol=1e-12, atol=1e-12)
+    errors = model_grad_errors(model, X, y)
+    assert max(errors.values()) < 1e-6, errors
+    model.save(tmp_path / "gap.npz")
+    again = load(tmp_path / "gap.npz")
+    assert isinstance(again.layers[5], GlobalAvgPool)
+    assert np.array_equal(again.loss(X), model.loss(X))
+
+
 @pytest.mark.parametrize("init,std", [("gaussian", 0.05), ("xavier", np.sqrt(2 / (400 + 300))),
                                       ("he", np.sqrt(2 / 400))])
 def test_weight_init(init, std):

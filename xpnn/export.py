@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from .backend import to_numpy
-from .nn import (Affine, AvgPool, BatchNorm, Conv, Dropout, GroupNorm, LayerNorm, LeakyReLU,
+from .nn import (Affine, AvgPool, BatchNorm, Conv, Dropout, GlobalAvgPool, GroupNorm, LayerNorm, LeakyReLU,
                  MaxPool, ReLU, Sequential, Sigmoid, Tanh)
 
 __all__ = ["to_torch", "to_onnx", "save_torch"]
@@ -82,6 +82,8 @@ def _convert(torch, layer, in_shape, weights, dtype):
         conv = nn.Conv2d(W.shape[1], W.shape[0], tuple(W.shape[2:]), stride=layer.stride,
                          padding=layer.pad)
         return [set_(conv, weight=W, bias=b)]
+    if isinstance(layer, GlobalAvgPool):
+        return [nn.AdaptiveAvgPool2d(1)]
     if isinstance(layer, AvgPool):       # before MaxPool: AvgPool is a subclass of it
         return [nn.AvgPool2d(layer.size, layer.stride)]
     if isinstance(layer, MaxPool):

@@ -7,14 +7,16 @@
     mnist_cnn()        conv3x3x8 - relu - pool - conv3x3x8 - relu - pool - fc32 - relu - fc10
     lenet5()           conv5x5x12 - relu - pool - conv5x5x24 - relu - pool - fc120 - relu -
                        fc84 - relu - fc10 (LeCun et al., 1998, twice as wide, ReLU, max pool)
+    gap_cnn()          conv3x3x16 - relu - pool - conv3x3x32 - relu - global average pool -
+                       fc10: all-convolutional, 5k parameters
 """
 from __future__ import annotations
 
-from .nn import (Affine, BatchNorm, Conv, Dropout, GroupNorm, LayerNorm, MaxPool, Model, ReLU,
-                 Sequential, load)
+from .nn import (Affine, BatchNorm, Conv, Dropout, GlobalAvgPool, GroupNorm, LayerNorm, MaxPool,
+                 Model, ReLU, Sequential, load)
 
 __all__ = ["Model", "Sequential", "TwoLayerNet", "FullyConnectedNet", "ThreeLayerConvNet",
-           "mnist_cnn", "lenet5", "load"]
+           "mnist_cnn", "lenet5", "gap_cnn", "load"]
 
 NORMALIZATIONS = {None: None, "batchnorm": BatchNorm, "layernorm": LayerNorm, "groupnorm": GroupNorm}
 
@@ -111,4 +113,17 @@ def lenet5(input_shape=(1, 28, 28), num_classes=10, filters=(12, 24), init="he",
     layers = [Conv(c1, 5, pad=2), MaxPool(2), ReLU(),
               Conv(c2, 5), MaxPool(2), ReLU(),
               Affine(120), ReLU(), Affine(84), ReLU(), Affine(num_classes)]
+    return Sequential(layers, input_shape, init=init, **kwargs)
+
+
+def gap_cnn(input_shape=(1, 28, 28), num_classes=10, filters=(16, 32), init="he",
+            **kwargs) -> Sequential:
+    """An all-convolutional CNN: conv3x3 (pad 1) - relu - pool2 (run as pool - relu, see
+    mnist_cnn) - conv3x3 (pad 1) - relu - global average pool - affine, with He
+    initialisation. Its head averages each of the last conv's channels over the image instead
+    of flattening them into a large affine layer (Lin et al., 2014, "Network in Network"):
+    5,130 parameters with the default 16 and 32 filters, and any input size of 2 x 2 or more."""
+    c1, c2 = filters
+    layers = [Conv(c1, 3, pad=1), MaxPool(2), ReLU(),
+              Conv(c2, 3, pad=1), ReLU(), GlobalAvgPool(), Affine(num_classes)]
     return Sequential(layers, input_shape, init=init, **kwargs)

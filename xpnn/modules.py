@@ -174,6 +174,23 @@ class AvgPool(MaxPool):
         return L.avg_pool_backward(dout, cache), {}
 
 
+class GlobalAvgPool(Layer):
+    """The mean of each channel over the whole image, (C, H, W) -> (C, 1, 1): average pooling
+    with one window the size of the image. All-convolutional nets (Network in Network,
+    ResNet) end this way instead of with large affine layers; an Affine after it flattens."""
+
+    def build(self, in_shape, k):
+        C, H, W = in_shape
+        self._param = {"pool_height": H, "pool_width": W, "stride": 1}
+        return (C, 1, 1)
+
+    def forward(self, x, params, train, needs_dx=True):
+        return L.avg_pool_forward(x, self._param)
+
+    def backward(self, dout, cache):
+        return L.avg_pool_backward(dout, cache), {}
+
+
 class _Activation(Layer):
     forward_fn = backward_fn = None
 

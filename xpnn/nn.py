@@ -18,7 +18,7 @@ from .checkpoint import MODEL_TYPES, CheckpointError, checked_params, load, mode
 from .io import atomic_savez
 # The layer modules, importable from here as ever (xpnn.nn.Affine, ...).
 from .modules import (INITS, LAYER_TYPES, Affine, AvgPool, BatchNorm, Conv, Dropout,  # noqa: F401
-                      GroupNorm, Layer, LayerNorm, LeakyReLU, MaxPool, ReLU, Sigmoid, Tanh,
+                      GlobalAvgPool, GroupNorm, Layer, LayerNorm, LeakyReLU, MaxPool, ReLU, Sigmoid, Tanh,
                       layer_from_spec)
 from .workers import map_shards
 

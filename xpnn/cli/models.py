@@ -9,7 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from ..models import FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, lenet5, mnist_cnn
+from ..models import (FullyConnectedNet, Sequential, ThreeLayerConvNet, TwoLayerNet, gap_cnn,
+                      lenet5, mnist_cnn)
 from ..nn import Affine
 
 DEFAULT_HIDDEN = 200
@@ -36,6 +37,8 @@ MODELS = {
                           mnist_cnn(input_shape=shape, num_classes=classes, **common)),
     "lenet5": CliModel(0, lambda args, shape, classes, hidden, common:
                        lenet5(input_shape=shape, num_classes=classes, **common)),
+    "gap-cnn": CliModel(0, lambda args, shape, classes, hidden, common:
+                        gap_cnn(input_shape=shape, num_classes=classes, **common)),
     "threelayer-cnn": CliModel(1, lambda args, shape, classes, hidden, common:
                                ThreeLayerConvNet(input_dim=shape, num_classes=classes,
                                                  hidden_dim=hidden[0], **common)),
