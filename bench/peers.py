@@ -32,8 +32,8 @@ that ratio. The frameworks may live in different interpreters (Chainer 7 needs N
 imported is reported and left out. The driver itself needs only the standard library.
 
 Each worker gets its thread count as a user sets it, in OPENBLAS_NUM_THREADS /
-OMP_NUM_THREADS / MKL_NUM_THREADS (and torch.set_num_threads): xpnn's CPU backend takes it
-as its own thread count (see xpnn.threads), PyTorch and Chainer as their BLAS/OpenMP threads.
+OMP_NUM_THREADS / MKL_NUM_THREADS (and torch.set_num_threads): xpnn runs that many batch
+shards at once (see xpnn.parallel), PyTorch and Chainer as their BLAS/OpenMP threads.
 
 Setting up the peers (PyTorch from this machine's local CPU build; Chainer in a venv of its own):
     pip install torch==2.13.0

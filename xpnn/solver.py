@@ -73,7 +73,7 @@ class Solver:
     on_nonfinite ("stop" or "continue"), comm (None, or an xpnn.distributed communicator for
     data-parallel training), threads (None: the thread count is measured on the training steps
     of a CPU model and re-checked as the load changes; N: fixed; either way the numbers are
-    the same, only the speed changes; see xpnn.threads), callbacks (a list of objects with
+    the same, only the speed changes; see xpnn.parallel.threads), callbacks (a list of objects with
     some of on_train_begin / on_step_end / on_epoch_end / on_train_end: see xpnn.callbacks;
     setting `solver.stop_training = True` ends training), lr_schedule (None, or a callable
     epoch -> multiplier of the base learning rate: see xpnn.schedules; not with lr_decay),
@@ -99,7 +99,7 @@ class Solver:
         # "stop" raises NonFiniteLossError; "continue" skips the step's update and goes on.
         self.on_nonfinite = kwargs.pop("on_nonfinite", "stop")
         # Threads of the steps: None measures the fastest count on the steps themselves (CPU
-        # models; see xpnn.threads), an int fixes it. Neither changes a number.
+        # models; see xpnn.parallel.threads), an int fixes it. Neither changes a number.
         self.threads = kwargs.pop("threads", None)
         # Data parallel over MPI ranks: an xpnn.distributed.Communicator (see that module).
         self.comm = kwargs.pop("comm", None)
