@@ -237,6 +237,23 @@ def test_training_gives_the_same_weights_on_any_thread_count(kind, monkeypatch):
                                           err_msg=how)
 
 
+def test_a_thread_count_is_one_models_own():
+    """A Solver's policy sets the threads of its own wrapped model, only while training: two
+    models never share a setting (there is no process-wide one)."""
+    from xpnn import Solver
+    from xpnn.data import get_data
+    from xpnn.models import mnist_cnn
+    from xpnn.parallel.threads import default_threads
+    data = get_data("digits", num_training=100)
+    first, second = (Solver(mnist_cnn(input_shape=(1, 8, 8), seed=0), data, threads=threads,
+                            verbose=False) for threads in (2, 1))
+    assert first.net.model is first.model and first.net.threads == second.net.threads == default_threads()
+    first.thread_policy.start()
+    assert first.net.threads == 2 and second.net.threads == default_threads()
+    first.thread_policy.finish()
+    assert first.net.threads == default_threads()
+
+
 def test_a_batch_is_cut_by_the_problem_alone():
     """Two shards of 25+ samples; more (to 4) only where each keeps 50M multiply-adds: the
     MNIST CNN (182k a sample) gets two up to 800 images, the CIFAR net (5.6M) four from 100."""

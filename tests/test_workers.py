@@ -1,6 +1,5 @@
 """Shard processes (xpnn.parallel.workers): the same numbers as threads, errors and dead workers
 named, Ctrl-C left to the parent, nothing left running."""
-import gc
 import os
 import signal
 import sys

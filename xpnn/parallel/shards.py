@@ -44,10 +44,12 @@ def shard_count(N: int, multiply_adds: int) -> int:
 class Shardable(Protocol):
     """What a model offers to be cut into shards (xpnn.nn.Sequential does)."""
     backend: object        # its device: shards run for models on the host (NumPy)
+    params: dict           # a worker process's copy takes each step's from the parent
+    layers: list           # with loss_name and output_shape: a changed model gets new workers
+    loss_name: str
+    output_shape: tuple
     multiply_adds: int     # per sample, forward: how many shards pay
     mixes_samples: bool    # whether a training pass ties the batch's samples together
-    output_shape: tuple
-    loss_name: str
 
     def loss(self, X, y=None): ...
     def as_input(self, X): ...                             # X checked, as forward takes it
