@@ -158,6 +158,7 @@ class Solver:
         self.model.params, buffers = comm.rank0_state(self.model, self.backend)
         if buffers:
             self.model.set_buffers(buffers)
+        # The data order is a function of rank 0's seed alone: the same permutation everywhere.
         self.rng.bit_generator.state = comm.bcast(self.rng.bit_generator.state, "the seed broadcast")
         comm.reseed_dropout(self.model)
         self.verbose = self.verbose and comm.is_writer
