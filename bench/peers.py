@@ -32,8 +32,8 @@ that ratio. The frameworks may live in different interpreters (Chainer 7 needs N
 imported is reported and left out. The driver itself needs only the standard library.
 
 Each worker gets its thread count as a user sets it, in OPENBLAS_NUM_THREADS /
-OMP_NUM_THREADS / MKL_NUM_THREADS (and torch.set_num_threads): xpnn's CPU backend takes it
-as its own thread count (see xpnn.threads), PyTorch and Chainer as their BLAS/OpenMP threads.
+OMP_NUM_THREADS / MKL_NUM_THREADS (and torch.set_num_threads): xpnn runs that many batch
+shards at once (see xpnn.parallel), PyTorch and Chainer as their BLAS/OpenMP threads.
 
 Setting up the peers (PyTorch from this machine's local CPU build; Chainer in a venv of its own):
     pip install torch==2.13.0
@@ -78,13 +78,19 @@ def build_step(framework, net, threads):
         import xpnn
         from xpnn import optim
         from xpnn.models import ThreeLayerConvNet, mnist_cnn
+        try:
+            from xpnn.parallel import sharded
+        except ImportError:           # an xpnn from before xpnn.parallel: its models cut
+            def sharded(model, threads):       # their batches into shards themselves
+                return model
         # Built directly, without a Solver (whose thread policy would pick its own count):
-        # the CPU backend splits each batch over the threads the environment gave BLAS.
+        # each batch runs as shards on `threads` runners, as the Solver's with --threads.
         model = mnist_cnn(seed=0) if net == "mnist" else ThreeLayerConvNet(seed=0)
+        sharded_model = sharded(model, threads)
         configs = {name: {"learning_rate": LEARNING_RATE} for name in model.params}
 
         def step():
-            _, grads = model.loss(X, y)
+            _, grads = sharded_model.loss(X, y)
             for name, w in model.params.items():
                 model.params[name], configs[name] = optim.sgd(w, grads[name], configs[name])
         return step, xpnn.__version__

@@ -13,7 +13,7 @@ import numpy as np
 
 from xpnn import Solver
 from xpnn.models import ThreeLayerConvNet, mnist_cnn
-from xpnn.threads import ThreadPolicy
+from xpnn.parallel import ThreadPolicy
 
 STEPS = 200
 ThreadPolicy.SHORT = 0

@@ -33,6 +33,7 @@ from xpnn import distributed
 from xpnn.data import get_data
 from xpnn.io import atomic_savez, atomic_write_text
 from xpnn.models import FullyConnectedNet
+from xpnn.modules import Dropout
 from xpnn.solver import Solver
 
 SETTINGS = dict(update_rule="adam", optim_config={"learning_rate": 2e-3}, lr_decay=0.9,
@@ -93,7 +94,7 @@ def dropout(args):
     model = FullyConnectedNet([16], input_dim=64, num_classes=10, dropout_keep_ratio=0.5,
                               dtype="float64", seed=5)
     Solver(model, data, comm=comm, **SETTINGS)
-    layer = next(layer for layer in model.layers if getattr(layer, "rng", None) is not None)
+    layer = next(layer for layer in model.layers if isinstance(layer, Dropout))
     atomic_savez(Path(args.out) / f"rank{comm.rank}.npz",
                  {"draws": np.asarray(layer.rng.uniform((8,), dtype="float64"))})
 

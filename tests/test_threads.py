@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from xpnn.threads import ThreadPolicy, available_cores
+from xpnn.parallel import Sharded, ThreadPolicy, shards
+from xpnn.parallel.threads import available_cores
 
 
 def blas_threads():
@@ -36,12 +37,12 @@ class Machine:
             self.policy.timed(lambda: setattr(self, "now", self.now + self.seconds_for[self.policy.threads]))
 
 
-class Backend:
+class Runners:
     threads = 5                                  # whatever the user had: put back after
 
 
 def policy_on(machine, **kwargs):
-    kwargs = {"split_batches": True, "backend": Backend(), **kwargs}
+    kwargs = {"split_batches": True, "runners": Runners(), **kwargs}
     machine.policy = ThreadPolicy(max_threads=2, clock=machine.clock, **kwargs)
     machine.policy.start()
     return machine.policy
@@ -59,7 +60,7 @@ def test_one_thread_when_more_collapse():
     policy.finish()
     assert set(machine.threads_seen) == {1, 2} and policy.threads == 1
     assert policy.checks == {"start": 1} and policy.step_ms == {1: 10.0, 2: 300.0}
-    assert blas_threads() == before and policy._backend.threads == 5
+    assert blas_threads() == before and policy._runners.threads == 5
 
 
 def test_more_threads_only_when_clearly_faster_and_no_flip_flop():
@@ -72,7 +73,7 @@ def test_more_threads_only_when_clearly_faster_and_no_flip_flop():
             assert policy.threads == expected and policy._interval == interval
             machine.steps(interval + check_length(policy))
         assert policy.threads == expected and policy.checks == {"start": 1, "periodic": 6}
-        assert policy._backend.threads == expected          # the runners of the model's shards
+        assert policy._runners.threads == expected          # the runners of the model's shards
 
 
 def steps_until(machine, threads):
@@ -141,7 +142,7 @@ def test_fixed_or_whole_batch_policies_never_check_and_restore_after():
         machine.steps(5000)
         assert set(machine.threads_seen) == {threads} and policy.checks == {}
         policy.finish()
-        assert blas_threads() == before and policy._backend.threads == 5
+        assert blas_threads() == before and policy._runners.threads == 5
 
 
 def test_a_noisy_machine_cannot_make_the_checks_take_over():
@@ -198,10 +199,10 @@ def assert_same_arrays(first, second):
 
 
 @pytest.mark.parametrize("kind", ["cnn", "batchnorm-dropout"])
-def test_training_gives_the_same_weights_on_any_thread_count(cpu, kind, monkeypatch):
+def test_training_gives_the_same_weights_on_any_thread_count(kind, monkeypatch):
     """1, 2 and 3 threads, shards in worker processes or on threads, measured or fixed: the
     same weights bit for bit, and the same predictions."""
-    from xpnn import workers
+    from xpnn.parallel import workers
     from xpnn.data import get_data
     from xpnn.models import FullyConnectedNet, mnist_cnn
     data = get_data("digits", num_training=600)
@@ -211,9 +212,9 @@ def test_training_gives_the_same_weights_on_any_thread_count(cpu, kind, monkeypa
             return mnist_cnn(input_shape=(1, 8, 8), seed=0, reg=1e-3)
         return FullyConnectedNet([32, 16], input_dim=64, normalization="batchnorm",
                                  dropout_keep_ratio=0.8, seed=0)
-    cpu.SHARD_WORK = 1                 # batches of 100 in four shards: work for 3 threads
+    monkeypatch.setattr(shards, "SHARD_WORK", 1)   # batches of 100 in four shards: work for 3 threads
     runs = {f"{n} threads": trained(model(), data, n).model for n in (1, 2)}
-    monkeypatch.setattr("xpnn.threads.available_cores", lambda: 3)     # as on a 3-core machine
+    monkeypatch.setattr("xpnn.parallel.threads.available_cores", lambda: 3)     # as on a 3-core machine
     with monkeypatch.context() as patched:     # measured, the count changing every few steps
         for setting, value in {"SHORT": 0, "WARMUP": 0, "TRIAL": 1, "ROUNDS": 1, "RECHECK": 1,
                                "BUDGET": 1e9}.items():
@@ -230,12 +231,30 @@ def test_training_gives_the_same_weights_on_any_thread_count(cpu, kind, monkeypa
     for how, other in runs.items():
         assert_same_arrays(first.params, other.params)
         assert_same_arrays(first.buffers(), other.buffers())
-        for threads in (1, 3):
-            cpu.threads = threads
-            np.testing.assert_array_equal(other.predict_proba(X), first.predict_proba(X), err_msg=how)
+        np.testing.assert_array_equal(other.predict_proba(X), first.predict_proba(X), err_msg=how)
+        for threads in (1, 3):                   # test-mode scores in shards, as the Solver's
+            np.testing.assert_array_equal(Sharded(other, threads).loss(X), Sharded(first, 1).loss(X),
+                                          err_msg=how)
 
 
-def test_a_batch_is_cut_by_the_problem_alone(cpu):
+def test_a_thread_count_is_one_models_own():
+    """A Solver's policy sets the threads of its own wrapped model, only while training: two
+    models never share a setting (there is no process-wide one)."""
+    from xpnn import Solver
+    from xpnn.data import get_data
+    from xpnn.models import mnist_cnn
+    from xpnn.parallel.threads import default_threads
+    data = get_data("digits", num_training=100)
+    first, second = (Solver(mnist_cnn(input_shape=(1, 8, 8), seed=0), data, threads=threads,
+                            verbose=False) for threads in (2, 1))
+    assert first.net.model is first.model and first.net.threads == second.net.threads == default_threads()
+    first.thread_policy.start()
+    assert first.net.threads == 2 and second.net.threads == default_threads()
+    first.thread_policy.finish()
+    assert first.net.threads == default_threads()
+
+
+def test_a_batch_is_cut_by_the_problem_alone():
     """Two shards of 25+ samples; more (to 4) only where each keeps 50M multiply-adds: the
     MNIST CNN (182k a sample) gets two up to 800 images, the CIFAR net (5.6M) four from 100."""
     from xpnn.models import ThreeLayerConvNet, mnist_cnn
@@ -243,27 +262,25 @@ def test_a_batch_is_cut_by_the_problem_alone(cpu):
     assert light.multiply_adds == 8 * 9 * 28 * 28 + 8 * 72 * 14 * 14 + 392 * 32 + 32 * 10
     assert heavy.multiply_adds == 32 * 3 * 49 * 32 * 32 + 8192 * 100 + 100 * 10
     for threads in (1, 2, 7):
-        cpu.threads = threads
         for model, expected in [(light, {10: [10], 50: [25] * 2, 100: [50] * 2, 1000: [333, 333, 334]}),
                                 (heavy, {10: [10], 50: [25] * 2, 100: [25] * 4, 128: [32] * 4})]:
-            cuts = {N: [s.stop - s.start for s in model._shards(N, True)] for N in expected}
+            cuts = {N: [s.stop - s.start for s in Sharded(model, threads).shards(N, True)] for N in expected}
             assert cuts == expected
 
 
-def test_a_step_split_over_runners_matches_the_whole_batch(cpu):
+def test_a_step_split_over_runners_matches_the_whole_batch(monkeypatch):
     """The shards' sums differ from the whole batch's only in rounding; whoever runs them,
     they are the same bit for bit (4 shards on 1, 2, 3 and 4 runners)."""
     from xpnn.models import mnist_cnn
     model = mnist_cnn(input_shape=(1, 8, 8), dtype="float64", seed=0, reg=0.1)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((100, 1, 8, 8)), rng.integers(0, 10, 100)
-    cpu.MAX_SHARDS = 1
-    whole_loss, whole_grads = model.loss(X, y)
-    cpu.MAX_SHARDS, cpu.SHARD_WORK = 4, 1          # four shards of this small model's batch
+    whole_loss, whole_grads = model.loss(X, y)     # the model alone: the whole batch
+    monkeypatch.setattr(shards, "SHARD_WORK", 1)   # four shards of this small model's batch
     results = {}
     for runners in (1, 2, 3, 4):
-        cpu.threads = runners
-        results[runners] = model.loss(X, y), model.loss(X)
+        net = Sharded(model, runners)
+        results[runners] = net.loss(X, y), net.loss(X)
     (loss, grads), scores = results.pop(1)
     assert loss == pytest.approx(whole_loss, rel=1e-12)
     for name in grads:
@@ -274,35 +291,35 @@ def test_a_step_split_over_runners_matches_the_whole_batch(cpu):
         np.testing.assert_array_equal(other_scores, scores)
 
 
-def test_batchnorm_and_dropout_models_keep_their_training_batch_whole(cpu):
+def test_batchnorm_and_dropout_models_keep_their_training_batch_whole():
     from xpnn.models import FullyConnectedNet
     X, y = np.random.default_rng(0).standard_normal((50, 64)), np.arange(50) % 10
     for model in [FullyConnectedNet([16], input_dim=64, normalization="batchnorm", seed=0),
                   FullyConnectedNet([16], input_dim=64, dropout_keep_ratio=0.5, seed=0)]:
-        assert not model.splits_steps
+        assert model.mixes_samples
+        net = Sharded(model, 2)
         sizes = {"train": [], "test": []}
-        cut = model._shards
-        model._shards = lambda N, train: sizes["train" if train else "test"].extend(
+        cut = net.shards
+        net.shards = lambda N, train: sizes["train" if train else "test"].extend(
             s.stop - s.start for s in cut(N, train)) or cut(N, train)
-        model.loss(X, y)
-        model.loss(X)                            # test mode: per sample, so it splits
+        net.loss(X, y)
+        net.loss(X)                              # test mode: per sample, so it splits
         assert sizes == {"train": [50], "test": [25, 25]}
 
 
-def test_label_errors_are_found_in_any_shard(cpu):
+def test_label_errors_are_found_in_any_shard():
     from xpnn.models import mnist_cnn
-    model = mnist_cnn(input_shape=(1, 8, 8), seed=0)
+    net = Sharded(mnist_cnn(input_shape=(1, 8, 8), seed=0), threads=3)
     X = np.zeros((100, 1, 8, 8), np.float32)
-    cpu.threads = 3
     y = np.arange(100) % 10
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\].*from 0 to 10"):
-        model.loss(X, np.where(np.arange(100) == 99, 10, y))      # only the last shard is wrong
+        net.loss(X, np.where(np.arange(100) == 99, 10, y))        # only the last shard is wrong
     with pytest.raises(ValueError, match=r"labels y must have shape \(100,\)"):
-        model.loss(X, np.zeros(120, dtype=int))                   # not cut to fit the shards
+        net.loss(X, np.zeros(120, dtype=int))                     # not cut to fit the shards
 
 
 def test_worker_threads_keep_numpys_error_settings():
-    from xpnn.threads import map_in_threads
+    from xpnn.parallel.threads import map_in_threads
     with np.errstate(over="ignore", divide="raise"):
         seen = map_in_threads(lambda _: np.geterr(), [0, 1, 2])
     assert [(s["over"], s["divide"]) for s in seen] == [("ignore", "raise")] * 3

@@ -102,7 +102,7 @@ def test_lenet5_trains_from_the_command_line(tmp_path):
     model = lenet5()
     assert [tuple(model.params[k].shape) for k in ("W1", "W2", "W3", "W4", "W5")] == \
         [(12, 1, 5, 5), (24, 12, 5, 5), (600, 120), (120, 84), (84, 10)]
-    assert model.splits_steps         # no batchnorm or dropout: its steps run as shards
+    assert not model.mixes_samples    # no batchnorm or dropout: its steps run as shards
     out = tmp_path / "run"
     assert main(["train", "--model", "lenet5", "--num-train", "1000", "--epochs", "1", "--quiet",
                  "--threads", "1", "--out", str(out)]) == 0

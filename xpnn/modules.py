@@ -37,8 +37,8 @@ class Layer:
     """
     has_weights = False   # Affine and Conv: they are numbered 1, 2, ... and name W{k}, b{k}
     # Whether a training forward pass ties a batch's samples together (batchnorm's batch
-    # statistics, dropout's random stream): a model with such a layer never splits its
-    # training steps over threads (see Sequential.device_loss).
+    # statistics, dropout's random stream): a model with such a layer is never cut into
+    # shards for training (Sequential.mixes_samples; see xpnn.parallel).
     mixes_samples = False
 
     def __init_subclass__(cls, **kwargs):
@@ -351,6 +351,11 @@ class Dropout(Layer):
     def init_params(self, rng, dtype, init, weight_scale):
         self.rng = rng            # unseeded masks continue the model's random stream
         return {}
+
+    def reseed(self, generator) -> None:
+        """Unseeded masks from `generator` from now on (a model moved to another device, or
+        a rank of a data-parallel job that needs masks of its own)."""
+        self.rng = generator
 
     def forward(self, x, params, train, needs_dx=True):
         self.dropout_param["mode"] = "train" if train else "test"

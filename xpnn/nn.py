@@ -20,7 +20,6 @@ from .io import atomic_savez
 from .modules import (INITS, LAYER_TYPES, Affine, AvgPool, BatchNorm, Conv, Dropout,  # noqa: F401
                       GlobalAvgPool, GroupNorm, Layer, LayerNorm, LeakyReLU, MaxPool, ReLU, Sigmoid, Tanh,
                       layer_from_spec)
-from .workers import map_shards
 
 LOSSES = {"softmax": L.softmax_loss_terms, "svm": L.svm_loss_terms, "mse": L.mse_loss_terms}
 
@@ -58,9 +57,6 @@ class Model:
         if target is not self.backend:
             self.params = {k: target.to_device(to_numpy(v)) for k, v in self.params.items()}
             self.set_buffers({k: target.to_device(to_numpy(v)) for k, v in self.buffers().items()})
-            for layer in getattr(self, "layers", ()):
-                if getattr(layer, "rng", None) is not None:    # dropout masks: made there now
-                    layer.rng = target.generator(draw_seed())
             self.input_mean, self.input_scale = (None if v is None else target.to_device(to_numpy(v))
                                                  for v in (self.input_mean, self.input_scale))
             self.backend = target
@@ -273,7 +269,18 @@ class Sequential(Model):
         self.output_shape = shape
         self.multiply_adds = sum(layer.multiply_adds() for layer in self.layers)   # per sample
 
-    def _check_input(self, X):
+    def to(self, device) -> "Sequential":
+        moving = get_backend(device) is not self.backend
+        super().to(device)
+        if moving:
+            for layer in self.layers:
+                if isinstance(layer, Dropout):           # its masks are made there now
+                    layer.reseed(self.backend.generator(draw_seed()))
+        return self
+
+    def as_input(self, X):
+        """X checked (see predict) and in the parameters' precision: what `forward` and
+        `forward_backward` take."""
         X = self._checked_input(X)
         xp = namespace_of(X, *self.params.values())
         # Compute in the parameters' precision: float32 data meet a float64 model as float64
@@ -281,31 +288,20 @@ class Sequential(Model):
         return xp.astype(X, self.params[next(iter(self.params))].dtype, copy=False)
 
     @property
-    def splits_steps(self) -> bool:
-        """Whether a training step may run as shards of its batch on the backend's threads:
-        true unless a layer ties the batch's samples together (batchnorm, dropout)."""
-        return not any(layer.mixes_samples for layer in self.layers)
-
-    def _shards(self, N: int, train: bool) -> list[slice]:
-        """The batch's shards, fixed by the problem alone (`backend.shards`: the batch size and
-        the model's multiply-adds), never by the thread count: each runs the whole net on its
-        slice and the model sums their losses and gradients in shard order, so a step gives the
-        same numbers on any number of threads. A training batch whose layers tie its samples
-        together (batchnorm, dropout) stays whole."""
-        count = self.backend.shards(N, self.multiply_adds) if self.splits_steps or not train else 1
-        bounds = [N * i // count for i in range(count + 1)]
-        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    def mixes_samples(self) -> bool:
+        """Whether a training pass ties the batch's samples together (batchnorm's batch
+        statistics, dropout's one stream of masks): then a batch's loss is not the sum of
+        its parts' (xpnn.parallel keeps such a training batch whole)."""
+        return any(layer.mixes_samples for layer in self.layers)
 
     def scores(self, X):
         """Class scores for X in test mode (no caches kept)."""
         with self.backend:
-            X = self._check_input(X)
-            outs = map_shards(self, X, None, self._shards(X.shape[0], False), self.backend.threads)
-            return outs[0] if len(outs) == 1 else namespace_of(X).concat(outs, axis=0)
+            return self.forward(self.as_input(X))
 
     def forward(self, out):
         """Test-mode class scores of an input batch already checked and on the model's device
-        (`scores` checks, moves and shards; one shard of it runs this)."""
+        (`as_input`)."""
         for layer in self.layers:
             out, _ = layer.forward(out, self.params, False)
         return out
@@ -314,43 +310,38 @@ class Sequential(Model):
         if y is None:
             return self.scores(X)
         with self.backend:        # every allocation and launch on the model's device
-            loss, grads, label_range = self.device_loss(X, y)
-            # Dask: the step computed now, in one pass (loss, gradients and batchnorm's
-            # running averages share the forward pass); other libraries have computed it.
-            loss, grads, label_range, buffers = self.backend.materialize(
-                (loss, grads, label_range, self.buffers()))
-            self.set_buffers(buffers)
-            # The step's only device->host transfer: the loss (with the label-range check).
-            return L.host_loss(loss, label_range, self.output_shape[-1]), grads
+            return self.finish_step(*self.device_loss(X, y))
 
     def device_loss(self, X, y):
         """(loss, grads, label_range) left on the device: a training step with no host sync.
         Call it inside `with model.backend:`; `loss` wraps it and brings the loss home."""
-        X = self._check_input(X)
-        xp, N = namespace_of(X), X.shape[0]
-        # Labels (MSE: targets) that do not match X go whole to the loss, which says what is wrong.
-        fits = tuple(getattr(y, "shape", ())) == ((N, *self.output_shape) if self.loss_name == "mse" else (N,))
-        shards = self._shards(N, True) if fits else [slice(0, N)]
-        # Each shard's loss and gradients come weighted by its share of the batch, summed in
-        # shard order: the same sum however many threads ran the shards.
-        parts = map_shards(self, X, y, shards, self.backend.threads)
-        loss, grads, label_range = parts[0]
-        for part_loss, part_grads, _ in parts[1:]:
-            loss = loss + part_loss
-            grads = {name: grads[name] + part_grads[name] for name in grads}
-        if label_range is not None and len(parts) > 1:      # [lowest, highest] over the shards
-            ranges = xp.stack([part[2] for part in parts])
-            label_range = xp.stack([xp.min(ranges[:, 0]), xp.max(ranges[:, 1])])
+        loss, grads, label_range = self.forward_backward(self.as_input(X), y)
+        return (*self.regularized(loss, grads), label_range)
+
+    def regularized(self, loss, grads):
+        """The data loss and gradients plus the L2 penalty 0.5 * reg * sum(W**2) of every
+        weight matrix, and its gradient reg * W (grads is updated in place)."""
         if self.reg:
+            xp = self.backend.xp
             for name, w in self.params.items():
                 if name.startswith("W"):
                     loss = loss + 0.5 * self.reg * xp.sum(w * w)
                     grads[name] = grads[name] + self.reg * w
-        return loss, grads, label_range
+        return loss, grads
+
+    def finish_step(self, loss, grads, label_range):
+        """A training step's end: (the loss as a Python float, grads). Dask computes the step
+        now, in one pass (loss, gradients and batchnorm's running averages share the forward
+        pass); the other libraries have computed it. The loss, with the label-range check
+        riding on it, is the step's only device->host transfer."""
+        loss, grads, label_range, buffers = self.backend.materialize(
+            (loss, grads, label_range, self.buffers()))
+        self.set_buffers(buffers)
+        return L.host_loss(loss, label_range, self.output_shape[-1]), grads
 
     def forward_backward(self, out, y):
-        """The data loss of one batch or shard (X, checked and on the device, and y) and its
-        gradients: forward, loss, backward (`device_loss` shards, sums and regularises)."""
+        """The data loss of one batch or shard (X as `as_input` gives it, and y) and its
+        gradients: forward, loss, backward (`regularized` adds the penalty)."""
         caches = []
         for i, layer in enumerate(self.layers):
             # Nothing needs the gradient of the input data: the first layer may skip it.

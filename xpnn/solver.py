@@ -35,7 +35,7 @@ from . import optim
 from .backend import backend_of, draw_seed, namespace_of
 from . import checkpoint
 from .nn import Model
-from .threads import ThreadPolicy
+from .parallel import sharded
 
 # Library messages (each epoch's line, early stopping...): silent unless the program
 # configures logging; `xpnn` (the command) prints them. A record with printed=True was also
@@ -73,7 +73,7 @@ class Solver:
     on_nonfinite ("stop" or "continue"), comm (None, or an xpnn.distributed communicator for
     data-parallel training), threads (None: the thread count is measured on the training steps
     of a CPU model and re-checked as the load changes; N: fixed; either way the numbers are
-    the same, only the speed changes; see xpnn.threads), callbacks (a list of objects with
+    the same, only the speed changes; see xpnn.parallel.threads), callbacks (a list of objects with
     some of on_train_begin / on_step_end / on_epoch_end / on_train_end: see xpnn.callbacks;
     setting `solver.stop_training = True` ends training), lr_schedule (None, or a callable
     epoch -> multiplier of the base learning rate: see xpnn.schedules; not with lr_decay),
@@ -99,7 +99,7 @@ class Solver:
         # "stop" raises NonFiniteLossError; "continue" skips the step's update and goes on.
         self.on_nonfinite = kwargs.pop("on_nonfinite", "stop")
         # Threads of the steps: None measures the fastest count on the steps themselves (CPU
-        # models; see xpnn.threads), an int fixes it. Neither changes a number.
+        # models; see xpnn.parallel.threads), an int fixes it. Neither changes a number.
         self.threads = kwargs.pop("threads", None)
         # Data parallel over MPI ranks: an xpnn.distributed.Communicator (see that module).
         self.comm = kwargs.pop("comm", None)
@@ -132,16 +132,13 @@ class Solver:
         first = next(iter(model.params.values()))
         self.backend = getattr(model, "backend", None) or backend_of(first)
         self.dtype = self.backend.dtype_name(first.dtype)
-        # Measured only on the CPU, where one process owns the cores; a model that can (no
-        # batchnorm or dropout) splits each batch over the threads.
-        cpu = self.backend if self.backend.tunes_threads else None
-        measure = cpu is not None and self.comm is None
-        # More threads than a batch has shards run nothing: the policy times only counts that may.
-        self.thread_policy = (ThreadPolicy(self.threads, backend=cpu, split_batches=cpu is not None
-                                           and getattr(model, "splits_steps", False),
-                                           max_runners=cpu.shards(self.batch_size, getattr(model, "multiply_adds", 0))
-                                           if cpu else None)
-                              if self.threads or measure else None)
+        # On the CPU a model computes each batch as shards on several cores (xpnn.parallel:
+        # `net` is the model wrapped, or the model itself), as many as the thread policy says:
+        # measured on the steps (threads=None; not in a data-parallel job, whose ranks share the
+        # cores), or fixed. Neither changes a number.
+        self.net = sharded(model)
+        self.thread_policy = (self.net.thread_policy(self.threads, self.batch_size)
+                              if self.net is not model and (self.threads or self.comm is None) else None)
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
         # get_data's dict holds the mean image it subtracted: a model that records no
@@ -151,7 +148,20 @@ class Solver:
             model.set_preprocessing(mean=data["mean_image"])
         self._reset()
         if self.comm is not None:
-            self.comm.prepare(self)
+            self._join(self.comm)
+
+    def _join(self, comm):
+        """Data-parallel training (every rank calls it; see xpnn.distributed): check that every
+        rank trains the same, start from rank 0's weights, buffers and data order, give
+        dropout a stream of its own on each rank, and leave the printing to rank 0."""
+        comm.prepare(self)
+        self.model.params, buffers = comm.rank0_state(self.model, self.backend)
+        if buffers:
+            self.model.set_buffers(buffers)
+        # The data order is a function of rank 0's seed alone: the same permutation everywhere.
+        self.rng.bit_generator.state = comm.bcast(self.rng.bit_generator.state, "the seed broadcast")
+        comm.reseed_dropout(self.model)
+        self.verbose = self.verbose and comm.is_writer
 
     def _check_toolkit_args(self, data):
         """callbacks, lr_schedule, clip_grad_norm, augment: checked, and the schedule made
@@ -276,9 +286,10 @@ class Solver:
             self._forward_backward_update(idx)
 
     def _model_loss(self, X, y=None):
-        """model.loss(X, y), with running out of device memory reported with the batch size."""
+        """model.loss(X, y) (as shards on the CPU), with running out of device memory reported
+        with the batch size."""
         try:
-            return self.model.loss(X, y)
+            return self.net.loss(X, y)
         except Exception as e:
             if self.backend.is_out_of_memory(e):
                 raise MemoryError(f"{self.backend.label} ran out of memory at iteration {self.t + 1} "
@@ -335,7 +346,7 @@ class Solver:
         for start in range(0, len(idx), batch_size):
             Xb, yb = self._batch(X, y, idx[start:start + batch_size])
             xp = namespace_of(Xb)
-            scores = self.model.loss(Xb)
+            scores = self.net.loss(Xb)
             correct = correct + xp.sum(xp.astype(xp.argmax(scores, axis=1) == yb, xp.int64))
         return float(correct) / max(len(idx), 1)
 

@@ -1,15 +1,15 @@
 """Shard processes: forked copies of a model that run shards of its batches on other cores.
 
-A model splits a CPU batch into shards fixed by the problem alone (`CpuBackend.shards`), and
-runs them on its backend's `threads` runners at once: shard k on runner k mod threads. Each
-shard's loss and gradients come back separately and the model sums them in shard order, so
-the numbers are the same whether one runner takes every shard in turn or each has its own.
+`Sharded` (xpnn.parallel.shards) cuts a CPU batch into shards fixed by the problem alone and
+runs them on its `threads` runners at once: shard k on runner k mod threads. Each shard's loss
+and gradients come back separately and the wrapper sums them in shard order, so the numbers
+are the same whether one runner takes every shard in turn or each has its own.
 
 Threads of one Python process take turns holding the interpreter's lock between NumPy calls,
-and a thread that finds it taken sleeps until it is handed over: on the MNIST CNN (~200 NumPy
-calls per shard, most shorter than 50 us) two threads slept 84 times a step, and two shards
-took 0.94x of the one-thread step. A process has an interpreter of its own: two shards in two
-processes took 0.69x (MNIST CNN) and 0.59x (CIFAR net, N=128; 0.65x on threads).
+and a thread that finds it taken sleeps until it is handed over: a model's shards make
+hundreds of NumPy calls, most of them short, so two threads spend much of a step asleep. A
+process has an interpreter of its own: two shards in two processes run clearly faster than
+on two threads (bench/RESULTS.md).
 
 How: the first time a model runs its shards on n > 1 runners, it forks n - 1 workers (on
 Linux; elsewhere, and where forking is unsafe, the runners are threads:
@@ -23,7 +23,7 @@ one BLAS thread, so the numbers are the same bit for bit.
 
 A worker's copy of the model does not follow later changes to it other than its parameters,
 so workers serve only models whose layers keep no state (no batchnorm averages, no dropout
-stream: `Sequential.splits_steps`), and a model whose layers, loss or parameter shapes
+stream: `model.mixes_samples` is false), and a model whose layers, loss or parameter shapes
 changed gets new workers. A worker ignores Ctrl-C, SIGTERM and SIGHUP (the parent stops, and
 the workers with it) and exits when its pipe closes: when the model is freed, or the parent
 exits or dies.
@@ -53,17 +53,12 @@ _busy = threading.Lock()        # one step at a time uses the pools; another thr
 
 def map_shards(model, X, y, shards: list[slice], runners: int) -> list:
     """Run `model` on each shard of X (and y), `runners` at a time, in processes where it can,
-    else on threads: shard k on runner k mod runners, each runner's shards in order. With y,
-    each shard's (loss, grads, label_range) from `model.forward_backward`, the loss and gradients
-    weighted by the shard's share of the batch (the model sums them); without, its test-mode
-    scores. The list is in shard order, whoever ran each shard. Results from workers are views
-    of their buffers, valid until the next call: the model combines them at once."""
-    if len(shards) == 1:        # the whole batch as it came (labels that do not fit X included)
-        whole = (lambda: model.forward(X)) if y is None else (lambda: model.forward_backward(X, y))
-        if type(X) is not np.ndarray:           # another library's arrays: NumPy's BLAS untouched
-            return [whole()]
-        with one_blas_thread():
-            return [whole()]
+    else on threads: shard k on runner k mod runners, each runner's shards in order, each on
+    one BLAS thread. With y, each shard's (loss, grads, label_range) from
+    `model.forward_backward`, the loss and gradients weighted by the shard's share of the batch
+    (the caller sums them); without, its test-mode scores (`model.forward`). The list is in
+    shard order, whoever ran each shard. Results from workers are views of their buffers,
+    valid until the next call: the caller combines them at once."""
     runners = max(1, min(runners, len(shards)))
     with one_blas_thread():                      # one core for each runner, the parent's too
         if runners > 1 and _can_fork(model, X) and _busy.acquire(blocking=False):
@@ -110,7 +105,7 @@ def _can_fork(model, X) -> bool:
     mpi = sys.modules.get("mpi4py.MPI")
     return (sys.platform.startswith("linux") and type(X) is np.ndarray
             and all(type(p) is np.ndarray and p.dtype == X.dtype for p in model.params.values())
-            and getattr(model, "splits_steps", False)
+            and not model.mixes_samples
             and not (mpi is not None and mpi.Is_initialized()))
 
 
