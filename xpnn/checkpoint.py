@@ -12,6 +12,9 @@ random generators as JSON under meta["solver"].
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 
 from .backend import to_numpy
@@ -155,3 +158,11 @@ def _state_from_meta(value, arrays, to_device):
     if isinstance(value, list):
         return [_state_from_meta(v, arrays, to_device) for v in value]
     return value
+
+
+def latest_checkpoint(directory, name="checkpoint"):
+    """The highest-epoch `{name}_epoch_{k}.npz` in directory, or None."""
+    pattern = re.compile(rf"^{re.escape(name)}_epoch_(\d+)\.npz$")
+    found = [(int(m.group(1)), f) for f in Path(directory).glob(f"{name}_epoch_*.npz")
+             if (m := pattern.match(f.name))]
+    return max(found)[1] if found else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import re
 import sys
 import time
 import warnings
@@ -110,21 +109,7 @@ class Solver:
         if kwargs:
             raise ValueError(f"Unrecognized arguments {', '.join(sorted(kwargs))}")
         self.update_rule = optim.get_update_rule(self.update_rule_name)
-        _check_optim_config(self.update_rule_name, self.optim_config)
-        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not (isinstance(self.num_epochs, int) and self.num_epochs >= 0):
-            raise ValueError(f"num_epochs must be a non-negative integer, got {self.num_epochs!r}")
-        if self.on_nonfinite not in ("stop", "continue"):
-            raise ValueError(f"on_nonfinite must be 'stop' or 'continue', got {self.on_nonfinite!r}")
-        if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay > 0):
-            raise ValueError(f"lr_decay must be a positive number, got {self.lr_decay!r}")
-        if not (isinstance(self.print_every, numbers.Integral) and self.print_every > 0):
-            raise ValueError(f"print_every must be a positive integer, got {self.print_every!r}")
-        for name in ("num_train_samples", "num_val_samples"):
-            value = getattr(self, name)
-            if not (value is None or (isinstance(value, numbers.Integral) and value > 0)):
-                raise ValueError(f"{name} must be a positive integer or None (all), got {value!r}")
+        self._check_settings()
         self._check_toolkit_args(data)
 
         # Any object with `params` and `loss(X, y=None)` trains: an xpnn model knows its
@@ -162,6 +147,24 @@ class Solver:
         self.rng.bit_generator.state = comm.bcast(self.rng.bit_generator.state, "the seed broadcast")
         comm.reseed_dropout(self.model)
         self.verbose = self.verbose and comm.is_writer
+
+    def _check_settings(self):
+        """Refuse a setting that cannot work, naming it (before any work is done)."""
+        _check_optim_config(self.update_rule_name, self.optim_config)
+        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (isinstance(self.num_epochs, int) and self.num_epochs >= 0):
+            raise ValueError(f"num_epochs must be a non-negative integer, got {self.num_epochs!r}")
+        if self.on_nonfinite not in ("stop", "continue"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'continue', got {self.on_nonfinite!r}")
+        if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay > 0):
+            raise ValueError(f"lr_decay must be a positive number, got {self.lr_decay!r}")
+        if not (isinstance(self.print_every, numbers.Integral) and self.print_every > 0):
+            raise ValueError(f"print_every must be a positive integer, got {self.print_every!r}")
+        for name in ("num_train_samples", "num_val_samples"):
+            value = getattr(self, name)
+            if not (value is None or (isinstance(value, numbers.Integral) and value > 0)):
+                raise ValueError(f"{name} must be a positive integer or None (all), got {value!r}")
 
     def _check_toolkit_args(self, data):
         """callbacks, lr_schedule, clip_grad_norm, augment: checked, and the schedule made
@@ -547,11 +550,3 @@ def _check_optim_config(rule, config):
                      f"rule {rule!r} does not read: {', '.join(map(repr, unknown))}"
                      + (f" ({'; '.join(hints)})" if hints else "")
                      + f". Its keys: {', '.join(hyper)}")
-
-
-def latest_checkpoint(directory, name="checkpoint"):
-    """The highest-epoch `{name}_epoch_{k}.npz` in directory, or None."""
-    pattern = re.compile(rf"^{re.escape(name)}_epoch_(\d+)\.npz$")
-    found = [(int(m.group(1)), f) for f in Path(directory).glob(f"{name}_epoch_*.npz")
-             if (m := pattern.match(f.name))]
-    return max(found)[1] if found else None

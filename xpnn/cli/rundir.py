@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 from ..io import CheckpointError
-from ..solver import latest_checkpoint
+from ..checkpoint import latest_checkpoint
 
 RUN_SETTINGS = "run.json"     # a run's arguments, so that --resume needs no others
 
