@@ -78,6 +78,11 @@ def build_step(framework, net, threads):
         import xpnn
         from xpnn import optim
         from xpnn.models import ThreeLayerConvNet, mnist_cnn
+        try:                  # as the `xpnn` command does; an older xpnn did it by itself
+            from xpnn.backends.numpy import keep_freed_memory_for_reuse
+            keep_freed_memory_for_reuse()
+        except ImportError:
+            pass
         # Built directly, without a Solver (whose thread policy would pick its own count):
         # the CPU backend splits each batch over the threads the environment gave BLAS.
         model = mnist_cnn(seed=0) if net == "mnist" else ThreeLayerConvNet(seed=0)

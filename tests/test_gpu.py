@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from xpnn import Solver, cuda, ops
+from xpnn import Solver, ops
+from xpnn.backends import cupy_kernels as cuda
 from xpnn.backend import ACCELERATED_OPS, DeviceError, get_backend, to_numpy
 from xpnn.data import get_data
 from xpnn.layers import affine_forward, conv_backward, conv_forward, max_pool_backward, max_pool_forward

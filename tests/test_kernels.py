@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from xpnn import cuda, ops
+from xpnn import ops
+from xpnn.backends import cupy_kernels as cuda
 from xpnn.backend import ACCELERATED_OPS
 from xpnn.layers import softmax_loss_terms
 
@@ -98,7 +99,7 @@ def test_kernels_compile_unchanged_with_cupys_default_std(tmp_path):
 
 @pytest.fixture(scope="module")
 def kernel_ops(tmp_path_factory):
-    """The accelerated-op table of xpnn.cuda, bound to the emulated launcher instead of CuPy."""
+    """The accelerated-op table of xpnn.backends.cupy_kernels, bound to the emulated launcher instead of CuPy."""
     sanitize = os.environ.get("XPNN_EMULATION_SANITIZE") == "1"     # see the ASan test below
     launcher = emulator.EmulatedLauncher(emulator.build(tmp_path_factory.mktemp("emu"), sanitize))
     table = cuda.make_ops(launcher)

@@ -59,7 +59,9 @@ import time
 
 import numpy as np
 
-from .backend import CpuBackend, CudaBackend, namespace_of, parse_device, to_numpy
+from .backend import namespace_of, parse_device, to_numpy
+from .backends.cupy import CudaBackend
+from .backends.numpy import CpuBackend
 from .nn import Model
 
 TIMEOUT_ENV = "XPNN_COLLECTIVE_TIMEOUT"

@@ -19,8 +19,9 @@ import traceback
 
 import numpy as np
 
-from . import __version__, cuda, layers, ops, optim
+from . import __version__, layers, ops, optim
 from .backend import cuda_available, get_backend, to_numpy
+from .backends import cupy_kernels
 from .gradient_check import eval_numerical_gradient, rel_error
 from .models import mnist_cnn
 
@@ -44,7 +45,7 @@ class Unavailable(Exception):
 
 
 def _kernels_compile(backend):
-    names = cuda.kernel_names()
+    names = cupy_kernels.kernel_names()
     with backend:
         for name in names:
             backend.launcher.kernel(name)

@@ -29,17 +29,19 @@ from pathlib import Path
 import numpy as np
 from array_api_compat import array_namespace
 
+from ..backend import DeviceError
+
 BLOCK = 256
 MAX_BLOCKS = 65535
 
 
 def kernel_dir() -> Path:
     """Where the .cu files are: inside the installed wheel, or the source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "kernels", here.parent / "kernels"):
+    package = Path(__file__).resolve().parent.parent          # xpnn/
+    for candidate in (package / "kernels", package.parent / "kernels"):
         if (candidate / "common.cuh").is_file():
             return candidate
-    raise FileNotFoundError(f"xpnn's CUDA kernels (kernels/*.cu) are missing next to {here}")
+    raise FileNotFoundError(f"xpnn's CUDA kernels (kernels/*.cu) are missing next to {package}")
 
 
 def kernel_files() -> list[Path]:
@@ -168,7 +170,6 @@ def _launching_device(launch, args) -> str:
 
 
 def _check_device(kernel, i, param, a, here):
-    from .backend import DeviceError
     there = device_name(a)
     if there != here:
         raise DeviceError(f"{_where(kernel, i, param)} is on {there}, but the kernel runs on "
