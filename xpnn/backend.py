@@ -48,16 +48,15 @@ from .backends import LIBRARIES
 _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
 
 
-# The operations a backend may accelerate, named once: xpnn.ops asks for them by these names,
-# and a backend's table may hold no other key. A backend that declares an op must implement
-# it (the CUDA backend implements all of them: tests/test_gpu.py checks that every conv and
-# pool call on CuPy reaches its kernel).
-ACCELERATED_OPS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward",
-                   "avg_pool_forward", "avg_pool_backward",
-                   # softmax cross-entropy, forward and backward in one kernel
-                   "softmax_loss",
-                   # the update rules of xpnn.optim, each one fused kernel per parameter
-                   "sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+# The accelerated ops, by name -> whether they have CUDA kernels: filled by their declarations
+# in xpnn.ops (`xpnn.ops.registry.accelerated`, through `declare_op`), each op declared once
+# there with its portable code. A backend's `ops` table may hold no other key.
+ACCELERATED_OPS: dict = {}
+
+
+def declare_op(name: str, kernel: bool) -> None:
+    """Record the accelerated op `name` (xpnn.ops declares each op through this)."""
+    ACCELERATED_OPS[name] = kernel
 
 
 class DeviceError(ValueError):
@@ -169,8 +168,12 @@ class Backend:
         order on any number of threads. One here: a GPU runs the whole batch in each kernel."""
         return 1
 
-    # The accelerated ops, by the names in ACCELERATED_OPS; empty means "the portable code".
+    # The accelerated ops: op name (see ACCELERATED_OPS) -> this backend's implementation, with
+    # the op's arguments; an op not in the table runs its portable code.
     ops: dict = {}
+    # Whether those implementations are device kernels (CUDA's): conv_backward then keeps the
+    # col2im kernel, which gathers, instead of computing dx as a second convolution.
+    has_kernels = False
     # Whether code may write into this library's arrays (`a[rows] = b`, `a += b`): NumPy's and
     # CuPy's fast paths do (see layers._place); JAX's arrays are immutable and Dask's lazy, so
     # every plug-in runs the portable code, which builds results with stack / concat.
@@ -310,20 +313,6 @@ def writes_in_place(x) -> bool:
     """Whether code may write into array `x`: NumPy and CuPy arrays, whose fast paths fill
     preallocated buffers (see Backend.writes_in_place); the portable code builds its results."""
     return type(x) is np.ndarray or backend_of(x).writes_in_place
-
-
-def accelerated_op(name: str, x):
-    """The accelerated implementation of op `name` for array `x`, or None for the portable code.
-
-    The name must be one of ACCELERATED_OPS (a misspelt name is an error, not a silent
-    fallback), and a backend with accelerated ops must have this one (KeyError otherwise).
-    """
-    if name not in ACCELERATED_OPS:
-        raise KeyError(f"{name!r} is not an accelerated op; known: {', '.join(ACCELERATED_OPS)}")
-    if type(x) is np.ndarray:
-        return None               # the CPU backend has none: skip the lookup in the hot path
-    ops = backend_of(x).ops
-    return ops[name] if ops else None
 
 
 # ---------------------------------------------------------------------------- the registry

@@ -18,8 +18,7 @@ import math
 from array_api_compat import device as device_of
 
 from . import ops
-from .backend import (accelerated_op, backend_of, namespace_of, on_input_device, to_numpy,
-                      writes_in_place)
+from .backend import backend_of, namespace_of, on_input_device, to_numpy, writes_in_place
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
@@ -108,6 +107,12 @@ def affine_forward(x, w, b):
     - out: (N, M)
     - cache: (x, w, b)
     """
+    out = _affine_product(x, w, b) + b
+    return out, (x, w, b)
+
+
+def _affine_product(x, w, b):
+    """x flattened to (N, D) @ w, once x, w and b are checked to fit each other."""
     xp = namespace_of(x, w, b)
     _check_float("affine input x", x)
     _check_float("affine weights w", w)
@@ -116,8 +121,7 @@ def affine_forward(x, w, b):
         raise ValueError(f"affine: input {tuple(x.shape)} flattens to {D} features, which needs "
                          f"w of shape ({D}, M) and b of shape (M,); got w {tuple(w.shape)}, "
                          f"b {tuple(b.shape)}")
-    out = xp.reshape(x, (N, D)) @ w + b
-    return out, (x, w, b)
+    return xp.reshape(x, (N, D)) @ w
 
 
 @on_input_device
@@ -208,10 +212,11 @@ def tanh_backward(dout, cache):
 @on_input_device
 def affine_relu_forward(x, w, b):
     """affine_forward then relu_forward. x: (N, d_1, ..., d_k), w: (D, M), b: (M,).
-    Returns (out, cache): out (N, M); cache is (affine cache, relu cache)."""
-    a, fc_cache = affine_forward(x, w, b)
-    out, relu_cache = relu_forward(a)
-    return out, (fc_cache, relu_cache)
+    Returns (out, cache): out (N, M); cache is (affine cache, relu cache).
+    The bias and the ReLU are one op (ops.bias_relu: one kernel on a GPU), with the same
+    numbers; out itself serves as the ReLU's cache, as out > 0 exactly where x @ w + b > 0."""
+    out = ops.bias_relu(_affine_product(x, w, b), b)
+    return out, ((x, w, b), out)
 
 
 @on_input_device
@@ -376,7 +381,7 @@ def conv_backward(dout, cache):
     # kernel gathers instead of scattering, and writes dx in place: it keeps that.
     full_pad = HH - 1 - pad
     dx_as_conv = (needs_dx and stride == 1 and HH == WW and 0 <= full_pad and F <= C
-                  and accelerated_op("col2im", dout) is None)
+                  and not backend_of(dout).has_kernels)
     if dx_as_conv:
         w_turned = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3)), (C, F * HH * WW))
     small = backend_of(x).small_product_size
@@ -778,20 +783,10 @@ def softmax_loss_terms(x, y):
     """Softmax cross-entropy of scores x (N, C) for labels y (N,), left on the device:
     (loss 0-d array, dx (N, C), label_range) for xpnn's models; softmax_loss is the
     CS231n-facing wrapper returning a float."""
-    xp = namespace_of(x, y)
+    namespace_of(x, y)                           # scores and labels on one device
     N, C, label_range = _check_scores(x, y)
-    # On a GPU each operation below is a kernel launch (about ten in all), which costs more
-    # than the arithmetic at these sizes: the CUDA backend does it all in one fused kernel
-    # (kernels/softmax_loss.cu), in the same order of operations.
-    fused = accelerated_op("softmax_loss", x)
-    if fused is not None:
-        loss, dx = fused(x, y)
-        return loss, dx, label_range
-    shifted = x - xp.max(x, axis=1, keepdims=True)
-    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    target = _one_hot(y, C, x)
-    loss = -xp.sum(log_probs * target) / N
-    return loss, (xp.exp(log_probs) - target) / N, label_range
+    loss, dx = ops.softmax_loss(x, y)            # one fused kernel on a GPU
+    return loss, dx, label_range
 
 
 @on_input_device

@@ -115,6 +115,7 @@ class CudaBackend(Backend):
     the Solver (`with backend:`) around the layers and update rules they run."""
 
     workspace_bytes = 1 << 30
+    has_kernels = True
 
     def __init__(self, index: int):
         import cupy
@@ -125,7 +126,7 @@ class CudaBackend(Backend):
         # Each op runs inside `with self`: its outputs are allocated, and its kernels launched,
         # on this GPU whatever device is current.
         self.launcher = cupy_kernels.CupyLauncher()
-        self.ops = {name: self._on_device(op) for name, op in cupy_kernels.make_ops(self.launcher).items()}
+        self.ops = cupy_kernels.KernelOps(self.launcher, wrap=self._on_device)
         self.rng = CudaGenerator(self)
 
     def _on_device(self, op):

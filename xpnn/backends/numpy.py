@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from ..backend import Backend, GlobalGenerator
+from . import numpy_ops
 from .blas import blas_has_small_kernels, default_threads
 
 DEVICES = "cpu (or numpy)"
@@ -52,6 +53,8 @@ class CpuBackend(Backend):
     # there the blocks only cost: 0 there (set in __init__, from the BLAS NumPy loaded).
     small_product_size = 10**6
     tunes_threads = True
+    # The window ops' loops writing into one buffer (the portable code builds its results).
+    ops = numpy_ops.OPS
 
     def __init__(self):
         self.rng = GlobalGenerator(self)
