@@ -151,7 +151,7 @@ class Backend:
     # backend: get_backend("cpu").workspace_bytes = 64 << 20.
     workspace_bytes = 256 << 20
     # The largest im2col matrix one matrix product of a convolution takes: the batch is split
-    # into chunks that fit. A GPU wants one product; see CpuBackend for the CPU's.
+    # into chunks that fit. A GPU wants one product; see backends/numpy.py for the CPU's.
     product_bytes = 1 << 30
     # The size (M*N*K) below which this backend's matrix products run faster: 0 for none.
     # A property of the library alone (never of its thread count), so that a product's

@@ -126,7 +126,7 @@ def _param(text: str) -> Param:
     *ctype, name = [w for w in words if w not in _QUALIFIERS and w != "*"]
     ctype = " ".join(ctype)
     if ctype not in _C_DTYPES:
-        raise ValueError(f"kernel parameter {text.strip()!r}: add its C type to cuda._C_DTYPES")
+        raise ValueError(f"kernel parameter {text.strip()!r}: add its C type to cupy_kernels._C_DTYPES")
     return Param(name, ctype, pointer, _C_DTYPES[ctype])
 
 
