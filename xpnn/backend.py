@@ -456,3 +456,14 @@ def backend_of(x) -> Backend:
 def cuda_available() -> bool:
     """Whether CuPy imports and sees at least one GPU (xpnn.backends.cupy.cuda_available)."""
     return _plugin("cupy").cuda_available()
+
+
+# Names that lived here before the backends became plug-ins, still importable from here.
+_MOVED = {"CpuBackend": "numpy", "keep_freed_memory_for_reuse": "numpy",
+          "CudaBackend": "cupy", "CudaGenerator": "cupy"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        return getattr(_plugin(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
