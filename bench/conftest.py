@@ -9,6 +9,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from xpnn.backend import cuda_available  # noqa: E402
+from xpnn.backends.numpy import keep_freed_memory_for_reuse  # noqa: E402
+
+# As the `xpnn` command does: glibc keeps freed memory for the next step (an explicit opt-in).
+keep_freed_memory_for_reuse()
 
 
 try:

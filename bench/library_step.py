@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from xpnn.backend import get_backend
+from xpnn.backends.numpy import keep_freed_memory_for_reuse
 from xpnn.models import mnist_cnn
 from xpnn.optim import sgd
 
@@ -81,4 +82,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    keep_freed_memory_for_reuse()            # as the `xpnn` command does
     main()

@@ -83,6 +83,11 @@ def build_step(framework, net, threads):
         except ImportError:           # an xpnn from before xpnn.parallel: its models cut
             def sharded(model, threads):       # their batches into shards themselves
                 return model
+        try:                  # as the `xpnn` command does; an older xpnn did it by itself
+            from xpnn.backends.numpy import keep_freed_memory_for_reuse
+            keep_freed_memory_for_reuse()
+        except ImportError:
+            pass
         # Built directly, without a Solver (whose thread policy would pick its own count):
         # each batch runs as shards on `threads` runners, as the Solver's with --threads.
         model = mnist_cnn(seed=0) if net == "mnist" else ThreeLayerConvNet(seed=0)

@@ -35,9 +35,11 @@ def worker(args):
     import numpy as np
 
     from xpnn import distributed
+    from xpnn.backends.numpy import keep_freed_memory_for_reuse
     from xpnn.cli.models import build_model
     from xpnn.solver import Solver
 
+    keep_freed_memory_for_reuse()            # as the `xpnn` command does
     comm = distributed.communicator()
     global_batch = args.batch if args.mode in ("strong", "control") else args.batch * comm.size
     shape = (1, 28, 28) if args.model in ("mnist-cnn", "fc") else (3, 32, 32)

@@ -13,9 +13,11 @@ import numpy as np
 
 from xpnn import Solver
 from xpnn.models import ThreeLayerConvNet, mnist_cnn
+from xpnn.backends.numpy import keep_freed_memory_for_reuse
 from xpnn.parallel import ThreadPolicy
 
 STEPS = 200
+keep_freed_memory_for_reuse()                # as the `xpnn` command does
 ThreadPolicy.SHORT = 0
 
 

@@ -135,11 +135,6 @@ def cupy_double():
 
 @pytest.fixture
 def cpu():
-    """The CPU backend, its thread count and shard sizes put back after the test."""
+    """The CPU backend."""
     from xpnn.backend import get_backend
-    backend = get_backend("cpu")
-    before = backend.threads
-    yield backend
-    backend.threads = before
-    for setting in ("SHARD_SAMPLES", "SHARD_WORK", "MAX_SHARDS"):      # a test's own shard sizes, if it set one
-        backend.__dict__.pop(setting, None)
+    return get_backend("cpu")

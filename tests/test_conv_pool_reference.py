@@ -199,7 +199,7 @@ def test_small_products_only_where_blas_has_small_kernels():
     """OpenBLAS's Haswell kernels (chosen here by OPENBLAS_CORETYPE) have no small-matrix path."""
     import subprocess
     import sys
-    probe = ("from xpnn.backend import get_backend; from xpnn.threads import blas_controller; "
+    probe = ("from xpnn.backend import get_backend; from xpnn.backends.blas import blas_controller; "
              "print(','.join(lib.architecture for lib in blas_controller().lib_controllers), get_backend('cpu').small_product_size)")
     said = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"}).stdout.split()

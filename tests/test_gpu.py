@@ -16,8 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from xpnn import Solver, cuda, ops
-from xpnn.backend import ACCELERATED_OPS, DeviceError, get_backend, to_numpy
+from xpnn import Solver, ops
+from xpnn.backends import cupy_kernels as cuda
+from xpnn.backend import DeviceError, get_backend, to_numpy
 from xpnn.data import get_data
 from xpnn.layers import affine_forward, conv_backward, conv_forward, max_pool_backward, max_pool_forward
 from xpnn.models import FullyConnectedNet, load, mnist_cnn
@@ -66,7 +67,41 @@ def subprocess_env(cp):
 # ---------------------------------------------------------------------------- kernels
 
 def test_cuda_backend_implements_every_accelerated_op(gpu):
-    assert set(gpu.ops) == set(ACCELERATED_OPS)
+    assert set(gpu.ops) == {op.name for op in ops.kernel_ops()}
+    assert all(callable(gpu.ops[name]) for name in gpu.ops)          # each has its glue
+
+
+def _on(gpu, args):
+    return tuple(gpu.to_device(a) if isinstance(a, np.ndarray) else _on(gpu, a) if isinstance(a, tuple)
+                 else a for a in args)
+
+
+@pytest.mark.parametrize("op", ops.kernel_ops(), ids=lambda op: op.name)
+def test_every_kernel_on_cupy_equals_the_portable_code_on_its_declared_examples(gpu, rng, op):
+    """Each op declared with a kernel (xpnn.ops), through the CUDA backend's table, on the
+    examples the op declares: bit for bit, or to its declared tolerance."""
+    for dtype in (np.float32, np.float64):
+        for args in op.examples(rng, dtype):
+            got, expected = gpu.ops[op.name](*_on(gpu, args)), op.portable(*args)
+            got = list(got) if isinstance(got, (tuple, list)) else [got]
+            expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
+            for g, e in zip(got, expected, strict=True):
+                if op.tolerance is None:
+                    np.testing.assert_array_equal(to_numpy(g), e)
+                else:
+                    assert_softmax_close(to_numpy(g), e, dtype)
+
+
+def test_affine_relu_on_cupy_is_one_bias_relu_kernel(gpu, rng, launches):
+    from xpnn.layers import affine_relu_backward, affine_relu_forward
+    x, w, b = rng.standard_normal((5, 2, 3)), rng.standard_normal((6, 4)), rng.standard_normal(4)
+    dout = rng.standard_normal((5, 4))
+    out, cache = affine_relu_forward(*_on(gpu, (x, w, b)))
+    assert launches == ["bias_relu_f64"]
+    ref, ref_cache = affine_relu_forward(x, w, b)
+    np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-12)      # cuBLAS's product: close
+    for got, want in zip(affine_relu_backward(gpu.to_device(dout), cache), affine_relu_backward(dout, ref_cache)):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_and_pool_on_cupy_reach_their_kernels(gpu, rng, launches):

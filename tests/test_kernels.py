@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from xpnn import cuda, ops
-from xpnn.backend import ACCELERATED_OPS
+from xpnn import ops
+from xpnn.backends import cupy_kernels as cuda
+from xpnn.backend import get_backend
 from xpnn.layers import softmax_loss_terms
 
 from .emulation import emulator
@@ -63,7 +64,7 @@ def test_every_kernel_compiles_to_a_cubin_with_cupys_options(arch, tmp_path):
     if int(arch[3:]) not in supported:
         pytest.skip(f"NVRTC {major}.{minor} does not build {arch} (CUDA {ARCHS[arch]} does)")
     names = emulator.kernel_names()
-    assert sorted(names) == sorted(f"{op}_{t}" for op in ACCELERATED_OPS for t in ("f32", "f64"))
+    assert sorted(names) == sorted(f"{op.name}_{t}" for op in ops.kernel_ops() for t in ("f32", "f64"))
     for d in ("cupy_include/cupy/_cccl/cub", "cupy_include/cupy/_cccl/thrust",
               "cupy_include/cupy/_cccl/libcudacxx", "cuda_include"):
         (tmp_path / d).mkdir(parents=True)
@@ -98,12 +99,33 @@ def test_kernels_compile_unchanged_with_cupys_default_std(tmp_path):
 
 @pytest.fixture(scope="module")
 def kernel_ops(tmp_path_factory):
-    """The accelerated-op table of xpnn.cuda, bound to the emulated launcher instead of CuPy."""
+    """The accelerated-op table of xpnn.backends.cupy_kernels, bound to the emulated launcher instead of CuPy."""
     sanitize = os.environ.get("XPNN_EMULATION_SANITIZE") == "1"     # see the ASan test below
     launcher = emulator.EmulatedLauncher(emulator.build(tmp_path_factory.mktemp("emu"), sanitize))
-    table = cuda.make_ops(launcher)
+    table = dict(cuda.make_ops(launcher))
     table["launcher"] = launcher
     return table
+
+
+def _as_list(result):
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ops.kernel_ops(), ids=lambda op: op.name)
+def test_every_kernel_equals_the_portable_code_on_its_declared_examples(kernel_ops, rng, op, dtype):
+    """What `xpnn selftest` checks on a GPU, through the grid emulation: each op declared with
+    a kernel (xpnn.ops), on the examples it declares, bit for bit or to its declared tolerance."""
+    for args in op.examples(rng, dtype):
+        got, expected = _as_list(kernel_ops[op.name](*args)), _as_list(op.portable(*args))
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape
+            assert g.dtype == e.dtype or (e.dtype, g.dtype) == (np.int8, np.int32)   # argmax
+            if op.tolerance is None:
+                np.testing.assert_array_equal(g, e)
+            else:
+                assert_softmax_close(g, e, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -223,7 +245,7 @@ def test_fused_update_rules_equal_the_portable_ones(kernel_ops, rng, monkeypatch
     w_ref, cfg_ref = run()
     launcher = kernel_ops["launcher"]
     launcher.launches.clear()
-    monkeypatch.setattr(optim, "accelerated_op", lambda name, w: kernel_ops[name])
+    monkeypatch.setattr(get_backend("cpu"), "ops", kernel_ops)     # NumPy arrays, emulated kernels
     w_fused, cfg_fused = run()
     assert [name for name, *_ in launcher.launches] == [f"{rule}_{'f32' if dtype == np.float32 else 'f64'}"] * 3
     assert w_fused.dtype == dtype

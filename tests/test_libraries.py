@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from xpnn import Solver
-from xpnn import backend as B
+from xpnn.backends import LIBRARIES as REGISTRY, Library
 from xpnn.backend import backend_of, canonical_device, get_backend, parse_device, to_numpy
 from xpnn.layers import *  # noqa: F403
 from xpnn.models import FullyConnectedNet, load, mnist_cnn
@@ -52,8 +52,8 @@ def native_type(device):
     ("array_api_strict", "array_api_strict"), ("array-api-strict:device1", "array_api_strict:device1")])
 def test_device_strings_have_one_canonical_form(text, canonical):
     library = canonical.split(":")[0]
-    if library in B.PLUGINS:
-        pytest.importorskip(B.PLUGINS[library][1])
+    if library in REGISTRY:
+        pytest.importorskip(REGISTRY[library].package)
     assert canonical_device(text) == canonical
 
 
@@ -69,7 +69,7 @@ def test_an_unknown_device_names_what_was_asked_accepted_and_installed(text):
 
 
 def test_a_library_that_is_not_installed_says_how_to_install_it(monkeypatch):
-    monkeypatch.setitem(B.PLUGINS, "nolib", ("xpnn.backends.nolib", "no_such_package_xyz",
+    monkeypatch.setitem(REGISTRY, "nolib", Library("xpnn.backends.nolib", "no_such_package_xyz",
                                              "pip install nolib"))
     with pytest.raises(ValueError, match=r"'nolib:cpu' needs no_such_package_xyz, which is not "
                                          r"installed here \(pip install nolib\); installed: numpy.*"
@@ -91,7 +91,7 @@ def test_backends_are_found_from_their_arrays(device):
     x = be.to_device(np.arange(6.0).reshape(2, 3), dtype="float64")
     assert isinstance(x, native_type(device)) and be.owns(x) and backend_of(x) is be
     assert be.label == canonical_device(device) and parse_device(be) == parse_device(device)
-    assert be.ops == {} and not be.writes_in_place and not be.tunes_threads
+    assert be.ops == {} and not be.writes_in_place
     np.testing.assert_array_equal(to_numpy(x), np.arange(6.0).reshape(2, 3))
     assert not get_backend("cpu").owns(x)
 

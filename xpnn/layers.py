@@ -23,7 +23,7 @@ import math
 from array_api_compat import device as device_of
 
 from . import ops
-from .backend import accelerated_op, backend_of, namespace_of, on_input_device
+from .backend import backend_of, namespace_of, on_input_device
 from .checks import CONV_KEYS, DROPOUT_KEYS, POOL_KEYS, check_float, check_keys, check_rank
 from .losses import (host_loss, mse_loss, mse_loss_terms, softmax_loss,  # noqa: F401
                      softmax_loss_terms, svm_loss, svm_loss_terms)
@@ -63,6 +63,12 @@ def affine_forward(x, w, b):
     - out: (N, M)
     - cache: (x, w, b)
     """
+    out = _affine_product(x, w, b) + b
+    return out, (x, w, b)
+
+
+def _affine_product(x, w, b):
+    """x flattened to (N, D) @ w, once x, w and b are checked to fit each other."""
     xp = namespace_of(x, w, b)
     check_float("affine input x", x)
     check_float("affine weights w", w)
@@ -71,8 +77,7 @@ def affine_forward(x, w, b):
         raise ValueError(f"affine: input {tuple(x.shape)} flattens to {D} features, which needs "
                          f"w of shape ({D}, M) and b of shape (M,); got w {tuple(w.shape)}, "
                          f"b {tuple(b.shape)}")
-    out = xp.reshape(x, (N, D)) @ w + b
-    return out, (x, w, b)
+    return xp.reshape(x, (N, D)) @ w
 
 
 @on_input_device
@@ -163,10 +168,11 @@ def tanh_backward(dout, cache):
 @on_input_device
 def affine_relu_forward(x, w, b):
     """affine_forward then relu_forward. x: (N, d_1, ..., d_k), w: (D, M), b: (M,).
-    Returns (out, cache): out (N, M); cache is (affine cache, relu cache)."""
-    a, fc_cache = affine_forward(x, w, b)
-    out, relu_cache = relu_forward(a)
-    return out, (fc_cache, relu_cache)
+    Returns (out, cache): out (N, M); cache is (affine cache, relu cache).
+    The bias and the ReLU are one op (ops.bias_relu: one kernel on a GPU), with the same
+    numbers; out itself serves as the ReLU's cache, as out > 0 exactly where x @ w + b > 0."""
+    out = ops.bias_relu(_affine_product(x, w, b), b)
+    return out, ((x, w, b), out)
 
 
 @on_input_device
@@ -249,7 +255,7 @@ def conv_backward(dout, cache):
     # scattering, and writes dx in place: it keeps that.
     full_pad = HH - 1 - pad
     dx_as_conv = (needs_dx and stride == 1 and HH == WW and 0 <= full_pad and F <= C
-                  and accelerated_op("col2im", dout) is None)
+                  and not backend_of(dout).has_kernels)
     if dx_as_conv:
         w_turned = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3)), (C, F * HH * WW))
     dw, dx, dxs = 0, None, []

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from .backend import accelerated_op, namespace_of, on_input_device, to_numpy
+from . import ops
+from .backend import namespace_of, on_input_device, to_numpy
 from .checks import check_float, check_labels, check_rank
 
 
@@ -25,12 +26,6 @@ def host_loss(loss, label_range, C):
         raise ValueError(f"labels must lie in [0, {C - 1}] for {C} classes, "
                          f"got values from {int(values[1])} to {int(values[2])}")
     return float(values[0])
-
-
-def _one_hot(y, C, like):
-    xp = namespace_of(like)
-    classes = xp.arange(C, device=device_of(like))
-    return xp.astype(y[:, None] == classes[None, :], like.dtype)
 
 
 @on_input_device
@@ -74,20 +69,10 @@ def softmax_loss_terms(x, y):
     """Softmax cross-entropy of scores x (N, C) for labels y (N,), left on the device:
     (loss 0-d array, dx (N, C), label_range) for xpnn's models; softmax_loss is the
     CS231n-facing wrapper returning a float."""
-    xp = namespace_of(x, y)
+    namespace_of(x, y)                           # scores and labels on one device
     N, C, label_range = _check_scores(x, y)
-    # On a GPU each operation below is a kernel launch (about ten in all), which costs more
-    # than the arithmetic at these sizes: the CUDA backend does it all in one fused kernel
-    # (kernels/softmax_loss.cu), in the same order of operations.
-    fused = accelerated_op("softmax_loss", x)
-    if fused is not None:
-        loss, dx = fused(x, y)
-        return loss, dx, label_range
-    shifted = x - xp.max(x, axis=1, keepdims=True)
-    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    target = _one_hot(y, C, x)
-    loss = -xp.sum(log_probs * target) / N
-    return loss, (xp.exp(log_probs) - target) / N, label_range
+    loss, dx = ops.softmax_loss(x, y)            # one fused kernel on a GPU
+    return loss, dx, label_range
 
 
 @on_input_device
@@ -96,7 +81,7 @@ def svm_loss_terms(x, y):
     device: (loss 0-d array, dx (N, C), label_range)."""
     xp = namespace_of(x, y)
     N, C, label_range = _check_scores(x, y)
-    target = _one_hot(y, C, x)
+    target = ops.one_hot(y, C, x)
     correct = xp.sum(x * target, axis=1, keepdims=True)
     margins = xp.maximum(x - correct + 1, xp.zeros((), dtype=x.dtype, device=device_of(x)))
     margins = margins * (1 - target)
@@ -116,7 +101,7 @@ def mse_loss_terms(x, y):
     if xp.isdtype(y.dtype, "integral"):
         check_rank("predictions x", x, 2, "(N, C)")
         label_range = check_labels(y, N, x.shape[1])
-        t = _one_hot(y, x.shape[1], x)
+        t = ops.one_hot(y, x.shape[1], x)
     else:
         if tuple(y.shape) != tuple(x.shape):
             raise ValueError(f"mse_loss: targets of shape {tuple(y.shape)} do not match "

@@ -6,14 +6,17 @@
 caches, moments), which is created once, on w's device, at the first call and then reused.
 Each rule's docstring lists its config keys with their defaults.
 
-On CuPy each rule is one fused kernel per parameter (kernels/optim.cu, the same arithmetic in
-the same order); the expressions below are the portable code every other library runs.
+Each rule's arithmetic is its step (`xpnn.ops.updates.sgd_step`, ...), declared there as an
+accelerated op: on CuPy one fused kernel per parameter (kernels/optim.cu, the same arithmetic
+in the same order), elsewhere the portable expressions every other library runs.
 """
 from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from .backend import DeviceError, accelerated_op, namespace_of, on_input_device
+from .backend import DeviceError, namespace_of, on_input_device
+from .ops.updates import (adagrad_step, adam_step, adamw_step, nesterov_step, rmsprop_step,
+                          sgd_momentum_step, sgd_step)
 
 
 def _state(config, key, w):
@@ -51,22 +54,14 @@ def _where(a) -> str:
     return f"{d} ({type(a).__module__.split('.')[0]})"
 
 
-def _fused(name, w, dw, states, scalars):
-    """The rule's fused kernel on this backend, run: [next_w, *next_states]; or None."""
-    fused = accelerated_op(name, w)
-    return None if fused is None else fused(w, dw, states, scalars)
-
-
 @on_input_device
 def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent. config: learning_rate (1e-2)."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
     _check("sgd", w, dw, config)
-    fused = _fused("sgd", w, dw, (), (config["learning_rate"],))
-    if fused is not None:
-        return fused[0], config
-    return w - config["learning_rate"] * dw, config
+    (next_w,) = sgd_step(w, dw, (), (config["learning_rate"],))
+    return next_w, config
 
 
 @on_input_device
@@ -78,14 +73,9 @@ def sgd_momentum(w, dw, config=None):
     config.setdefault("momentum", 0.9)
     _state(config, "velocity", w)
     _check("sgd_momentum", w, dw, config, ("velocity",))
-    fused = _fused("sgd_momentum", w, dw, (config["velocity"],),
-                   (config["learning_rate"], config["momentum"]))
-    if fused is not None:
-        next_w, config["velocity"] = fused
-        return next_w, config
-    v = config["momentum"] * _state(config, "velocity", w) - config["learning_rate"] * dw
-    config["velocity"] = v
-    return w + v, config
+    next_w, config["velocity"] = sgd_momentum_step(
+        w, dw, (config["velocity"],), (config["learning_rate"], config["momentum"]))
+    return next_w, config
 
 
 @on_input_device
@@ -97,21 +87,11 @@ def nesterov(w, dw, config=None):
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("momentum", 0.9)
     mu = config["momentum"]
-    v_prev = _state(config, "velocity", w)
+    _state(config, "velocity", w)
     _check("nesterov", w, dw, config, ("velocity",))
-    fused = _fused("nesterov", w, dw, (v_prev,), (config["learning_rate"], mu, 1 + mu))
-    if fused is not None:
-        next_w, config["velocity"] = fused
-        return next_w, config
-    v = mu * v_prev - config["learning_rate"] * dw
-    config["velocity"] = v
-    return w - mu * v_prev + (1 + mu) * v, config
-
-
-def _scaled_step(w, dw, cache, config):
-    """w - lr * dw / (sqrt(cache) + eps): a step scaled per parameter by its gradient history."""
-    xp = namespace_of(w, dw)
-    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"])
+    next_w, config["velocity"] = nesterov_step(
+        w, dw, (config["velocity"],), (config["learning_rate"], mu, 1 + mu))
+    return next_w, config
 
 
 @on_input_device
@@ -123,13 +103,9 @@ def adagrad(w, dw, config=None):
     config.setdefault("epsilon", 1e-8)
     _state(config, "cache", w)
     _check("adagrad", w, dw, config, ("cache",))
-    fused = _fused("adagrad", w, dw, (config["cache"],),
-                   (config["learning_rate"], config["epsilon"]))
-    if fused is not None:
-        next_w, config["cache"] = fused
-        return next_w, config
-    config["cache"] = _state(config, "cache", w) + dw * dw
-    return _scaled_step(w, dw, config["cache"], config), config
+    next_w, config["cache"] = adagrad_step(
+        w, dw, (config["cache"],), (config["learning_rate"], config["epsilon"]))
+    return next_w, config
 
 
 @on_input_device
@@ -143,13 +119,17 @@ def rmsprop(w, dw, config=None):
     decay = config["decay_rate"]
     _state(config, "cache", w)
     _check("rmsprop", w, dw, config, ("cache",))
-    fused = _fused("rmsprop", w, dw, (config["cache"],),
-                   (config["learning_rate"], config["epsilon"], decay, 1 - decay))
-    if fused is not None:
-        next_w, config["cache"] = fused
-        return next_w, config
-    config["cache"] = decay * _state(config, "cache", w) + (1 - decay) * dw * dw
-    return _scaled_step(w, dw, config["cache"], config), config
+    next_w, config["cache"] = rmsprop_step(
+        w, dw, (config["cache"],), (config["learning_rate"], config["epsilon"], decay, 1 - decay))
+    return next_w, config
+
+
+def _adam_scalars(config):
+    """Adam's step scalars, in its kernel's order, for step t (counted here)."""
+    config["t"] += 1
+    b1, b2, t = config["beta1"], config["beta2"], config["t"]
+    return (config["learning_rate"], b1, 1 - b1, b2, 1 - b2, 1 - b1 ** t, 1 - b2 ** t,
+            config["epsilon"])
 
 
 @on_input_device
@@ -164,21 +144,10 @@ def adam(w, dw, config=None):
     config.setdefault("epsilon", 1e-8)
     config.setdefault("t", 0)
     _state(config, "m", w), _state(config, "v", w)
-    xp = _check("adam", w, dw, config, ("m", "v"))
-    b1, b2 = config["beta1"], config["beta2"]
-    config["t"] += 1
-    fused = _fused("adam", w, dw, (config["m"], config["v"]),
-                   (config["learning_rate"], b1, 1 - b1, b2, 1 - b2, 1 - b1 ** config["t"],
-                    1 - b2 ** config["t"], config["epsilon"]))
-    if fused is not None:
-        next_w, config["m"], config["v"] = fused
-        return next_w, config
-    m = b1 * _state(config, "m", w) + (1 - b1) * dw
-    v = b2 * _state(config, "v", w) + (1 - b2) * dw * dw
-    config["m"], config["v"] = m, v
-    m_hat = m / (1 - b1 ** config["t"])
-    v_hat = v / (1 - b2 ** config["t"])
-    return w - config["learning_rate"] * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+    _check("adam", w, dw, config, ("m", "v"))
+    next_w, config["m"], config["v"] = adam_step(w, dw, (config["m"], config["v"]),
+                                                 _adam_scalars(config))
+    return next_w, config
 
 
 @on_input_device
@@ -196,22 +165,11 @@ def adamw(w, dw, config=None):
     config.setdefault("epsilon", 1e-8)
     config.setdefault("t", 0)
     _state(config, "m", w), _state(config, "v", w)
-    xp = _check("adamw", w, dw, config, ("m", "v"))
-    b1, b2, lr = config["beta1"], config["beta2"], config["learning_rate"]
-    config["t"] += 1
-    keep_w = 1 - lr * config["weight_decay"]
-    fused = _fused("adamw", w, dw, (config["m"], config["v"]),
-                   (lr, b1, 1 - b1, b2, 1 - b2, 1 - b1 ** config["t"], 1 - b2 ** config["t"],
-                    config["epsilon"], keep_w))
-    if fused is not None:
-        next_w, config["m"], config["v"] = fused
-        return next_w, config
-    m = b1 * config["m"] + (1 - b1) * dw
-    v = b2 * config["v"] + (1 - b2) * dw * dw
-    config["m"], config["v"] = m, v
-    m_hat = m / (1 - b1 ** config["t"])
-    v_hat = v / (1 - b2 ** config["t"])
-    return w * keep_w - lr * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+    _check("adamw", w, dw, config, ("m", "v"))
+    keep_w = 1 - config["learning_rate"] * config["weight_decay"]
+    next_w, config["m"], config["v"] = adamw_step(w, dw, (config["m"], config["v"]),
+                                                  _adam_scalars(config) + (keep_w,))
+    return next_w, config
 
 
 UPDATE_RULES = {f.__name__: f for f in (sgd, sgd_momentum, nesterov, adagrad, rmsprop, adam, adamw)}

@@ -3,8 +3,9 @@
 Each check gives a row of the verdict table: PASS, FAIL (with what differed), or SKIP (with
 what could not be checked here and why). On a GPU it
   1. compiles the CUDA kernels (CuPy + NVRTC) on that GPU,
-  2. compares every kernel with the portable code on several geometries, bit for bit (the
-     softmax loss, which uses the GPU's exp and log, to a few units in the last place),
+  2. compares every kernel with the portable code on the examples its op declares
+     (xpnn.ops), bit for bit (the softmax loss, which uses the GPU's exp and log, to a few
+     units in the last place),
   3. trains a few steps on the GPU and on the CPU from identical parameters and compares the
      per-step losses (float64, so any real difference stands far above round-off),
   4. times one float32 training step of the MNIST CNN on each device.
@@ -19,21 +20,11 @@ import traceback
 
 import numpy as np
 
-from . import __version__, cuda, layers, ops, optim
+from . import __version__, ops
 from .backend import cuda_available, get_backend, to_numpy
+from .backends import cupy_kernels
 from .gradient_check import eval_numerical_gradient, rel_error
 from .models import mnist_cnn
-
-# (N, C, H, W, kh, kw, stride, pad) for im2col/col2im; (N, C, H, W, ph, pw, stride) for pooling
-CONV_GEOMETRIES = [(2, 3, 7, 6, 3, 3, 1, 1), (3, 2, 9, 7, 3, 2, 2, 0), (2, 2, 8, 8, 5, 5, 3, 2),
-                   (4, 8, 28, 28, 3, 3, 1, 1)]
-POOL_GEOMETRIES = [(2, 3, 4, 4, 2, 2, 2), (1, 2, 7, 7, 3, 3, 2), (3, 1, 6, 5, 3, 3, 1),
-                   (4, 8, 28, 28, 2, 2, 2)]
-SOFTMAX_SHAPES = [(1, 10), (37, 10), (300, 100)]        # (N, C): one row, a partial block, wide rows
-# The softmax-loss kernel uses the GPU's exp and log: it agrees with NumPy's to a few units in
-# the last place, not bit for bit. Its largest difference may be this much of the largest value.
-SOFTMAX_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
-
 
 class Skip(Exception):
     """A check that cannot run here; its message says why."""
@@ -44,7 +35,7 @@ class Unavailable(Exception):
 
 
 def _kernels_compile(backend):
-    names = cuda.kernel_names()
+    names = cupy_kernels.kernel_names()
     with backend:
         for name in names:
             backend.launcher.kernel(name)
@@ -52,64 +43,51 @@ def _kernels_compile(backend):
 
 
 def _kernels_match(backend):
+    """Every op declared with a kernel (xpnn.ops), on its declared examples, against its
+    portable code on the CPU: bit for bit, or within the op's declared tolerance."""
     rng = np.random.default_rng(0)
-    checked = 0
-    for dtype in (np.float32, np.float64):
-        for N, C, H, W, kh, kw, stride, pad in CONV_GEOMETRIES:
-            x = rng.standard_normal((N, C, H, W)).astype(dtype)
-            col = backend.ops["im2col"](backend.to_device(x), kh, kw, stride, pad)
-            _same(col, ops.im2col(x, kh, kw, stride, pad), f"im2col {dtype.__name__} {x.shape} k{kh}x{kw}")
-            dcol = rng.standard_normal(tuple(col.shape)).astype(dtype)
-            _same(backend.ops["col2im"](backend.to_device(dcol), H, W, stride, pad),
-                  ops.col2im(dcol, H, W, stride, pad), f"col2im {dtype.__name__} {x.shape} k{kh}x{kw}")
-            checked += 2
-        for N, C, H, W, ph, pw, stride in POOL_GEOMETRIES:
-            x = rng.integers(0, 4, (N, C, H, W)).astype(dtype)     # ties: the first max must win
-            x[0, 0, 0, 0] = np.nan                                  # and a NaN must propagate
-            out, argmax = backend.ops["max_pool_forward"](backend.to_device(x), ph, pw, stride)
-            out_ref, argmax_ref = ops.max_pool_forward(x, ph, pw, stride)
-            _same(out, out_ref, f"max_pool_forward {dtype.__name__} {x.shape}")
-            _same(argmax, argmax_ref, f"max_pool argmax {dtype.__name__} {x.shape}")
-            dout = rng.standard_normal(out_ref.shape).astype(dtype)
-            _same(backend.ops["max_pool_backward"](backend.to_device(dout), argmax, H, W, ph, pw, stride),
-                  ops.max_pool_backward(dout, argmax_ref, H, W, ph, pw, stride),
-                  f"max_pool_backward {dtype.__name__} {x.shape}")
-            checked += 3
-            out = backend.ops["avg_pool_forward"](backend.to_device(x), ph, pw, stride)
-            _same(out, ops.avg_pool_forward(x, ph, pw, stride), f"avg_pool_forward {dtype.__name__} {x.shape}")
-            _same(backend.ops["avg_pool_backward"](backend.to_device(dout), H, W, ph, pw, stride),
-                  ops.avg_pool_backward(dout, H, W, ph, pw, stride), f"avg_pool_backward {dtype.__name__} {x.shape}")
-            checked += 2
-        for N, C in SOFTMAX_SHAPES:
-            x, y = (5 * rng.standard_normal((N, C))).astype(dtype), rng.integers(0, C, N)
-            loss, dx = backend.ops["softmax_loss"](backend.to_device(x), backend.to_device(y))
-            ref_loss, ref_dx, _ = layers.softmax_loss_terms(x, y)        # the portable code
-            what = f"softmax_loss {dtype.__name__} {x.shape}"
-            _close(loss, np.asarray(ref_loss), SOFTMAX_TOLERANCE[dtype], f"{what} loss")
-            _close(dx, ref_dx, SOFTMAX_TOLERANCE[dtype], f"{what} dx")
-            checked += 1
-        for name, rule in optim.UPDATE_RULES.items():       # fused on the GPU, portable on the CPU
-            w, dws = rng.standard_normal((33, 17)).astype(dtype), rng.standard_normal((3, 33, 17)).astype(dtype)
-            cpu_w, gpu_w, cpu_config, gpu_config = w, backend.to_device(w), {}, {}
-            for dw in dws:
-                cpu_w, cpu_config = rule(cpu_w, dw, cpu_config)
-                gpu_w, gpu_config = rule(gpu_w, backend.to_device(dw), gpu_config)
-            _same(gpu_w, cpu_w, f"{name} update {dtype.__name__}")
-            checked += 3
-    return (f"{checked} kernel calls agree with the portable code: bit for bit (ties, NaN "
-            f"included), the softmax loss within {SOFTMAX_TOLERANCE[np.float32]:g} (float32) / "
-            f"{SOFTMAX_TOLERANCE[np.float64]:g} (float64) of its largest value")
+    checked, close = 0, []
+    for op in ops.kernel_ops():
+        if op.tolerance:
+            close.append(op.name)
+        for dtype in (np.float32, np.float64):
+            for args in op.examples(rng, dtype):
+                got = backend.ops[op.name](*_on(backend, args))
+                expected = op.portable(*args)
+                what = f"{op.name} {dtype.__name__} {args[0].shape}"
+                for got_one, expected_one in zip(_arrays(got), _arrays(expected)):
+                    _compare(got_one, to_numpy(expected_one), op.tolerance, dtype, what)
+                checked += 1
+    return (f"{checked} kernel calls of {len(ops.kernel_ops())} ops agree with the portable code: "
+            f"bit for bit (ties, NaN included), {', '.join(close) or 'none'} to its declared tolerance")
+
+
+def _on(backend, args):
+    """The host arrays in `args` (and in tuples among them) moved to the backend's device."""
+    return tuple(backend.to_device(a) if isinstance(a, np.ndarray) else
+                 _on(backend, a) if isinstance(a, tuple) else a for a in args)
+
+
+def _arrays(result):
+    """An op's result as a list of arrays (ops return one array, or a tuple or list of them)."""
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+def _compare(got, expected, tolerance, dtype, what):
+    got = to_numpy(got)
+    if tolerance is None:
+        _same(got, expected, what)
+    else:
+        _close(got, expected, tolerance[np.dtype(dtype).name], what)
 
 
 def _same(got, expected, what):
-    got = to_numpy(got)
     if got.shape != expected.shape or not np.array_equal(got, expected, equal_nan=True):
         worst = np.nanmax(np.abs(got.astype(np.float64) - expected)) if got.shape == expected.shape else None
         raise AssertionError(f"{what}: differs from the portable code (max |diff| {worst})")
 
 
 def _close(got, expected, tolerance, what):
-    got = to_numpy(got)
     worst = np.max(np.abs(got.astype(np.float64) - expected)) if got.shape == expected.shape else None
     if worst is None or not worst <= tolerance * np.max(np.abs(expected)):
         raise AssertionError(f"{what}: differs from the portable code (max |diff| {worst})")
@@ -185,13 +163,11 @@ def time_step(backend, batch=100, repeats=5):
     return float(np.median(times[1:]))
 
 
-def run(device=None, out=print) -> bool:
-    """Run every check for `device` ("cuda:N", "cpu", or None: the first GPU if there is one)
-    and print the verdict table; True when nothing failed."""
-    if device is None:
-        device = "cuda" if cuda_available() else "cpu"
+def _checks(device):
+    """The checks for `device`: [(name, check, backend)], the GPU backend (or None), and
+    another array library's backend (or None)."""
     checks = [("CPU gradients", _cpu_gradients, "cpu"), ("CPU training", _cpu_trains, "cpu")]
-    gpu = None
+    gpu = library = None
     if device != "cpu":
         try:
             gpu = get_backend(device)
@@ -201,27 +177,40 @@ def run(device=None, out=print) -> bool:
     else:
         why = "no GPU requested" if cuda_available() else "no GPU on this machine (CuPy sees none, or is not installed)"
         checks.append(("GPU kernels / parity / timing", _raise(Skip(why + "; run `xpnn selftest --device cuda` on a GPU machine")), None))
-    library = None
-    if gpu is not None and not gpu.ops:     # another array library (torch, jax...): no kernels
+    if gpu is not None and not gpu.has_kernels:     # another array library (torch, jax...)
         library, gpu = gpu, None
         checks.append((f"{library.label} training = CPU", _gpu_matches_cpu, library))
     if gpu is not None:
         checks += [("kernels compile", _kernels_compile, gpu), ("kernels = portable code", _kernels_match, gpu),
                    (f"{gpu.label} training = CPU", _gpu_matches_cpu, gpu)]
+    return checks, gpu, library
 
+
+def _verdict(check, backend):
+    """(verdict, detail, failed) of one check."""
+    try:
+        return "PASS", check(get_backend("cpu") if backend == "cpu" else backend), False
+    except Skip as e:
+        return "SKIP", str(e), False
+    except Unavailable as e:
+        return "FAIL", str(e), True
+    except Exception as e:   # a check that breaks is a failure to report, not a crash
+        traceback.print_exc()
+        return "FAIL", f"{type(e).__name__}: {e}", True
+
+
+def run(device=None, out=print) -> bool:
+    """Run every check for `device` ("cuda:N", "cpu", or None: the first GPU if there is one)
+    and print the verdict table; True when nothing failed."""
+    if device is None:
+        device = "cuda" if cuda_available() else "cpu"
+    checks, gpu, library = _checks(device)
     _describe_machine(gpu, out)
     rows, failed = [], False
     for name, check, backend in checks:
-        try:
-            verdict, detail = "PASS", check(get_backend("cpu") if backend == "cpu" else backend)
-        except Skip as e:
-            verdict, detail = "SKIP", str(e)
-        except Unavailable as e:
-            verdict, detail, failed = "FAIL", str(e), True
-        except Exception as e:   # a check that breaks is a failure to report, not a crash
-            verdict, detail, failed = "FAIL", f"{type(e).__name__}: {e}", True
-            traceback.print_exc()
+        verdict, detail, broke = _verdict(check, backend)
         rows.append((name, verdict, detail))
+        failed = failed or broke
     cpu_step = time_step(get_backend("cpu"))
     timing = f"cpu {cpu_step * 1e3:.1f} ms"
     for other in (gpu, library):

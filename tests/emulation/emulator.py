@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xpnn import cuda
+from xpnn.backends import cupy_kernels as cuda
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
 kernel_names = cuda.kernel_names

@@ -1,14 +1,57 @@
-"""Backend plug-ins: one module per array library beyond NumPy and CuPy.
+"""Backend plug-ins: one module per array library, found through one registry.
 
-Each module implements the Backend interface of `xpnn.backend` for its library (namespace,
-device, transfers, generator, synchronize, memory, accelerated-op table) and the four names
-the registry asks of it (`xpnn.backend.PLUGINS` lists them): `DEVICES`, `canonical(text)`,
-`make_backend(device)` and `array_device(x)`. The registry imports a module only when one of
+`LIBRARIES` below is the registry: the library's name -> the module that implements its
+backend, the Python package it needs, how to install that package, and the names device
+strings start with ("cpu" and "numpy" for NumPy). `xpnn.backend` reads it to parse device
+strings, make backends and find the backend of an array; it imports a module only when one of
 its devices is asked for or one of its arrays is met, so a library that is not installed costs
-nothing. Adding a library: one module here, one line in `PLUGINS`, and its tests.
+nothing. NumPy and CuPy are plug-ins like the others.
 
-What they share: no accelerated ops (the portable Array-API code runs; each library runs its
-own operations, multithreaded where it is), random numbers from NumPy's PCG64 moved to the
-device (so a seeded model draws the same weights and dropout masks on every library and its
-training matches NumPy's), and no writes into arrays (`writes_in_place = False`).
+A plug-in module defines:
+    DEVICES                     the device strings it accepts, for messages
+    HAS_CONTEXT                 whether its backend's `with` must be entered around its layers
+    canonical(text) -> str      the canonical device string for `text` ("torch" ->
+                                "torch:cpu"); ValueError for a device of its library it lacks
+    make_backend(canonical) -> Backend    one instance per device (the registry keeps it);
+                                ValueError or RuntimeError when the device is not there
+    array_device(x) -> str | None         the canonical device of one of its arrays, else None
+and may define
+    which(canonical)            the second item of `parse_device` ("cuda:1" -> 1), else the
+                                canonical string itself
+    to_host(x) -> np.ndarray    an array's copy on the host without making a backend (CuPy)
+
+Its Backend subclass (see xpnn.backend.Backend) gives the namespace, device, transfers,
+generator, synchronize, memory and its accelerated-op table (`ops`, name -> implementation;
+the names are those declared in xpnn.ops).
+
+Adding a library: one module here, one line in `LIBRARIES`, and its tests (tests/test_libraries.py
+runs the layers, models and training on every library it finds installed). See CONTRIBUTING.md.
+
+What the libraries beyond NumPy and CuPy share: no accelerated ops (the portable Array-API
+code runs; each library runs its own operations, multithreaded where it is), random numbers
+from NumPy's PCG64 moved to the device (so a seeded model draws the same weights and dropout
+masks on every library and its training matches NumPy's), and no writes into arrays
+(`writes_in_place = False`).
 """
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Library(NamedTuple):
+    """One row of the registry."""
+    module: str                  # the plug-in module, imported when first needed
+    package: str                 # the Python package it needs
+    install: str | None          # how to install it; None: the plug-in says so itself (CuPy:
+                                 # which extra depends on the driver) or it is always there
+    names: tuple = ()            # what device strings start with; () means the key alone
+
+
+LIBRARIES = {
+    "numpy": Library("xpnn.backends.numpy", "numpy", None, ("cpu", "numpy")),
+    "cupy": Library("xpnn.backends.cupy", "cupy", None, ("cuda", "gpu", "cupy")),
+    "torch": Library("xpnn.backends.torch", "torch", "pip install torch"),
+    "jax": Library("xpnn.backends.jax", "jax", "pip install 'jax[cpu]' (NVIDIA GPUs: 'jax[cuda12]')"),
+    "dask": Library("xpnn.backends.dask", "dask", "pip install 'dask[array]'"),
+    "array_api_strict": Library("xpnn.backends.strict", "array_api_strict", "pip install array-api-strict"),
+}

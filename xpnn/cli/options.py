@@ -154,7 +154,7 @@ def add_threads_arg(p, training=True):
 
 def capped_threads(n: int) -> int:
     """--threads N, at most the cores this process may run on (more only wait for each other)."""
-    from ..threads import available_cores
+    from ..backends.blas import available_cores
     cores = available_cores()
     if n > cores:
         print(f"--threads {n}: this process may run on {cores} core(s), so it uses {cores} "

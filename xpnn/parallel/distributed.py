@@ -64,7 +64,7 @@ import time
 
 import numpy as np
 
-from ..backend import CpuBackend, CudaBackend, namespace_of, parse_device, to_numpy
+from ..backend import namespace_of, parse_device, to_numpy
 from ..modules import Dropout
 from ..nn import Model
 from .settings import settings_differences, training_settings
@@ -246,7 +246,8 @@ class Communicator:
         check that the backend can take part and that every rank trains the same, and choose
         the transport. It reads the Solver; it changes nothing of it."""
         backend = solver.backend
-        if not isinstance(backend, (CpuBackend, CudaBackend)):
+        library = parse_device(backend.label)[0]      # what carries the gradients: MPI or NCCL
+        if library not in ("cpu", "cuda"):
             raise DistributedError(f"distributed training runs on the CPU (NumPy) or CUDA (CuPy) "
                                    f"backends, not on {backend!r}")
         smallest = min(solver.batch_size, solver.X_train.shape[0])
@@ -255,8 +256,7 @@ class Communicator:
                              "ranks: every rank needs at least one; use a larger batch_size")
         self.check_same_settings(training_settings(solver))
         if self.transport is None:
-            self.transport = NcclTransport(self, backend) if isinstance(backend, CudaBackend) \
-                else MpiTransport(self)
+            self.transport = NcclTransport(self, backend) if library == "cuda" else MpiTransport(self)
 
     def check_same_settings(self, settings: dict) -> None:
         """Refuse a job whose ranks were started with different training settings (see

@@ -21,7 +21,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .threads import ThreadPolicy, default_threads, one_blas_thread
+from ..backends.blas import default_threads, one_blas_thread
+from .threads import ThreadPolicy
 from .workers import map_shards
 
 # Two shards of at least SHARD_SAMPLES samples, and more (to MAX_SHARDS) only where each keeps

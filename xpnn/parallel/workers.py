@@ -45,7 +45,8 @@ import weakref
 
 import numpy as np
 
-from .threads import map_in_threads, one_blas_thread
+from ..backends.blas import one_blas_thread
+from .threads import map_in_threads
 
 _pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # model -> its _Pool
 _busy = threading.Lock()        # one step at a time uses the pools; another thread uses threads

@@ -8,8 +8,9 @@ pass the problem sizes; the actual launch is done by a *launcher*:
     kernel's handle, and launches on the current device and stream (no host synchronisation);
   - the test suite passes a launcher that runs the same .cu source on the CPU through an
     emulation of the CUDA thread grid, so this glue and the kernels are tested without a GPU.
-`make_ops(launcher)` is the table the CUDA backend registers as its accelerated operations;
-the backend runs each op with its GPU current, so outputs are allocated there.
+`make_ops(launcher)` is the table the CUDA backend registers as its accelerated operations,
+derived from the ops' declarations (xpnn.ops: every op declared with `kernel=True`); the
+backend runs each op with its GPU current, so outputs are allocated there.
 
 Floating point: CuPy compiles every kernel with `-ftz=true` (appended after our options, so it
 cannot be turned off), which flushes float32 subnormals (|x| < 1.2e-38) to zero in arithmetic
@@ -21,6 +22,7 @@ loss: its exp and log are the GPU's, not NumPy's, so it agrees to a few units in
 from __future__ import annotations
 
 import collections
+import collections.abc
 import functools
 import math
 import re
@@ -29,17 +31,19 @@ from pathlib import Path
 import numpy as np
 from array_api_compat import array_namespace
 
+from ..backend import ACCELERATED_OPS, DeviceError
+
 BLOCK = 256
 MAX_BLOCKS = 65535
 
 
 def kernel_dir() -> Path:
     """Where the .cu files are: inside the installed wheel, or the source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "kernels", here.parent / "kernels"):
+    package = Path(__file__).resolve().parent.parent          # xpnn/
+    for candidate in (package / "kernels", package.parent / "kernels"):
         if (candidate / "common.cuh").is_file():
             return candidate
-    raise FileNotFoundError(f"xpnn's CUDA kernels (kernels/*.cu) are missing next to {here}")
+    raise FileNotFoundError(f"xpnn's CUDA kernels (kernels/*.cu) are missing next to {package}")
 
 
 def kernel_files() -> list[Path]:
@@ -122,7 +126,7 @@ def _param(text: str) -> Param:
     *ctype, name = [w for w in words if w not in _QUALIFIERS and w != "*"]
     ctype = " ".join(ctype)
     if ctype not in _C_DTYPES:
-        raise ValueError(f"kernel parameter {text.strip()!r}: add its C type to cuda._C_DTYPES")
+        raise ValueError(f"kernel parameter {text.strip()!r}: add its C type to cupy_kernels._C_DTYPES")
     return Param(name, ctype, pointer, _C_DTYPES[ctype])
 
 
@@ -168,7 +172,6 @@ def _launching_device(launch, args) -> str:
 
 
 def _check_device(kernel, i, param, a, here):
-    from .backend import DeviceError
     there = device_name(a)
     if there != here:
         raise DeviceError(f"{_where(kernel, i, param)} is on {there}, but the kernel runs on "
@@ -301,7 +304,14 @@ def softmax_loss(x, y, launch):
     return xp.mean(row_loss), dx
 
 
-UPDATE_RULES = ("sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+def bias_relu(x, b, launch):
+    """max(x + b, 0) with b (F,) along axis 1 of x (N, F, ...): kernels/bias_relu.cu."""
+    name = f"bias_relu_{_suffix(x.dtype)}"
+    x, b = _inputs(name, launch, x, b)
+    out = array_namespace(x).empty(x.shape, dtype=x.dtype, device=x.device)
+    inner = math.prod(x.shape[2:])
+    _launch(name, out.size, (x, b, out) + _sizes(out.size, b.shape[0], inner), launch)
+    return out
 
 
 def update_rule(name, w, dw, states, scalars, launch):
@@ -373,17 +383,51 @@ class CupyLauncher:
 PROBE_KERNEL = "sgd_f32"
 
 
-def make_ops(launch) -> dict:
+# The host functions that launch each kernel, by the stem of its entry points; the update
+# rules' kernels (optim.cu) share one, `update_rule`, told the rule's name.
+GLUE = {f.__name__: f for f in (im2col, col2im, max_pool_forward, max_pool_backward,
+                                avg_pool_forward, avg_pool_backward, softmax_loss, bias_relu)}
+
+
+def update_rules() -> list[str]:
+    """The update rules with fused kernels: the entry points of kernels/optim.cu."""
+    return sorted({name.rsplit("_", 1)[0]
+                   for name in _KERNEL_NAME.findall((kernel_dir() / "optim.cu").read_text())})
+
+
+def glue(op: str):
+    """The host function that launches op `op`'s kernel (its arguments, then `launch`)."""
+    if op in GLUE:
+        return GLUE[op]
+    if op in update_rules():
+        return functools.partial(update_rule, op)
+    raise NotImplementedError(f"accelerated op {op!r} is declared with a CUDA kernel, but "
+                              f"xpnn/backends/cupy_kernels.py has no function that launches it")
+
+
+class KernelOps(collections.abc.Mapping):
+    """The CUDA backend's accelerated-op table: every op declared with a kernel (xpnn.ops,
+    through ACCELERATED_OPS), bound to one launcher as it is first asked for; `wrap` wraps
+    each (the backend's: run it with its GPU current)."""
+
+    def __init__(self, launch, wrap=None):
+        self.launch, self.wrap, self.bound = launch, wrap, {}
+
+    def __getitem__(self, op):
+        if op not in self.bound:
+            if not ACCELERATED_OPS.get(op):
+                raise KeyError(op)
+            function = functools.partial(glue(op), launch=self.launch)
+            self.bound[op] = function if self.wrap is None else self.wrap(function)
+        return self.bound[op]
+
+    def __iter__(self):
+        return (op for op, kernel in list(ACCELERATED_OPS.items()) if kernel)
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+def make_ops(launch) -> KernelOps:
     """The accelerated-op table, with every op bound to one launcher."""
-    return {
-        "im2col": functools.partial(im2col, launch=launch),
-        "col2im": functools.partial(col2im, launch=launch),
-        "max_pool_forward": functools.partial(max_pool_forward, launch=launch),
-        "max_pool_backward": functools.partial(max_pool_backward, launch=launch),
-        "avg_pool_forward": functools.partial(avg_pool_forward, launch=launch),
-        "avg_pool_backward": functools.partial(avg_pool_backward, launch=launch),
-        "softmax_loss": functools.partial(softmax_loss, launch=launch),
-        **{rule: functools.partial(update_rule, rule, launch=launch) for rule in UPDATE_RULES},
-    }
-
-
+    return KernelOps(launch)
