@@ -9,14 +9,15 @@ from xpnn.cli import main  # noqa: E402
 from xpnn.export import save_torch, to_onnx, to_torch  # noqa: E402
 from xpnn.models import (FullyConnectedNet, ThreeLayerConvNet, TwoLayerNet, gap_cnn, lenet5,  # noqa: E402
                          load, mnist_cnn)
-from xpnn.nn import (Affine, AvgPool, BatchNorm, Conv, Dropout, GroupNorm, LayerNorm,  # noqa: E402
-                     LeakyReLU, MaxPool, ReLU, Sequential, Sigmoid, Tanh)
+from xpnn.nn import (LAYER_TYPES, Affine, AvgPool, BatchNorm, Conv, Dropout,  # noqa: E402
+                     GlobalAvgPool, GroupNorm, LayerNorm, LeakyReLU, MaxPool, ReLU, Sequential,
+                     Sigmoid, Tanh)
 
 
 def every_layer(dtype):
     return Sequential([Conv(4, 3, stride=2, pad=1), BatchNorm(), LeakyReLU(0.1), AvgPool(2),
                        GroupNorm(2), Tanh(), Conv(6, 2), MaxPool(2, 1), Dropout(0.7, seed=1),
-                       Affine(12), LayerNorm(), Sigmoid(), Affine(10), BatchNorm(), ReLU(),
+                       GlobalAvgPool(), Affine(12), LayerNorm(), Sigmoid(), Affine(10), BatchNorm(), ReLU(),
                        Affine(3)], (2, 15, 15), dtype=dtype, seed=0, init="he")
 
 
@@ -55,6 +56,8 @@ def test_every_built_in_model_exports_with_equal_scores(name):
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_every_layer_type_exports(dtype, tol):
     model = every_layer(dtype)
+    built_in = {name for name, kind in LAYER_TYPES.items() if kind.__module__ == "xpnn.modules"}
+    assert {type(layer).__name__ for layer in model.layers} == built_in     # a new one too
     X = np.random.default_rng(0).standard_normal((5, 2, 15, 15)).astype(dtype)
     trained_a_little(model, X)
     module = to_torch(model)

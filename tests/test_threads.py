@@ -9,7 +9,7 @@ import pytest
 import threadpoolctl
 
 from xpnn.parallel import Sharded, ThreadPolicy, shards
-from xpnn.parallel.threads import available_cores
+from xpnn.backends.blas import available_cores
 
 
 def blas_threads():
@@ -243,7 +243,7 @@ def test_a_thread_count_is_one_models_own():
     from xpnn import Solver
     from xpnn.data import get_data
     from xpnn.models import mnist_cnn
-    from xpnn.parallel.threads import default_threads
+    from xpnn.backends.blas import default_threads
     data = get_data("digits", num_training=100)
     first, second = (Solver(mnist_cnn(input_shape=(1, 8, 8), seed=0), data, threads=threads,
                             verbose=False) for threads in (2, 1))

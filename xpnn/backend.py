@@ -38,12 +38,32 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+from typing import NamedTuple
 
 import array_api_compat
 import numpy as np
 
-from .backends import LIBRARIES
 
+# ---------------------------------------------------------------------------- the registry of libraries
+# One plug-in module per array library (see xpnn/backends/__init__.py for what it defines).
+
+class Library(NamedTuple):
+    """One row of the registry."""
+    module: str                  # the plug-in module, imported when first needed
+    package: str                 # the Python package it needs
+    install: str | None          # how to install it; None: the plug-in says so itself (CuPy:
+                                 # which extra depends on the driver) or it is always there
+    names: tuple = ()            # what device strings start with; () means the key alone
+
+
+LIBRARIES = {
+    "numpy": Library("xpnn.backends.numpy", "numpy", None, ("cpu", "numpy")),
+    "cupy": Library("xpnn.backends.cupy", "cupy", None, ("cuda", "gpu", "cupy")),
+    "torch": Library("xpnn.backends.torch", "torch", "pip install torch"),
+    "jax": Library("xpnn.backends.jax", "jax", "pip install 'jax[cpu]' (NVIDIA GPUs: 'jax[cuda12]')"),
+    "dask": Library("xpnn.backends.dask", "dask", "pip install 'dask[array]'"),
+    "array_api_strict": Library("xpnn.backends.strict", "array_api_strict", "pip install array-api-strict"),
+}
 
 _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
 

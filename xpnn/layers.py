@@ -204,15 +204,15 @@ def conv_forward(x, w, b, conv_param):
     F, _, HH, WW = w.shape
     HO, WO = ops.conv_output_size(H, W, HH, WW, stride, pad)
     K = C * HH * WW
-    w_mat = xp.reshape(w, (F, K))
-    out, cols = None, []
+    w_mat, bias = xp.reshape(w, (F, K)), xp.reshape(b, (F, 1, 1))
+    outs, cols = [], []
     chunks, keep = gemm.batch_chunks(x, K, HO, WO)
     for rows in chunks:
         col = xp.reshape(ops.im2col(x[rows, ...], HH, WW, stride, pad), (K, -1))   # (K, n*HO*WO)
-        # each chunk's product goes straight to its rows of out, in (N, F, HO, WO) order
-        out = gemm.place(out, rows, gemm.filter_product(w_mat, col, HO * WO), N)
+        # adding the bias makes the chunk's product contiguous, in (n, F, HO, WO) order
+        outs.append(gemm.filter_product(w_mat, col, HO * WO) + bias)
         cols.append(col)
-    out = gemm.add_bias(gemm.joined(out, (N, F, HO, WO)), b)
+    out = gemm.joined(outs, (N, F, HO, WO))
     # Keep the im2col matrices for the backward pass if they fit the workspace, else rebuild.
     # The first layer's input gradient is never needed: "needs_dx" lets models skip it.
     return out, (x, w, cols if keep else None, stride, pad, conv_param.get("needs_dx", True))
@@ -258,19 +258,20 @@ def conv_backward(dout, cache):
                   and not backend_of(dout).has_kernels)
     if dx_as_conv:
         w_turned = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3)), (C, F * HH * WW))
-    dw, dx, dxs = 0, None, []
+    dw, dxs = 0, []
     for index, rows in enumerate(gemm.batch_chunks(x, K, HO, WO)[0]):
         col = cols[index] if cols is not None else xp.reshape(ops.im2col(x[rows, ...], HH, WW, stride, pad), (K, -1))
         dout_mat = xp.reshape(xp.permute_dims(dout[rows, ...], (1, 0, 2, 3)), (F, -1))
         dw = dw + gemm.weight_gradient(col, dout_mat)
         if dx_as_conv:
             dout_col = xp.reshape(ops.im2col(dout[rows, ...], HH, WW, 1, full_pad), (F * HH * WW, -1))
-            dx = gemm.place(dx, rows, gemm.filter_product(w_turned, dout_col, H * W), N)
+            dxs.append(gemm.filter_product(w_turned, dout_col, H * W))
         elif needs_dx:
             dcol = xp.reshape(w_mat.T @ dout_mat, (C, HH, WW, -1, HO, WO))
             dxs.append(ops.col2im(dcol, H, W, stride, pad))
+    dx = None
     if dx_as_conv:
-        dx = gemm.joined(dx, (N, C, H, W))
+        dx = gemm.joined(dxs, (N, C, H, W))
     elif needs_dx:
         dx = dxs[0] if len(dxs) == 1 else xp.concat(dxs, axis=0)
     db = xp.sum(dout, axis=(0, 2, 3))

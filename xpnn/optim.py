@@ -12,9 +12,13 @@ in the same order), elsewhere the portable expressions every other library runs.
 """
 from __future__ import annotations
 
+import difflib
+import math
+import numbers
+
 from array_api_compat import device as device_of
 
-from .backend import DeviceError, namespace_of, on_input_device
+from .backend import DeviceError, get_backend, namespace_of, on_input_device
 from .ops.updates import (adagrad_step, adam_step, adamw_step, nesterov_step, rmsprop_step,
                           sgd_momentum_step, sgd_step)
 
@@ -182,3 +186,42 @@ def get_update_rule(rule):
     if rule not in UPDATE_RULES:
         raise ValueError(f"unknown update rule {rule!r}; use one of {', '.join(UPDATE_RULES)}")
     return UPDATE_RULES[rule]
+
+
+# What a user may mean by a key no rule knows.
+_OPTIM_ALIASES = {"lr": "learning_rate", "learningrate": "learning_rate", "eta": "learning_rate",
+                  "eps": "epsilon", "rho": "decay_rate", "decay": "decay_rate", "mu": "momentum",
+                  "beta_1": "beta1", "beta_2": "beta2"}
+
+
+def check_config(rule, config):
+    """Refuse an optim_config key the named update rule does not read, with a suggestion
+    (an unknown key would be ignored: `{"lr": 1e-3}` trained at the default rate). The keys a
+    rule reads are those it sets on a first call (each sets every one of its defaults and
+    state arrays); a rule given as a function is trusted with its own keys."""
+    rate = config.get("learning_rate")
+    if rate is not None and not (isinstance(rate, numbers.Real) and not isinstance(rate, bool)
+                                 and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"optim_config['learning_rate'] must be a positive number, got {rate!r}")
+    if not isinstance(rule, str) or not config:
+        return
+    xp = get_backend("cpu").xp                   # a probe on the host: which keys it sets
+    probe = xp.zeros(1, dtype=xp.float32)
+    _, known = get_update_rule(rule)(probe, probe, {})
+    unknown = sorted(set(config) - set(known))
+    if not unknown:
+        return
+    hyper = [k for k, v in known.items() if not hasattr(v, "shape") and k != "t"]
+    hints = []
+    for key in unknown:
+        if key in ("reg", "weight_decay"):
+            hints.append(f"{key}: regularisation is the model's (reg=...), not the optimizer's")
+            continue
+        alias = _OPTIM_ALIASES.get(key.lower().replace("-", "_"))
+        guess = alias if alias in known else next(iter(difflib.get_close_matches(key, hyper, n=1)), None)
+        if guess:
+            hints.append(f"{key!r}: did you mean {guess!r}?")
+    raise ValueError(f"optim_config has {'keys' if len(unknown) > 1 else 'a key'} that update "
+                     f"rule {rule!r} does not read: {', '.join(map(repr, unknown))}"
+                     + (f" ({'; '.join(hints)})" if hints else "")
+                     + f". Its keys: {', '.join(hyper)}")

@@ -124,16 +124,21 @@ class Solver:
         self.net = sharded(model)
         self.thread_policy = (self.net.thread_policy(self.threads, self.batch_size)
                               if self.net is not model and (self.threads or self.comm is None) else None)
+        self._take_data(data)
+        self._reset()
+        if self.comm is not None:
+            self._join(self.comm)
+
+    def _take_data(self, data):
+        """The data set's splits, staged for training (see _stage)."""
         self.X_train, self.y_train = self._stage(data, "train")
         self.X_val, self.y_val = self._stage(data, "val")
         # get_data's dict holds the mean image it subtracted: a model that records no
         # preprocessing yet keeps it, so that after save / load it predicts from raw images.
+        model = self.model
         if (isinstance(model, Model) and "mean_image" in data
                 and model.input_mean is None and model.input_scale is None):
             model.set_preprocessing(mean=data["mean_image"])
-        self._reset()
-        if self.comm is not None:
-            self._join(self.comm)
 
     def _join(self, comm):
         """Data-parallel training (every rank calls it; see xpnn.distributed): check that every
@@ -150,7 +155,7 @@ class Solver:
 
     def _check_settings(self):
         """Refuse a setting that cannot work, naming it (before any work is done)."""
-        _check_optim_config(self.update_rule_name, self.optim_config)
+        optim.check_config(self.update_rule_name, self.optim_config)
         if not (isinstance(self.batch_size, int) and self.batch_size > 0):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not (isinstance(self.num_epochs, int) and self.num_epochs >= 0):
@@ -511,42 +516,3 @@ def _fits(example_shape, input_shape) -> bool:
     if len(input_shape) == 1:
         return math.prod(example_shape) == input_shape[0]
     return tuple(example_shape) == input_shape
-
-
-# What a user may mean by a key no rule knows.
-_OPTIM_ALIASES = {"lr": "learning_rate", "learningrate": "learning_rate", "eta": "learning_rate",
-                  "eps": "epsilon", "rho": "decay_rate", "decay": "decay_rate", "mu": "momentum",
-                  "beta_1": "beta1", "beta_2": "beta2"}
-
-
-def _check_optim_config(rule, config):
-    """Refuse an optim_config key the named update rule does not read, with a suggestion
-    (an unknown key would be ignored: `{"lr": 1e-3}` trained at the default rate). The keys a
-    rule reads are those it sets on a first call (each sets every one of its defaults and
-    state arrays); a rule given as a function is trusted with its own keys."""
-    rate = config.get("learning_rate")
-    if rate is not None and not (isinstance(rate, numbers.Real) and not isinstance(rate, bool)
-                                 and math.isfinite(rate) and rate > 0):
-        raise ValueError(f"optim_config['learning_rate'] must be a positive number, got {rate!r}")
-    if not isinstance(rule, str) or not config:
-        return
-    import difflib
-    probe = np.zeros(1, dtype=np.float32)
-    _, known = optim.get_update_rule(rule)(probe, probe, {})
-    unknown = sorted(set(config) - set(known))
-    if not unknown:
-        return
-    hyper = [k for k, v in known.items() if not hasattr(v, "shape") and k != "t"]
-    hints = []
-    for key in unknown:
-        if key in ("reg", "weight_decay"):
-            hints.append(f"{key}: regularisation is the model's (reg=...), not the optimizer's")
-            continue
-        alias = _OPTIM_ALIASES.get(key.lower().replace("-", "_"))
-        guess = alias if alias in known else next(iter(difflib.get_close_matches(key, hyper, n=1)), None)
-        if guess:
-            hints.append(f"{key!r}: did you mean {guess!r}?")
-    raise ValueError(f"optim_config has {'keys' if len(unknown) > 1 else 'a key'} that update "
-                     f"rule {rule!r} does not read: {', '.join(map(repr, unknown))}"
-                     + (f" ({'; '.join(hints)})" if hints else "")
-                     + f". Its keys: {', '.join(hyper)}")

@@ -1,6 +1,6 @@
 """Backend plug-ins: one module per array library, found through one registry.
 
-`LIBRARIES` below is the registry: the library's name -> the module that implements its
+`LIBRARIES` (defined in xpnn.backend, importable from here) is the registry: the library's name -> the module that implements its
 backend, the Python package it needs, how to install that package, and the names device
 strings start with ("cpu" and "numpy" for NumPy). `xpnn.backend` reads it to parse device
 strings, make backends and find the backend of an array; it imports a module only when one of
@@ -24,7 +24,7 @@ Its Backend subclass (see xpnn.backend.Backend) gives the namespace, device, tra
 generator, synchronize, memory and its accelerated-op table (`ops`, name -> implementation;
 the names are those declared in xpnn.ops).
 
-Adding a library: one module here, one line in `LIBRARIES`, and its tests (tests/test_libraries.py
+Adding a library: one module here, one line in `xpnn.backend.LIBRARIES`, and its tests (tests/test_libraries.py
 runs the layers, models and training on every library it finds installed). See CONTRIBUTING.md.
 
 What the libraries beyond NumPy and CuPy share: no accelerated ops (the portable Array-API
@@ -33,25 +33,4 @@ from NumPy's PCG64 moved to the device (so a seeded model draws the same weights
 masks on every library and its training matches NumPy's), and no writes into arrays
 (`writes_in_place = False`).
 """
-from __future__ import annotations
-
-from typing import NamedTuple
-
-
-class Library(NamedTuple):
-    """One row of the registry."""
-    module: str                  # the plug-in module, imported when first needed
-    package: str                 # the Python package it needs
-    install: str | None          # how to install it; None: the plug-in says so itself (CuPy:
-                                 # which extra depends on the driver) or it is always there
-    names: tuple = ()            # what device strings start with; () means the key alone
-
-
-LIBRARIES = {
-    "numpy": Library("xpnn.backends.numpy", "numpy", None, ("cpu", "numpy")),
-    "cupy": Library("xpnn.backends.cupy", "cupy", None, ("cuda", "gpu", "cupy")),
-    "torch": Library("xpnn.backends.torch", "torch", "pip install torch"),
-    "jax": Library("xpnn.backends.jax", "jax", "pip install 'jax[cpu]' (NVIDIA GPUs: 'jax[cuda12]')"),
-    "dask": Library("xpnn.backends.dask", "dask", "pip install 'dask[array]'"),
-    "array_api_strict": Library("xpnn.backends.strict", "array_api_strict", "pip install array-api-strict"),
-}
+from ..backend import LIBRARIES, Library  # noqa: F401 (the registry, read here as ever)

@@ -7,15 +7,13 @@ this module is where that product meets the hardware:
 - `filter_product` and `weight_gradient`: on a BLAS with fast small-matrix kernels (the
   backend's `small_product_size`, from xpnn's BLAS probe) long, thin products run as blocks
   below that size, in a fixed order, so the sums are the same on every run;
-- `place` / `joined`: each chunk's result goes straight into the batch's output (NumPy and
-  CuPy write into a buffer; other libraries concatenate).
+- `joined`: the chunks' results as the batch's output (each chunk's result is first made
+  contiguous, in image order, by the operation that follows the product: conv_forward's bias).
 Every size here depends on the backend and the BLAS build only, never on the thread count.
 """
 from __future__ import annotations
 
-from array_api_compat import device as device_of
-
-from ..backend import backend_of, namespace_of, writes_in_place
+from ..backend import backend_of, namespace_of
 from . import one_block
 
 
@@ -41,8 +39,8 @@ def image_blocks(HW, limit):
 
 
 def filter_product(w_mat, col, HW):
-    """w_mat (F, K) @ col (K, n*HW) in image order, as (n, F, blocks, HW // blocks): a view the
-    caller copies into place. Where the backend has a size below which products run faster
+    """w_mat (F, K) @ col (K, n*HW) in image order, as (n, F, blocks, HW // blocks): a view, which
+    the next elementwise operation (the bias) turns into a contiguous array in image order. Where the backend has a size below which products run faster
     (its `small_product_size`: OpenBLAS's small-matrix kernels), it is one product per block
     of an image's columns (the fewest blocks below that size: a stack of products, which
     matmul runs in one call), which beats one long, thin product there."""
@@ -55,25 +53,11 @@ def filter_product(w_mat, col, HW):
     return xp.permute_dims(xp.reshape(w_mat @ blocks, (n, q, F, HW // q)), (0, 2, 1, 3))
 
 
-def place(out, rows, part, N):
-    """out[rows] = part, `out` made for the whole batch (N, ...) at the first chunk: each
-    chunk's result copied once into place (the copy also puts it in image order). Only NumPy
-    and CuPy arrays are written into (`writes_in_place`); for other libraries `out` is the
-    list of the chunks so far, which `joined` concatenates."""
-    if not writes_in_place(part):
-        return [*(out or []), part]
-    if out is None:
-        xp = namespace_of(part)
-        out = xp.empty((N, *part.shape[1:]), dtype=part.dtype, device=device_of(part))
-    out[rows, ...] = part
-    return out
-
-
-def joined(out, shape):
-    """What `place` built, as one array of `shape` (a copy in image order, if it was a list)."""
-    xp = namespace_of(out[0] if isinstance(out, list) else out)
-    if isinstance(out, list):
-        out = out[0] if len(out) == 1 else one_block(xp.concat(out, axis=0))
+def joined(parts, shape):
+    """The chunks' results (n, F, blocks, HW / blocks), in batch order, as one array of
+    `shape` (N, F, HO, WO): a concatenation, or the one chunk's reshape."""
+    xp = namespace_of(parts[0])
+    out = parts[0] if len(parts) == 1 else one_block(xp.concat(parts, axis=0))
     # In two steps, (N, F, blocks, HW / blocks) -> (N, F, HW) -> (N, F, HO, WO): Dask
     # reshapes only by merging or splitting whole axes.
     return xp.reshape(xp.reshape(out, (*shape[:2], -1)), shape)
@@ -94,14 +78,3 @@ def weight_gradient(col, dout_mat):
         cols = slice(start, min(start + block, P))
         total = total + col[:, cols] @ dout_mat[:, cols].T
     return total.T
-
-
-def add_bias(out, b):
-    """out + b (b broadcast over out's (N, F, HO, WO) per filter), into `out` itself where the
-    library allows (`writes_in_place`): no second output-sized buffer."""
-    xp = namespace_of(out)
-    bias = xp.reshape(b, (b.shape[0], 1, 1))
-    if writes_in_place(out):
-        out += bias
-        return out
-    return out + bias

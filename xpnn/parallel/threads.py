@@ -47,6 +47,10 @@ import threadpoolctl
 from ..backends.blas import available_cores, one_blas_thread
 
 
+_workers: ThreadPoolExecutor | None = None      # the shards' threads, made when first needed
+_worker_count = 0
+
+
 def map_in_threads(fn, items: list) -> list:
     """[fn(item) for item in items], all at once: the first on this thread, the others on
     worker threads, each with one BLAS thread (the cores are shared out as our threads; more
