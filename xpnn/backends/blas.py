@@ -1,8 +1,8 @@
 """What NumPy's BLAS is: its libraries and thread counts (threadpoolctl), whether it has
 small-matrix kernels, the cores this process may use.
 
-The CPU backend asks it for its default thread count and its small-product size, the thread
-policy (xpnn.threads) to run shards on one BLAS thread each. Nothing here changes a setting
+The CPU backend asks it for its small-product size, the batch shards and the thread policy
+(xpnn.parallel) for the default thread count and to run each shard on one BLAS thread. Nothing here changes a setting
 except `one_blas_thread`, inside its `with` block only.
 """
 from __future__ import annotations

@@ -7,6 +7,8 @@
     updates.py       the update rules' steps (xpnn.optim's rules call them)
     windows.py       what the window ops share (sizes, checks, strided views, spreading)
     registry.py      `accelerated`: the declaration, and the dispatch it returns
+    gemm.py          convolution's matrix products, shaped for the BLAS they run on (not an
+                     accelerated op: a helper conv_forward / conv_backward call)
 
 Each function here runs its backend's implementation where the backend has one (the CUDA
 kernels of kernels/*.cu on CuPy; in-place loops on NumPy) and the portable code otherwise:

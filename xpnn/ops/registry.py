@@ -23,8 +23,6 @@ A backend implementation takes the op's arguments and returns its result; it may
 `NotImplemented` for a case it leaves to the portable code (NumPy's in-place max-pool backward
 leaves the tiling windows to the portable stacking, which is faster there).
 """
-from __future__ import annotations
-
 import functools
 from typing import Callable, NamedTuple
 
