@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
+import threading
 
 import numpy as np
 
 from ..backend import Backend, GlobalGenerator
 from . import numpy_ops
-from .blas import blas_has_small_kernels
+from .blas import blas_has_small_kernels, one_blas_thread
 
 DEVICES = "cpu (or numpy)"
 HAS_CONTEXT = False
@@ -40,6 +41,9 @@ def make_backend(device: str) -> "CpuBackend":
     return CpuBackend()
 
 
+_held = threading.local()      # each thread's BLAS limits entered by `with backend:`, innermost last
+
+
 class CpuBackend(Backend):
     """NumPy on the host."""
     label = "cpu"
@@ -58,6 +62,20 @@ class CpuBackend(Backend):
     def __init__(self):
         self.rng = GlobalGenerator(self)
         self.small_product_size = CpuBackend.small_product_size if blas_has_small_kernels() else 0
+
+    # Inside `with backend:` (every model call, every Solver step) BLAS runs on one thread: how
+    # many threads a matrix product is split over changes the last bits of its sums, and a
+    # model's numbers must not depend on OPENBLAS_NUM_THREADS. The cores are used by running a
+    # batch as shards instead (xpnn.parallel). Layer functions called outside it run BLAS as
+    # the user configured it.
+    def __enter__(self):
+        held = one_blas_thread()
+        held.__enter__()
+        _held.__dict__.setdefault("stack", []).append(held)
+        return self
+
+    def __exit__(self, *exc):
+        return _held.stack.pop().__exit__(*exc)
 
     def to_device(self, x, dtype=None):
         out = np.asarray(x)

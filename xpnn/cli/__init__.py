@@ -23,7 +23,6 @@ import signal
 import sys
 
 from .. import __version__
-from ..backends.blas import blas_controller
 from ..backends.numpy import keep_freed_memory_for_reuse
 from ..data import DataError
 from ..io import CheckpointError
@@ -114,8 +113,6 @@ def prepare_process(args):
         keep_freed_memory_for_reuse()
     if getattr(args, "threads", None):
         args.threads = capped_threads(args.threads)
-        if args.command in ("eval", "selftest"):     # their predictions' matrix products
-            blas_controller().limit(limits=args.threads, user_api="blas")
 
 
 def interrupted(command, interrupt, received):

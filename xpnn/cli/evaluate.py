@@ -10,6 +10,7 @@ import numpy as np
 from ..data import DATASETS, get_data
 from ..io import atomic_write_text, load_npz
 from ..nn import model_from_arrays
+from ..parallel import sharded
 from .options import DATA_DIR_HELP, DEVICE_HELP, add_command, add_threads_arg, device_arg
 from .rundir import RUN_SETTINGS, read_json
 
@@ -46,7 +47,7 @@ def run(args):
         raise ValueError(f"{args.checkpoint} does not record the data set it was trained on; "
                          f"name one with --dataset ({', '.join(DATASETS)})")
     X, y = evaluation_split(args, model, dataset)
-    predictions = model.predict(X, batch_size=500)
+    predictions = predicted_labels(model, X, args.threads)
     correct = int(np.sum(predictions == y))
     print(f"{dataset} test accuracy: {correct / len(y):.4f} ({correct} / {len(y)}) on {model.device}")
     counts = confusion_counts(y, predictions, model.output_shape[0])
@@ -59,6 +60,16 @@ def run(args):
         print(f"wrote {len(predictions)} predictions to {path}")
     draw_confusion(args, dataset, counts, names, correct / len(y))
     return 0
+
+
+def predicted_labels(model, X, threads, batch_size=500):
+    """model.predict(X), each batch run the way the Solver's accuracy checks run it: on the CPU
+    as shards on `threads` cores (xpnn.parallel), the same numbers with any count."""
+    net = sharded(model, threads)
+    if net is model:
+        return model.predict(X, batch_size=batch_size)
+    return np.concatenate([np.argmax(net.loss(model.preprocess(X[start:start + batch_size])), axis=1)
+                           for start in range(0, X.shape[0], batch_size)])
 
 
 def check_predictions_file(predictions):
