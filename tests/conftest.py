@@ -92,8 +92,10 @@ def xp(request):
     elif request.param == "dask":
         pytest.importorskip("dask.array")
         import array_api_compat.dask.array as xp
-    else:
+    elif request.param == "cupy":
         import array_api_compat.cupy as xp
+    else:
+        raise ValueError(f"the xp fixture does not know the library {request.param!r}: add it here")
     yield xp
 
 

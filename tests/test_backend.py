@@ -29,6 +29,27 @@ def test_cpu_backend():
     assert be.memory_free() is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_cpu_op_equals_the_portable_code_on_its_declared_examples(dtype):
+    """NumPy's accelerated ops (its in-place loops) against the portable code they replace,
+    bit for bit, on the examples each op declares (xpnn.ops), as test_kernels does for the
+    CUDA kernels: a new entry in a backend's table is checked without a test of its own."""
+    from xpnn.ops import OPS
+    rng = np.random.default_rng(0)
+    for name, implementation in get_backend("cpu").ops.items():
+        op = OPS[name]
+        assert op.examples is not None, f"op {name} declares no examples to be compared on"
+        for args in op.examples(rng, dtype):
+            got = implementation(*args)
+            if got is NotImplemented:          # a case it leaves to the portable code
+                continue
+            got, expected = (list(r) if isinstance(r, (tuple, list)) else [r]
+                             for r in (got, op.portable(*args)))
+            assert len(got) == len(expected), name
+            for g, e in zip(got, expected):
+                np.testing.assert_array_equal(g, e, err_msg=name)
+
+
 def test_cuda_without_a_gpu_names_the_problem(no_cupy):
     assert not cuda_available()
     with pytest.raises(RuntimeError, match=r"needs CuPy.*only on a machine with an NVIDIA GPU.*"

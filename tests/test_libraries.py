@@ -38,8 +38,10 @@ def native_type(device):
     if device == "dask":
         import dask.array
         return dask.array.Array
-    import array_api_strict
-    return type(array_api_strict.asarray(0.0))
+    if device.startswith("array_api_strict"):
+        import array_api_strict
+        return type(array_api_strict.asarray(0.0))
+    raise ValueError(f"native_type does not know the library of {device!r}: add it here")
 
 
 # ---------------------------------------------------------------------------- device strings
@@ -91,7 +93,7 @@ def test_backends_are_found_from_their_arrays(device):
     x = be.to_device(np.arange(6.0).reshape(2, 3), dtype="float64")
     assert isinstance(x, native_type(device)) and be.owns(x) and backend_of(x) is be
     assert be.label == canonical_device(device) and parse_device(be) == parse_device(device)
-    assert be.ops == {} and not be.writes_in_place
+    assert be.ops == {}
     np.testing.assert_array_equal(to_numpy(x), np.arange(6.0).reshape(2, 3))
     assert not get_backend("cpu").owns(x)
 

@@ -22,8 +22,7 @@ when one of its devices is asked for or one of its arrays is met:
   - `to_device` / `to_host`: explicit host <-> device transfers,
   - `synchronize()`, `memory_free()`, `is_out_of_memory(error)`, `workspace_bytes`,
   - `ops`: its table of accelerated operations, keyed by the op names declared in xpnn.ops,
-  - what the portable code and the Solver ask of a library: `writes_in_place` (NumPy and
-    CuPy arrays may be written into; JAX's arrays are immutable), `materialize(arrays)` and
+  - what the portable code and the Solver ask of a library: `materialize(arrays)` and
     `one_block(a)` (Dask computes and joins what it builds lazily) and `keeps_data_sets`
     (whether a data set is moved there whole).
 
@@ -183,10 +182,6 @@ class Backend:
     # Whether those implementations are device kernels (CUDA's): conv_backward then keeps the
     # col2im kernel, which gathers, instead of computing dx as a second convolution.
     has_kernels = False
-    # Whether code may write into this library's arrays (`a[rows] = b`, `a += b`): NumPy's and
-    # CuPy's fast paths do (see xpnn.ops.gemm.place); JAX's arrays are immutable and Dask's lazy, so
-    # every plug-in runs the portable code, which builds results with stack / concat.
-    writes_in_place = True
     # Whether the Solver moves a whole data set here when it fits (else one batch at a time).
     keeps_data_sets = True
 
@@ -268,8 +263,6 @@ class ArrayApiBackend(Backend):
     """Any other Array-API namespace (array-api-strict, ...), on the device of the array it was
     found from: random numbers come from NumPy and are moved there; no accelerated ops."""
 
-    writes_in_place = False       # the portable code only: nothing is assumed of the library
-
     def __init__(self, like):
         self.xp = array_api_compat.array_namespace(like)
         self.device = array_api_compat.device(like)
@@ -314,12 +307,6 @@ def on_input_device(function):
                 return function(x, *args, **kwargs)
         return function(x, *args, **kwargs)
     return run
-
-
-def writes_in_place(x) -> bool:
-    """Whether code may write into array `x`: NumPy and CuPy arrays, whose fast paths fill
-    preallocated buffers (see Backend.writes_in_place); the portable code builds its results."""
-    return type(x) is np.ndarray or backend_of(x).writes_in_place
 
 
 # ---------------------------------------------------------------------------- the registry

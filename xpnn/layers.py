@@ -249,13 +249,10 @@ def conv_backward(dout, cache):
     K = C * HH * WW
     w_mat = xp.reshape(w, (F, K))
     # With stride 1, dx is itself a convolution: of dout padded by HH - 1 - pad, with each
-    # filter turned 180 degrees and in/out channels swapped. That is im2col + one product,
-    # no scatter, faster on the CPU than col2im's strided sums (and, for F <= C, its im2col
-    # buffer is no bigger than the forward pass's). A GPU's col2im kernel gathers instead of
-    # scattering, and writes dx in place: it keeps that.
+    # filter turned 180 degrees and in/out channels swapped (im2col + one product, no scatter).
+    # Whether that or col2im is the faster way is the backend's matter (xpnn.ops.gemm).
     full_pad = HH - 1 - pad
-    dx_as_conv = (needs_dx and stride == 1 and HH == WW and 0 <= full_pad and F <= C
-                  and not backend_of(dout).has_kernels)
+    dx_as_conv = needs_dx and gemm.dx_as_convolution(dout, w, stride, pad)
     if dx_as_conv:
         w_turned = xp.reshape(xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3)), (C, F * HH * WW))
     dw, dxs = 0, []

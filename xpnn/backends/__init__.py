@@ -30,7 +30,6 @@ runs the layers, models and training on every library it finds installed). See C
 What the libraries beyond NumPy and CuPy share: no accelerated ops (the portable Array-API
 code runs; each library runs its own operations, multithreaded where it is), random numbers
 from NumPy's PCG64 moved to the device (so a seeded model draws the same weights and dropout
-masks on every library and its training matches NumPy's), and no writes into arrays
-(`writes_in_place = False`).
+masks on every library and its training matches NumPy's).
 """
 from ..backend import LIBRARIES, Library  # noqa: F401 (the registry, read here as ever)

@@ -38,7 +38,6 @@ class DaskBackend(Backend):
     """Dask arrays, single-chunk, computed by Dask's default scheduler."""
 
     label = "dask"
-    writes_in_place = False
     keeps_data_sets = False
 
     def __init__(self):

@@ -63,7 +63,6 @@ def make_backend(device: str) -> "JaxBackend":
 class JaxBackend(Backend):
     """JAX on one device, computing in float64 when asked (inside its context)."""
 
-    writes_in_place = False
 
     def __init__(self, label: str, device):
         import jax

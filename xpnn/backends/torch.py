@@ -59,7 +59,6 @@ def make_backend(device: str) -> "TorchBackend":
 class TorchBackend(Backend):
     """PyTorch on one of its devices."""
 
-    writes_in_place = False
 
     def __init__(self, label: str):
         import torch

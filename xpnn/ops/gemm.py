@@ -78,3 +78,14 @@ def weight_gradient(col, dout_mat):
         cols = slice(start, min(start + block, P))
         total = total + col[:, cols] @ dout_mat[:, cols].T
     return total.T
+
+
+def dx_as_convolution(dout, w, stride, pad) -> bool:
+    """Whether conv_backward computes dx as a convolution of dout with the turned filters
+    rather than by col2im. It can with stride 1 and square filters; it is worth it without
+    kernels: im2col + one product beats col2im's strided sums on the CPU, and for F <= C its
+    im2col buffer is no bigger than the forward pass's. A GPU's col2im kernel gathers instead
+    of scattering and writes dx in place: it keeps that."""
+    F, C, HH, WW = w.shape
+    return (stride == 1 and HH == WW and 0 <= HH - 1 - pad and F <= C
+            and not backend_of(dout).has_kernels)
