@@ -14,7 +14,8 @@ from xpnn.gradient_check import eval_numerical_gradient, rel_error
 from xpnn.models import FullyConnectedNet, load, mnist_cnn
 from xpnn.nn import Affine, Conv, GroupNorm, ReLU, Sequential
 from xpnn.optim import adamw
-from xpnn.solver import Solver, _clipped
+from xpnn.optim import clip_grad_norm
+from xpnn.solver import Solver
 
 
 @pytest.fixture(scope="module")
@@ -280,12 +281,12 @@ def test_clipping_scales_to_the_global_norm():
     rng = np.random.default_rng(0)
     grads = {"W1": rng.standard_normal((3, 4)), "b1": rng.standard_normal(4)}
     norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
-    clipped = _clipped(grads, norm / 4)
+    clipped = clip_grad_norm(grads, norm / 4)
     new_norm = math.sqrt(sum(float(np.sum(g * g)) for g in clipped.values()))
     assert new_norm == pytest.approx(norm / 4, rel=1e-5)
     for k in grads:
         assert np.allclose(clipped[k], grads[k] * (norm / 4) / (norm + 1e-6))
-    unchanged = _clipped(grads, norm * 2)
+    unchanged = clip_grad_norm(grads, norm * 2)
     assert all(np.array_equal(unchanged[k], grads[k]) for k in grads)
 
 

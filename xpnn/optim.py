@@ -176,6 +176,16 @@ def adamw(w, dw, config=None):
     return next_w, config
 
 
+def clip_grad_norm(grads, max_norm):
+    """grads (name -> array) scaled by min(1, max_norm / (norm + 1e-6)), norm the L2 norm of all
+    of them together (torch.nn.utils.clip_grad_norm_'s rule), computed on the device: no host
+    sync. The Solver's clip_grad_norm=... applies it to every step's gradients."""
+    xp = namespace_of(*grads.values())
+    total = sum(xp.sum(g * g) for g in grads.values())
+    scale = xp.minimum(max_norm / (xp.sqrt(total) + 1e-6), xp.ones_like(total))
+    return {k: g * xp.astype(scale, g.dtype) for k, g in grads.items()}
+
+
 UPDATE_RULES = {f.__name__: f for f in (sgd, sgd_momentum, nesterov, adagrad, rmsprop, adam, adamw)}
 
 

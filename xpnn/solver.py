@@ -319,7 +319,7 @@ class Solver:
         if self.comm is not None:     # the global batch's mean loss and gradients, on every rank
             loss, grads = self.comm.allreduce_mean(loss, grads, share)
         if self.clip_grad_norm is not None:
-            grads = _clipped(grads, self.clip_grad_norm)
+            grads = optim.clip_grad_norm(grads, self.clip_grad_norm)
         if not math.isfinite(loss):
             finite = [l for l in self.loss_history if math.isfinite(l)]
             last = f"{finite[-1]:.6g}" if finite else "none"
@@ -499,15 +499,6 @@ class Solver:
             self.augment_rng.bit_generator.state = state["augment_rng"]
         self.checkpoint_path = Path(path)
         return self
-
-
-def _clipped(grads, max_norm):
-    """grads scaled by min(1, max_norm / (norm + 1e-6)), norm the L2 norm of all of them
-    together (torch.nn.utils.clip_grad_norm_'s rule), computed on the device: no host sync."""
-    xp = namespace_of(*grads.values())
-    total = sum(xp.sum(g * g) for g in grads.values())
-    scale = xp.minimum(max_norm / (xp.sqrt(total) + 1e-6), xp.ones_like(total))
-    return {k: g * xp.astype(scale, g.dtype) for k, g in grads.items()}
 
 
 def _fits(example_shape, input_shape) -> bool:
