@@ -136,18 +136,23 @@ def _adam_scalars(config):
             config["epsilon"])
 
 
+def _adam_config(w, config, **more_defaults):
+    """Adam's config with its defaults (and `more_defaults`, AdamW's weight decay) set, and
+    its state m and v made on w's device at the first call."""
+    config = {} if config is None else config
+    for key, value in {"learning_rate": 1e-3, **more_defaults, "beta1": 0.9, "beta2": 0.999,
+                       "epsilon": 1e-8, "t": 0}.items():
+        config.setdefault(key, value)
+    _state(config, "m", w), _state(config, "v", w)
+    return config
+
+
 @on_input_device
 def adam(w, dw, config=None):
     """Adam: moving averages of the gradient (m) and its square (v), bias-corrected.
     config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999), epsilon (1e-8), t (0, the
     step count); state: m, v."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-3)
-    config.setdefault("beta1", 0.9)
-    config.setdefault("beta2", 0.999)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("t", 0)
-    _state(config, "m", w), _state(config, "v", w)
+    config = _adam_config(w, config)
     _check("adam", w, dw, config, ("m", "v"))
     next_w, config["m"], config["v"] = adam_step(w, dw, (config["m"], config["v"]),
                                                  _adam_scalars(config))
@@ -161,14 +166,7 @@ def adamw(w, dw, config=None):
     w *= 1 - lr * weight_decay, then Adam's step (the decay never enters m or v).
     config: learning_rate (1e-3), weight_decay (1e-2), beta1 (0.9), beta2 (0.999),
     epsilon (1e-8), t (0, the step count); state: m, v."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-3)
-    config.setdefault("weight_decay", 1e-2)
-    config.setdefault("beta1", 0.9)
-    config.setdefault("beta2", 0.999)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("t", 0)
-    _state(config, "m", w), _state(config, "v", w)
+    config = _adam_config(w, config, weight_decay=1e-2)
     _check("adamw", w, dw, config, ("m", "v"))
     keep_w = 1 - config["learning_rate"] * config["weight_decay"]
     next_w, config["m"], config["v"] = adamw_step(w, dw, (config["m"], config["v"]),

@@ -49,14 +49,19 @@ def options_given(parser, argv, args):
 
 # ---------------------------------------------------------------------------- argument types
 
-def positive_int(text):
+def _integer(text, lowest, expected):
+    """int(text), refused as `expected` ("a positive integer") when it is not one or < lowest."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def positive_int(text):
+    return _integer(text, 1, "a positive integer")
 
 
 def non_negative_float(text):
@@ -84,13 +89,7 @@ def probability(text):
 
 
 def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return _integer(text, 0, "an integer >= 0")
 
 
 def _items(text, kind):

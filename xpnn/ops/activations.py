@@ -7,6 +7,8 @@ of two (kernels/bias_relu.cu). The portable code computes exactly what `x + b` t
 """
 from __future__ import annotations
 
+import math
+
 from array_api_compat import device as device_of
 
 from ..backend import namespace_of
@@ -26,8 +28,11 @@ def _check(x, b):
 
 def _examples(rng, dtype):
     for shape in BIAS_RELU_SHAPES:
-        x = rng.standard_normal(shape).astype(dtype)
-        x.flat[:3] = [float("nan"), -0.0, 0.0][:x.size]     # NaN propagates; zeros stay +0
+        values = rng.standard_normal(math.prod(shape)).astype(dtype)
+        xp = namespace_of(values)
+        # the first values: NaN (it propagates) and both zeros (they come out as +0)
+        first = xp.asarray([float("nan"), -0.0, 0.0][:values.shape[0]], dtype=values.dtype)
+        x = xp.reshape(xp.concat([first, values[first.shape[0]:]]), shape)
         yield x, rng.standard_normal(shape[1]).astype(dtype)
 
 

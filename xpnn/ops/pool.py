@@ -27,8 +27,9 @@ def _inputs(rng, dtype):
     """Inputs with ties (the first maximum must win) and a NaN (it must propagate)."""
     for N, C, H, W, ph, pw, stride in POOL_GEOMETRIES:
         x = rng.integers(0, 4, (N, C, H, W)).astype(dtype)
-        x[0, 0, 0, 0] = float("nan")
-        yield x, ph, pw, stride
+        xp = namespace_of(x)
+        first = xp.reshape(xp.arange(N * C * H * W) == 0, x.shape)
+        yield xp.where(first, xp.asarray(float("nan"), dtype=x.dtype), x), ph, pw, stride
 
 
 def _gradients(rng, dtype, argmax=False):

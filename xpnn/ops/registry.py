@@ -46,10 +46,9 @@ def accelerated(name: str, *, kernel: bool = False, check=None, examples=None, t
     """Declare the accelerated op `name` on the portable function it decorates; return the
     function that dispatches to a backend's implementation (see the module docstring)."""
     def declare(portable):
-        if name in OPS:
-            raise ValueError(f"accelerated op {name!r} is declared twice")
         op = Op(name, portable, kernel, check, examples, tolerance)
-        OPS[name] = op
+        if OPS.setdefault(name, op) is not op:
+            raise ValueError(f"accelerated op {name!r} is declared twice")
         declare_op(name, kernel)
 
         @functools.wraps(portable)

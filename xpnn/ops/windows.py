@@ -69,8 +69,9 @@ def padded(a, top, bottom, left, right):
 
 def spread(a, i, j, stride, H, W):
     """a (..., HO, WO) placed at the positions one kernel offset (i, j) reads, in zeros of
-    shape (..., H, W): out[..., i + stride*y, j + stride*x] = a[..., y, x]. The functional
-    twin of `img[..., window(i, HO, stride), window(j, WO, stride)] = a`."""
+    shape (..., H, W): out[..., i + stride*y, j + stride*x] is a[..., y, x]. The functional
+    twin of assigning `a` into `img` at the strided view (window(i, HO, stride),
+    window(j, WO, stride))."""
     xp = namespace_of(a)
     *lead, HO, WO = a.shape
     if stride > 1:        # stride - 1 zeros after each column, then after each row

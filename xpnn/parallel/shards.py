@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..backends.blas import default_threads, one_blas_thread
+from ..backends.blas import default_threads
 from .threads import ThreadPolicy
 from .workers import map_shards
 
@@ -96,11 +96,8 @@ class Sharded:
         """model.loss(X, y): test-mode scores, or (loss, grads) with the loss on the host."""
         model = self.model
         shards = self._cut(X, y)
-        if len(shards) == 1:           # the model's own loss, on one BLAS thread as any shard
-            if type(X) is not np.ndarray:        # another library's arrays: the model says
-                return model.loss(X, y)
-            with one_blas_thread():
-                return model.loss(X, y)
+        if len(shards) == 1:           # the model's own loss (its backend runs BLAS on one thread)
+            return model.loss(X, y)
         with model.backend:
             X = model.as_input(X)
             parts = map_shards(model, X, y, shards, self.threads)
